@@ -1,0 +1,1 @@
+"""The command-line interface: parse, call one function, render. Nothing else."""

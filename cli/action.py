@@ -1,0 +1,306 @@
+"""Commands about actions: submit, status, cancel, restart, audit, logs, checkpoint, progress."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import click
+
+from .main import App, echo_json, echo_table, format_option, pass_app
+
+
+def _when(ms: int | None) -> str:
+    if ms is None:
+        return "-"
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+@click.command()
+@click.option("--name", help="A readable name (default: the command).")
+@click.option("--agent", help="Agent this action belongs to.")
+@click.option("--task", help="Task name within the agent.")
+@click.option("--priority", type=int, default=0, show_default=True,
+              help="Higher runs first; equal priorities run oldest first.")
+@click.option("--timeout", help='Kill after this long, e.g. "30s", "2h".')
+@click.option("--retries", type=int, default=0, show_default=True,
+              help="Extra attempts after a failure (exponential backoff, max 5 min).")
+@click.option("--backoff", type=click.Choice(["exponential", "linear"]),
+              default="exponential", show_default=True)
+@click.option("--after", "after", multiple=True, help="Run only after this action completed.")
+@click.option("--delay", help='Do not start before this long from now, e.g. "10m".')
+@click.option("--key", help="Idempotency key: a repeated submit returns the existing action.")
+@click.option("--group", help="Group (e.g. a plan) whose rollback plan includes this action.")
+@click.option("--compensate", help="Command that undoes this action (for its rollback plan).")
+@click.option("--shell", "use_shell", is_flag=True, help="Run the command through /bin/sh -c.")
+@click.option("--cwd", type=click.Path(file_okay=False), help="Working directory.")
+@click.option("--each", "each", type=click.File("r"),
+              help="Submit one shell action per line of FILE ('-' for stdin).")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+@pass_app
+def submit(app: App, name: str | None, agent: str | None, task: str | None, priority: int,
+           timeout: str | None, retries: int, backoff: str, after: tuple[str, ...],
+           delay: str | None, key: str | None, group: str | None, compensate: str | None,
+           use_shell: bool, cwd: str | None, each: Any, command: tuple[str, ...]) -> None:
+    """Queue an action; print its id (one per line with --each).
+
+    \b
+    Example:
+      sp submit --name nightly --retries 2 --timeout 1h -- ./backup.sh /data
+      sp submit --after 3f2a --delay 10m -- make deploy
+      seq 1 100 | sed 's/^/echo item /' | sp submit --each -
+    """
+    from commands import actions
+    from commands.durations import parse_duration_ms
+    from ledger.errors import UsageError
+
+    timeout_ms = None if timeout is None else parse_duration_ms(timeout, "--timeout")
+    delay_ms = None if delay is None else parse_duration_ms(delay, "--delay")
+    try:
+        compensation = None if compensate is None else shlex.split(compensate)
+    except ValueError as e:
+        raise UsageError(f"--compensate: {e}") from None
+    store = app.store()
+    deps = [actions.resolve(store, a) for a in after]
+    common: dict[str, Any] = dict(
+        agent=agent, task=task, priority=priority, timeout_ms=timeout_ms, retries=retries,
+        backoff=backoff, depends_on=deps, delay_ms=delay_ms, group=group,
+        compensation=compensation, cwd=cwd,
+    )
+    if each is not None:
+        if command:
+            raise UsageError("give either --each FILE or a command, not both")
+        lines = [(i + 1, ln.strip()) for i, ln in enumerate(each.read().splitlines())]
+        lines = [(n, ln) for n, ln in lines if ln and not ln.startswith("#")]
+        specs = [actions.SubmitSpec(command=[ln], shell=True, name=name, **common,
+                                    key=None if key is None else f"{key}:{n}")
+                 for n, ln in lines]
+        wheres = [f"{getattr(each, 'name', 'input')}:{n}" for n, _ in lines]
+    else:
+        if not command:
+            raise UsageError("a command is required: sp submit [OPTIONS] -- CMD [ARGS...]")
+        argv = [" ".join(command)] if use_shell else list(command)
+        specs = [actions.SubmitSpec(command=argv, shell=use_shell, name=name, key=key, **common)]
+        wheres = ["command"]
+    ids = actions.submit(store, specs, by=actions.who(), wheres=wheres)
+    for action_id in ids:
+        click.echo(action_id)
+
+
+@click.command()
+@click.argument("action", required=False)
+@click.option("--all", "everything", is_flag=True, help="List every action, not just recent.")
+@click.option("--agent", help="Only this agent's actions.")
+@click.option("--recent", type=int, default=10, show_default=True,
+              help="How many finished actions to show besides the unfinished ones.")
+@format_option()
+@pass_app
+def status(app: App, action: str | None, everything: bool, agent: str | None, recent: int,
+           fmt: str) -> None:
+    """Show actions: unfinished ones and the most recent finished, or one in detail.
+
+    \b
+    Example:
+      sp status
+      sp status 3f2a --format json
+    """
+    from commands.actions import resolve
+    from commands.durations import format_ms
+    from projections import queries
+
+    store = app.store(write=False)
+    if action:
+        row = queries.get_action(store, resolve(store, action))
+        if fmt == "json":
+            echo_json(row)
+            return
+        for k, v in row.items():
+            click.echo(f"{k:17} {'-' if v is None else v}")
+        return
+    rows = queries.list_actions(store, everything=everything, recent=recent, agent=agent)
+    counts = queries.counts(store)
+    if fmt == "json":
+        echo_json({"counts": counts, "actions": rows})
+        return
+    click.echo("  ".join(f"{k} {v}" for k, v in counts.items() if v) or "no actions yet")
+    if rows:
+        echo_table(
+            ["id", "name", "state", "try", "agent", "submitted", "took", "exit", "info"],
+            [(r["action_id"], r["name"], r["state"], f"{r['attempts']}/{r['max_attempts']}",
+              r["agent"], _when(r["submitted_ms"]), format_ms(r["duration_ms"]),
+              r["exit_code"], r["error"] or r["progress_msg"]) for r in rows],
+        )
+
+
+@click.command()
+@click.argument("action")
+@click.option("--reason", default="", help="Why (recorded in the audit).")
+@pass_app
+def cancel(app: App, action: str, reason: str) -> None:
+    """Cancel an action; a running one is stopped within a second.
+
+    \b
+    Example:
+      sp cancel 3f2a --reason "wrong input"
+    """
+    from commands import actions
+    from machines.states import ActionState
+
+    store = app.store()
+    action_id = actions.resolve(store, action)
+    state = actions.cancel(store, action_id, reason, by=actions.who())
+    if state is ActionState.EXECUTING:
+        click.echo(f"{action_id}: cancel requested; its worker stops it", err=True)
+    else:
+        click.echo(f"{action_id}: {state.value}", err=True)
+
+
+@click.command()
+@click.argument("action")
+@click.option("--from-step", type=int, help="Resume at this step instead of the checkpoint.")
+@pass_app
+def restart(app: App, action: str, from_step: int | None) -> None:
+    """Queue a failed, cancelled or completed action for one more attempt.
+
+    \b
+    Example:
+      sp restart 3f2a --from-step 2
+    """
+    from commands import actions
+
+    store = app.store()
+    action_id = actions.resolve(store, action)
+    state = actions.restart(store, action_id, from_step, by=actions.who())
+    click.echo(f"{action_id}: {state.value}", err=True)
+
+
+@click.command()
+@click.argument("action")
+@format_option()
+@pass_app
+def audit(app: App, action: str, fmt: str) -> None:
+    """Every event of an action, in order: time, event, from-state, to-state, details.
+
+    \b
+    Example:
+      sp audit 3f2a
+      sp audit 3f2a --format json | jq '.events[].event'
+    """
+    import msgspec
+
+    from commands.actions import resolve
+    from projections import queries
+
+    store = app.store(write=False)
+    action_id = resolve(store, action)
+    entries = queries.audit(store, action_id)
+    if fmt == "json":
+        echo_json({"action_id": action_id, "events": entries})
+        return
+    echo_table(
+        ["seq", "time", "event", "from", "to", "by", "details"],
+        [(e.seq, _when(e.ts), e.event, e.from_state, e.to_state, e.by,
+          " ".join(f"{k}={msgspec.json.encode(v).decode()}" for k, v in e.details.items()
+                   if k != "result") or "") for e in entries],
+        wide=("details",),
+    )
+
+
+@click.command()
+@click.argument("action")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing until the action finishes.")
+@pass_app
+def logs(app: App, action: str, follow: bool) -> None:
+    """Print an action's output (every attempt, each headed by a marker line).
+
+    \b
+    Example:
+      sp logs 3f2a -f
+    """
+    from commands.actions import resolve
+    from machines.states import FINAL, ActionState
+    from projections import queries
+
+    store = app.store(write=False)
+    action_id = resolve(store, action)
+    path = app.home.log_path(action_id)
+    offset = 0
+    while True:
+        if path.exists():
+            with open(path, "rb") as f:
+                f.seek(offset)
+                chunk = f.read()
+                offset += len(chunk)
+                sys.stdout.buffer.write(chunk)
+                sys.stdout.flush()
+        if not follow:
+            return
+        state = ActionState(queries.get_action(store, action_id)["state"])
+        if state in FINAL:
+            follow = False
+            continue
+        time.sleep(0.2)
+
+
+def _current_action(action: str | None) -> str:
+    from ledger.errors import UsageError
+
+    action = action or os.environ.get("SP_ACTION_ID")
+    if not action:
+        raise UsageError("no action: pass --action or run inside an action (SP_ACTION_ID)")
+    return action
+
+
+@click.command()
+@click.argument("data", default="null")
+@click.option("--step", type=int, help="The step just finished (a resume starts after it).")
+@click.option("--action", help="Action id (default: $SP_ACTION_ID, set for running actions).")
+@pass_app
+def checkpoint(app: App, data: str, step: int | None, action: str | None) -> None:
+    """Record a checkpoint of the running action (JSON data, e.g. where it got to).
+
+    A resumed attempt receives the last checkpoint in $SP_CHECKPOINT.
+
+    \b
+    Example:
+      sp checkpoint --step 2 '{"cursor": 4180}'
+    """
+    import msgspec
+
+    from commands import actions
+    from ledger.errors import UsageError
+
+    try:
+        value = msgspec.json.decode(data)
+    except msgspec.DecodeError as e:
+        raise UsageError(f"checkpoint data: not JSON: {e}") from None
+    store = app.store()
+    action_id = actions.resolve(store, _current_action(action))
+    seq = actions.checkpoint(store, action_id, value, step, by=actions.who("action"))
+    click.echo(str(seq))
+
+
+@click.command()
+@click.argument("percent", type=float)
+@click.argument("message", default="")
+@click.option("--action", help="Action id (default: $SP_ACTION_ID).")
+@pass_app
+def progress(app: App, percent: float, message: str, action: str | None) -> None:
+    """Report the running action's progress (0-100) and a short message.
+
+    \b
+    Example:
+      sp progress 40 "classified 120 of 300 papers"
+    """
+    from commands import actions
+
+    store = app.store()
+    action_id = actions.resolve(store, _current_action(action))
+    actions.progress(store, action_id, percent, message, by=actions.who("action"))
+
+
+COMMANDS = [submit, status, cancel, restart, audit, logs, checkpoint, progress]

@@ -1,0 +1,122 @@
+"""Commands about the ledger itself: init, replay, verify, sql."""
+
+from __future__ import annotations
+
+import csv
+import sys
+
+import click
+
+from .main import App, echo_json, echo_table, format_option, pass_app
+
+
+@click.command()
+@pass_app
+def init(app: App) -> None:
+    """Create the home and its ledger (every other command also does on first use).
+
+    \b
+    Example:
+      sp --home /srv/sp init
+    """
+    store = app.store()
+    seq, _ = store.head()
+    click.echo(f"home {app.home.root}: ledger at {app.home.ledger_path} ({seq} events)")
+
+
+@click.command()
+@click.option("--check", is_flag=True,
+              help="Rebuild into scratch tables and compare with the live ones; change nothing.")
+@format_option()
+@pass_app
+def replay(app: App, check: bool, fmt: str) -> None:
+    """Rebuild every projection from the event log, then recover orphaned actions.
+
+    Actions left executing by an owner that is gone are put back in the queue (to resume
+    from their last checkpoint) or failed when no attempts are left; each gets an event.
+    Running it twice in a row appends nothing the second time.
+
+    \b
+    Example:
+      sp replay
+      sp replay --check
+    """
+    from commands import recovery
+    from projections import engine
+
+    store = app.store()
+    if check:
+        count, diff = engine.check(store)
+        if fmt == "json":
+            echo_json({"events": count, "identical": diff is None, "difference": diff})
+        elif diff is None:
+            click.echo(f"ok: rebuilt {count} events; projections identical")
+        else:
+            click.echo(f"differs: {diff.table} {diff.key}: {diff.detail}")
+        sys.exit(0 if diff is None else 1)
+    count = engine.rebuild(store)
+    recovered = recovery.recover(store)
+    if fmt == "json":
+        echo_json({"events": count, "recovered": recovered})
+        return
+    click.echo(f"rebuilt projections from {count} events")
+    for r in recovered:
+        click.echo(f"recovered {r.action_id}: {r.outcome} ({r.reason})")
+
+
+@click.command()
+@format_option()
+@pass_app
+def verify(app: App, fmt: str) -> None:
+    """Walk the hash chain: prove no event was edited, deleted or reordered.
+
+    Prints ``ok: N events`` and exits 0, or names the first bad seq and exits 1.
+
+    \b
+    Example:
+      sp verify
+    """
+    from ledger.verify import verify as walk
+
+    store = app.store(write=False)
+    result = walk(store)
+    if fmt == "json":
+        echo_json(result)
+    elif result.ok:
+        click.echo(f"ok: {result.events} events")
+    else:
+        where = f"seq {result.bad_seq}: " if result.bad_seq is not None else ""
+        click.echo(f"bad: {where}{result.reason}")
+    sys.exit(0 if result.ok else 1)
+
+
+@click.command()
+@click.argument("query")
+@format_option("table", "json", "csv")
+@pass_app
+def sql(app: App, query: str, fmt: str) -> None:
+    """Run a read-only SQL query over the ledger and its projections.
+
+    Writes are refused: the file is opened read-only and an authorizer denies every change.
+    Views: v_events, v_actions, v_metrics, v_failures, v_retries, v_rollback_plans.
+
+    \b
+    Example:
+      sp sql "SELECT state, count(*) FROM actions GROUP BY state"
+      sp sql "SELECT * FROM v_metrics WHERE dim = 'type'" --format json
+    """
+    from ledger.readonly import run_readonly
+
+    app.store(write=False)  # create / migrate on first use
+    cols, rows = run_readonly(app.home.ledger_path, query)
+    if fmt == "json":
+        echo_json([dict(zip(cols, r, strict=True)) for r in rows])
+    elif fmt == "csv":
+        out = csv.writer(sys.stdout, lineterminator="\n")
+        out.writerow(cols)
+        out.writerows(rows)
+    else:
+        echo_table(cols, rows)
+
+
+COMMANDS = [init, replay, verify, sql]

@@ -1,0 +1,179 @@
+"""The ``sp`` group, its context object, output helpers and the one place errors are mapped.
+
+Exit codes:
+
+====  ===================================================================================
+0     success
+1     an action or a check failed (``sp wait``, ``sp verify``, ``sp replay --check``)
+2     bad usage or bad input: unknown option, malformed value or file, unknown action,
+      a transition the lifecycle forbids. Nothing was written.
+70    internal error (a bug): rerun with ``--debug`` or ``SP_DEBUG=1`` for the traceback
+75    temporary: the ledger stayed locked, or another writer won a race; safe to retry
+====  ===================================================================================
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import IO, Any, TypeVar
+
+import click
+
+from ledger.errors import SpError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+EXIT_CODES = {"ok": 0, "failed": 1, "usage": 2, "internal": 70, "temporary": 75}
+
+
+class SpClickError(click.ClickException):
+    """An :class:`SpError` on its way to the user: click prints ``Error: <message>``."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code  # type: ignore[misc]
+
+
+def _exit_code_for(err: SpError) -> int:
+    code = getattr(err, "exit_code", 1)
+    if code in (3, 4):  # not found / invalid transition: bad input, per DESIGN
+        return 2
+    return int(code)
+
+
+class App:
+    """Per-invocation context: where the home is, how to render."""
+
+    def __init__(self, home: str | None, debug: bool) -> None:
+        from commands.home import Home
+
+        self.home = Home(home)
+        self.debug = debug
+        self._stores: list[Any] = []
+
+    def store(self, write: bool = True) -> Any:
+        """Open the ledger (created on first use); closed when the command ends."""
+        store = self.home.open(write=write)
+        self._stores.append(store)
+        return store
+
+    def close(self) -> None:
+        for store in self._stores:
+            store.close()
+        self._stores.clear()
+
+
+pass_app = click.make_pass_decorator(App)
+
+
+class SpGroup(click.Group):
+    """Turns domain errors into one line and an exit code; hides tracebacks unless --debug."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except SpError as e:
+            raise SpClickError(str(e), _exit_code_for(e)) from None
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except KeyboardInterrupt:
+            raise click.Abort() from None
+        except Exception as e:
+            if _debug(ctx):
+                raise
+            raise SpClickError(
+                f"internal error: {type(e).__name__}: {e} (rerun with --debug for details)", 70
+            ) from None
+
+
+def _debug(ctx: click.Context) -> bool:
+    app = ctx.find_object(App)
+    return bool(os.environ.get("SP_DEBUG")) or (app is not None and app.debug)
+
+
+@click.group(cls=SpGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--home", type=click.Path(file_okay=False), envvar="SP_HOME",
+              help="Home folder (ledger.db, logs/). Default: $SP_HOME, /var/lib/systemprompt-os "
+                   "for root, else $XDG_DATA_HOME/systemprompt-os.")
+@click.option("--debug", is_flag=True, help="Show tracebacks of internal errors.")
+@click.version_option(package_name="systemprompt-os", prog_name="sp")
+@click.pass_context
+def cli(ctx: click.Context, home: str | None, debug: bool) -> None:
+    """sp: a durable, auditable action runner for this device.
+
+    Every action's lifecycle is recorded in one append-only, hash-chained SQLite event log;
+    status, metrics and rollback plans are projections rebuilt from it.
+
+    \b
+    Example:
+      sp submit --name backup -- tar czf /tmp/b.tgz /etc
+      sp worker --until-idle
+      sp status
+    """
+    app = App(home, debug)
+    ctx.obj = app
+    ctx.call_on_close(app.close)
+
+
+def format_option(*choices: str) -> Callable[[F], F]:
+    names = choices or ("table", "json")
+    return click.option(
+        "--format", "fmt", type=click.Choice(names), default=names[0], show_default=True,
+        help="Output format; json is one stable document on stdout.",
+    )
+
+
+def echo_json(value: Any, out: IO[str] | None = None) -> None:
+    import msgspec
+
+    click.echo(msgspec.json.encode(value).decode(), file=out)
+
+
+def echo_table(headers: Sequence[str], rows: Sequence[Sequence[Any]],
+               wide: Sequence[str] = ()) -> None:
+    """A plain aligned table (no colour: safe for pipes and cron mail).
+
+    Cells are cut at 60 characters except in the ``wide`` columns (the last one, usually).
+    """
+    cells = [
+        [_cell(v, h in wide) for h, v in zip(headers, row, strict=True)] for row in rows
+    ]
+    widths = [len(h) for h in headers]
+    for row in cells:
+        for i, v in enumerate(row):
+            widths[i] = max(widths[i], len(v))
+
+    def line(values: Sequence[str]) -> str:
+        return "  ".join(v.ljust(w) for v, w in zip(values, widths, strict=True)).rstrip()
+
+    click.echo(line([h.upper() for h in headers]))
+    for row in cells:
+        click.echo(line(row))
+
+
+def _cell(value: Any, wide: bool = False) -> str:
+    if value is None:
+        return "-"
+    text = str(value).replace("\n", " ")
+    return text if wide or len(text) <= 60 else text[:57] + "..."
+
+
+def warn(message: str) -> None:
+    click.echo(message, err=True)
+
+
+def _register() -> None:
+    from . import action, ledger_cmds, worker
+
+    for module in (action, ledger_cmds, worker):
+        for command in module.COMMANDS:
+            cli.add_command(command)
+
+
+_register()
+
+
+def main(argv: list[str] | None = None) -> None:
+    cli.main(args=argv if argv is not None else sys.argv[1:], prog_name="sp")

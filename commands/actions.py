@@ -1,0 +1,263 @@
+"""Commands on actions: submit, cancel, checkpoint, progress, restart.
+
+Each command runs inside one ``BEGIN IMMEDIATE`` transaction: it reads the action's current
+state from the projection (consistent: nobody else can write meanwhile), asks the lifecycle
+machine, and appends with the version it read as ``expected_version``.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import uuid
+from typing import Any
+
+import msgspec
+
+from ledger import events as ev
+from ledger.errors import ActionNotFoundError, AmbiguousActionError, UsageError
+from ledger.store import EventStore, Transaction
+from machines import action as machine
+from machines.action import FINAL, ActionState
+
+
+class SubmitSpec(msgspec.Struct, kw_only=True):
+    """What a person (or a trigger) asks to run."""
+
+    command: list[str]
+    name: str | None = None
+    shell: bool = False
+    agent: str | None = None
+    task: str | None = None
+    priority: int = 0
+    timeout_ms: int | None = None
+    retries: int = 0
+    backoff: str = "exponential"
+    depends_on: list[str] = []
+    delay_ms: int | None = None
+    group: str | None = None
+    compensation: list[str] | None = None
+    key: str | None = None
+    cwd: str | None = None
+    env: dict[str, str] = {}
+    action_type: str = "shell"
+    payload: dict[str, Any] = {}
+
+
+def who(kind: str = "cli") -> str:
+    """The audit 'by' of a command typed by a person: ``cli:user pid N``."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = str(os.getuid())
+    return f"{kind}:{user} pid {os.getpid()}"
+
+
+def new_action_id() -> str:
+    return uuid.uuid4().hex[:16]
+
+
+def state_of(tx: Transaction, action_id: str) -> tuple[ActionState, int]:
+    """The action's state and stream version, read inside the transaction.
+
+    :raises ActionNotFoundError: no such action.
+    """
+    row = tx.query_one("SELECT state, version FROM actions WHERE action_id = ?", (action_id,))
+    if row is None:
+        raise ActionNotFoundError(action_id)
+    return ActionState(row[0]), int(row[1])
+
+
+def resolve(store: EventStore, ref: str) -> str:
+    """A full action id from an id or a unique prefix of one.
+
+    :raises ActionNotFoundError: nothing matches.
+    :raises AmbiguousActionError: several actions match the prefix.
+    """
+    if not ref:
+        raise UsageError("an action id is required")
+    rows = store.query(
+        "SELECT action_id FROM actions WHERE action_id >= ? AND action_id < ? "
+        "ORDER BY action_id LIMIT 6",
+        (ref, ref + "\U0010ffff"),
+    )
+    ids = [r[0] for r in rows]
+    if ref in ids:
+        return ref
+    if not ids:
+        raise ActionNotFoundError(ref)
+    if len(ids) > 1:
+        raise AmbiguousActionError(ref, ids)
+    return str(ids[0])
+
+
+def _validate(spec: SubmitSpec, where: str) -> None:
+    if not spec.command or not spec.command[0].strip():
+        raise UsageError(f"{where}: the command is empty")
+    if spec.retries < 0 or spec.retries > 1000:
+        raise UsageError(f"{where}: retries must be between 0 and 1000, got {spec.retries}")
+    if spec.timeout_ms is not None and spec.timeout_ms <= 0:
+        raise UsageError(f"{where}: timeout must be positive")
+    if spec.backoff not in ("exponential", "linear"):
+        raise UsageError(f"{where}: backoff must be exponential or linear, got {spec.backoff!r}")
+    if not -1_000_000 <= spec.priority <= 1_000_000:
+        raise UsageError(f"{where}: priority must be within ±1000000, got {spec.priority}")
+
+
+def submit(store: EventStore, specs: list[SubmitSpec], by: str = "",
+           wheres: list[str] | None = None) -> list[str]:
+    """Submit actions in one transaction; return their ids in order.
+
+    An action whose idempotency ``key`` is already known returns the existing id and records
+    nothing new. Every spec is checked before anything is written.
+
+    :raises UsageError: a spec is invalid or names an unknown dependency (nothing written).
+    """
+    wheres = wheres or [f"action {i + 1}" for i in range(len(specs))]
+    for spec, where in zip(specs, wheres, strict=True):
+        _validate(spec, where)
+    now = store.clock.now_ms()
+    ids: list[str] = []
+    with store.transaction() as tx:
+        batches: list[tuple[str, list[ev.Event], int | None]] = []
+        keys: dict[str, str] = {}
+        for spec, where in zip(specs, wheres, strict=True):
+            if spec.key is not None:
+                existing = keys.get(spec.key) or _by_key(tx, spec.key)
+                if existing:
+                    ids.append(existing)
+                    continue
+            deps = [_dependency(tx, d, ids, where) for d in spec.depends_on]
+            action_id = new_action_id()
+            if spec.key is not None:
+                keys[spec.key] = action_id
+            ids.append(action_id)
+            submitted = ev.ActionSubmitted(
+                by=by, name=spec.name or _default_name(spec), action_type=spec.action_type,
+                agent=spec.agent, task=spec.task, command=spec.command, shell=spec.shell,
+                cwd=spec.cwd, env=spec.env, payload=spec.payload, priority=spec.priority,
+                timeout_ms=spec.timeout_ms, max_attempts=spec.retries + 1,
+                backoff=spec.backoff, depends_on=deps,
+                not_before_ms=None if spec.delay_ms is None else now + spec.delay_ms,
+                group=spec.group, compensation=spec.compensation, key=spec.key,
+            )
+            queued = ev.ActionQueued(by=by, checks=_checks(spec))
+            machine.check_event(action_id, ActionState.PENDING, queued)
+            batches.append((action_id, [submitted, queued], 0))
+        if batches:
+            tx.append_many(batches)
+    return ids
+
+
+def _default_name(spec: SubmitSpec) -> str:
+    if spec.task:
+        return spec.task
+    name = " ".join(spec.command)
+    return name if len(name) <= 60 else name[:57] + "..."
+
+
+def _checks(spec: SubmitSpec) -> list[str]:
+    checks = ["command present", f"attempts {spec.retries + 1}"]
+    if spec.depends_on:
+        checks.append(f"dependencies known: {len(spec.depends_on)}")
+    return checks
+
+
+def _by_key(tx: Transaction, key: str) -> str | None:
+    row = tx.query_one("SELECT action_id FROM actions WHERE idem_key = ? LIMIT 1", (key,))
+    return None if row is None else str(row[0])
+
+
+def _dependency(tx: Transaction, ref: str, earlier: list[str], where: str) -> str:
+    if ref in earlier:
+        return ref
+    rows = tx.query(
+        "SELECT action_id FROM actions WHERE action_id >= ? AND action_id < ? LIMIT 2",
+        (ref, ref + "\U0010ffff"),
+    )
+    if len(rows) != 1:
+        raise UsageError(f"{where}: unknown dependency {ref!r}")
+    return str(rows[0][0])
+
+
+def cancel(store: EventStore, action_id: str, reason: str = "", by: str = "") -> ActionState:
+    """Cancel an action. A running one is asked to stop (its runner records the cancel).
+
+    Dependents that can no longer run are cancelled in the same transaction.
+
+    :raises InvalidTransitionError: the action already finished.
+    """
+    with store.transaction() as tx:
+        state, version = state_of(tx, action_id)
+        if state is ActionState.EXECUTING:
+            requested = tx.query_one(
+                "SELECT cancel_requested FROM actions WHERE action_id = ?", (action_id,)
+            )
+            if requested and requested[0]:
+                return state
+            event: ev.Event = ev.ActionCancelRequested(by=by, reason=reason)
+            machine.check_event(action_id, state, event)
+            tx.append(action_id, [event], version)
+            return state
+        event = ev.ActionCancelled(by=by, reason=reason or "cancelled")
+        new = machine.check_event(action_id, state, event)
+        tx.append(action_id, [event], version)
+        cascade(tx, action_id, f"dependency {action_id} was cancelled", by)
+        return new
+
+
+def cascade(tx: Transaction, action_id: str, reason: str, by: str) -> list[str]:
+    """Cancel every not-yet-finished action waiting on ``action_id`` (transitively)."""
+    cancelled: list[str] = []
+    todo = [action_id]
+    while todo:
+        dep = todo.pop()
+        for (dependent,) in tx.query(
+            "SELECT action_id FROM dependencies WHERE depends_on = ? ORDER BY action_id", (dep,)
+        ):
+            state, version = state_of(tx, dependent)
+            if state in FINAL or not machine.is_legal(state, "cancel"):
+                continue
+            if state is ActionState.EXECUTING:
+                tx.append(dependent, [ev.ActionCancelRequested(by=by, reason=reason)], version)
+                continue
+            tx.append(dependent, [ev.ActionCancelled(by=by, reason=reason)], version)
+            cancelled.append(dependent)
+            todo.append(dependent)
+    return cancelled
+
+
+def checkpoint(store: EventStore, action_id: str, data: Any, step: int | None = None,
+               by: str = "") -> int:
+    """Record a checkpoint of a running action; returns its seq.
+
+    :raises InvalidTransitionError: the action is not executing.
+    """
+    with store.transaction() as tx:
+        state, version = state_of(tx, action_id)
+        event = ev.ActionCheckpointed(by=by, step=step, data=data)
+        machine.check_event(action_id, state, event)
+        return tx.append(action_id, [event], version)[0].seq
+
+
+def progress(store: EventStore, action_id: str, percent: float | None, message: str = "",
+             by: str = "") -> None:
+    """Record reported progress of a running action."""
+    if percent is not None and not 0 <= percent <= 100:
+        raise UsageError(f"progress must be between 0 and 100, got {percent}")
+    with store.transaction() as tx:
+        state, version = state_of(tx, action_id)
+        event = ev.ActionProgressed(by=by, percent=percent, message=message)
+        machine.check_event(action_id, state, event)
+        tx.append(action_id, [event], version)
+
+
+def restart(store: EventStore, action_id: str, from_step: int | None = None,
+            by: str = "") -> ActionState:
+    """Queue a finished (failed, cancelled or completed) action for one more attempt."""
+    with store.transaction() as tx:
+        state, version = state_of(tx, action_id)
+        event = ev.ActionRestarted(by=by, from_step=from_step)
+        new = machine.check_event(action_id, state, event)
+        tx.append(action_id, [event], version)
+        return new

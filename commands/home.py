@@ -1,0 +1,72 @@
+"""Where sp keeps its files, and opening the ledger with its projections installed."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ledger.clock import Clock
+from ledger.errors import UsageError
+from ledger.store import EventStore
+from projections.version import PROJECTION_VERSION
+
+
+def default_home() -> Path:
+    """``SP_HOME``, else ``/var/lib/systemprompt-os`` for root, else the XDG data dir."""
+    env = os.environ.get("SP_HOME")
+    if env:
+        return Path(env)
+    if os.geteuid() == 0:
+        return Path("/var/lib/systemprompt-os")
+    xdg = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(xdg) / "systemprompt-os"
+
+
+class Home:
+    """The home folder: ``ledger.db``, ``logs/``, ``previews/``, ``tmp/``."""
+
+    def __init__(self, root: str | Path | None = None) -> None:
+        self.root = Path(root) if root is not None else default_home()
+
+    @property
+    def ledger_path(self) -> Path:
+        return self.root / "ledger.db"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    def log_path(self, action_id: str) -> Path:
+        return self.logs / f"{action_id}.log"
+
+    def ensure(self) -> None:
+        """Create the home and its folders (idempotent).
+
+        :raises UsageError: the home cannot be created.
+        """
+        try:
+            for sub in (self.root, self.logs, self.root / "previews", self.root / "tmp"):
+                sub.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UsageError(f"cannot create home {self.root}: {e.strerror}") from None
+        if not os.access(self.root, os.W_OK):
+            raise UsageError(f"home {self.root} is not writable")
+
+    def open(self, clock: Clock | None = None, write: bool = True) -> EventStore:
+        """Open (creating on first use) the ledger with every projection current.
+
+        ``write=False`` skips loading the projection code unless a rebuild is due, which keeps
+        read-only commands (``sp status``) quick to start from cron.
+        """
+        self.ensure()
+        store = EventStore(self.ledger_path, clock=clock)
+        try:
+            found = store.query_one("SELECT value FROM meta WHERE key = 'projection_version'")
+            if write or found is None or int(found[0]) != PROJECTION_VERSION:
+                from projections import engine
+
+                engine.install(store)
+        except BaseException:
+            store.close()
+            raise
+        return store

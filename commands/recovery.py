@@ -1,0 +1,84 @@
+"""Crash recovery: actions left ``executing`` by an owner that is gone.
+
+Each gets a recorded event, never a silent fix-up: ``action.interrupted`` (back to the queue,
+to resume from its last checkpoint) when attempts remain, ``action.failed`` otherwise, or
+``action.cancelled`` if a cancel had been requested. A second run finds nothing to do.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from ledger import events as ev
+from ledger.store import EventStore
+from machines import action as machine
+from machines.action import ActionState
+from runner import proc
+
+from .actions import cascade, state_of
+
+
+class Recovered(msgspec.Struct, frozen=True):
+    action_id: str
+    outcome: str  # requeued, failed, cancelled
+    reason: str
+
+
+def owner_gone(store: EventStore, action_id: str, now_ms: int) -> str | None:
+    """Why the owner of a running action is gone, or None if it is alive."""
+    lease = store.query_one(
+        "SELECT owner, pid, pid_start, host, expires_ms FROM leases WHERE name = ?",
+        (action_id,),
+    )
+    if lease is None:
+        return "no lease: its owner never heartbeated or is gone"
+    owner, pid, pid_start, host, expires = lease
+    if host == store.host and not proc.alive(int(pid), int(pid_start)):
+        return f"owner {owner} (pid {pid}) is no longer running"
+    if expires < now_ms:
+        return f"heartbeat_missing: lease of {owner} expired {(now_ms - expires) // 1000}s ago"
+    return None
+
+
+def recover(store: EventStore, by: str = "replay") -> list[Recovered]:
+    """Record an event for every executing action whose owner is gone."""
+    now = store.clock.now_ms()
+    done: list[Recovered] = []
+    running = store.query("SELECT action_id FROM actions WHERE state = 'executing' "
+                          "ORDER BY submitted_seq")
+    for (action_id,) in running:
+        reason = owner_gone(store, action_id, now)
+        if reason is None:
+            continue
+        with store.transaction() as tx:
+            # Decide again under the write lock: the owner may have finished meanwhile.
+            state, version = state_of(tx, action_id)
+            if state is not ActionState.EXECUTING:
+                continue
+            row = tx.query_one(
+                "SELECT attempts, max_attempts, cancel_requested, owner, started_ms"
+                " FROM actions WHERE action_id = ?", (action_id,),
+            )
+            assert row is not None
+            attempts, max_attempts, cancel_req, owner, started = row
+            duration = max(0, now - int(started or now))
+            event: ev.Event
+            if cancel_req:
+                event = ev.ActionCancelled(by=by, reason=f"cancelled; {reason}")
+                outcome = "cancelled"
+            elif attempts < max_attempts:
+                event = ev.ActionInterrupted(by=by, reason=reason, owner=owner or "",
+                                             duration_ms=duration)
+                outcome = "requeued"
+            else:
+                kind = "heartbeat_missing" if reason.startswith("heartbeat") else "interrupted"
+                event = ev.ActionFailed(by=by, error_kind=kind,
+                                        error=f"{reason}; no attempts left", duration_ms=duration)
+                outcome = "failed"
+            new = machine.check_event(action_id, state, event)
+            tx.append(action_id, [event], version)
+            tx.execute("DELETE FROM leases WHERE name = ?", (action_id,))
+            if new in (ActionState.FAILED, ActionState.CANCELLED):
+                cascade(tx, action_id, f"dependency {action_id} {new.value}", by)
+        done.append(Recovered(action_id, outcome, reason))
+    return done

@@ -1,0 +1,164 @@
+"""Every event sp records, as msgspec Structs in one tagged union.
+
+Rules (msgspec schema evolution): each event has an explicit, permanent ``tag``; new fields get
+defaults; a field's type never changes and a tag is never reused. A breaking change adds a new
+Struct (``...V2``) plus an upcaster in :mod:`ledger.codec`.
+
+The stream of an action's events is its ``action_id``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+
+class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
+    """Base of all events. ``by`` names who or what caused the event (audit)."""
+
+    by: str = ""
+
+
+class ActionSubmitted(Event, frozen=True, tag="action.submitted"):
+    """An action was submitted: everything needed to run it, fixed at submission."""
+
+    name: str
+    action_type: str = "shell"
+    agent: str | None = None
+    task: str | None = None
+    command: list[str] = []
+    shell: bool = False
+    cwd: str | None = None
+    env: dict[str, str] = {}
+    payload: dict[str, Any] = {}
+    priority: int = 0
+    timeout_ms: int | None = None
+    max_attempts: int = 1
+    backoff: str = "exponential"
+    depends_on: list[str] = []
+    not_before_ms: int | None = None
+    group: str | None = None
+    compensation: list[str] | None = None
+    key: str | None = None
+
+
+class ActionValidationStarted(Event, frozen=True, tag="action.validation_started"):
+    checks: list[str] = []
+
+
+class ActionQueued(Event, frozen=True, tag="action.queued"):
+    """Validation passed; the action waits in the queue (for its dependencies and not-before)."""
+
+    checks: list[str] = []
+
+
+class ActionRejected(Event, frozen=True, tag="action.rejected"):
+    reason: str
+
+
+class ActionStarted(Event, frozen=True, tag="action.started"):
+    """Recorded write-ahead: committed before the process is spawned."""
+
+    attempt: int
+    owner: str
+    pid: int
+    host: str = ""
+    resume_step: int | None = None
+
+
+class ActionProgressed(Event, frozen=True, tag="action.progressed"):
+    percent: float | None = None
+    message: str = ""
+
+
+class ActionCheckpointed(Event, frozen=True, tag="action.checkpointed"):
+    step: int | None = None
+    data: Any = None
+
+
+class ActionCompleted(Event, frozen=True, tag="action.completed"):
+    exit_code: int = 0
+    duration_ms: int = 0
+    result: dict[str, Any] = {}
+
+
+class ActionRetryScheduled(Event, frozen=True, tag="action.retry_scheduled"):
+    """An attempt failed and attempts remain: wait until ``retry_at_ms``, then run again."""
+
+    exit_code: int | None = None
+    error_kind: str = "exit_code"
+    error: str = ""
+    duration_ms: int = 0
+    retry_at_ms: int = 0
+
+
+class ActionFailed(Event, frozen=True, tag="action.failed"):
+    """Failed for good: no attempts left, or not retryable."""
+
+    exit_code: int | None = None
+    error_kind: str = "exit_code"
+    error: str = ""
+    duration_ms: int = 0
+
+
+class ActionInterrupted(Event, frozen=True, tag="action.interrupted"):
+    """The owner went away mid-run; the action goes back to the queue to resume."""
+
+    reason: str
+    owner: str = ""
+    duration_ms: int = 0
+
+
+class ActionCancelRequested(Event, frozen=True, tag="action.cancel_requested"):
+    reason: str = ""
+
+
+class ActionCancelled(Event, frozen=True, tag="action.cancelled"):
+    reason: str = ""
+
+
+class ActionRestarted(Event, frozen=True, tag="action.restarted"):
+    from_step: int | None = None
+
+
+class ActionRollbackStarted(Event, frozen=True, tag="action.rollback_started"):
+    compensation: list[str] | None = None
+
+
+class ActionRolledBack(Event, frozen=True, tag="action.rolled_back"):
+    exit_code: int | None = None
+
+
+class ActionRollbackFailed(Event, frozen=True, tag="action.rollback_failed"):
+    error: str = ""
+    exit_code: int | None = None
+
+
+AnyEvent = (
+    ActionSubmitted
+    | ActionValidationStarted
+    | ActionQueued
+    | ActionRejected
+    | ActionStarted
+    | ActionProgressed
+    | ActionCheckpointed
+    | ActionCompleted
+    | ActionRetryScheduled
+    | ActionFailed
+    | ActionInterrupted
+    | ActionCancelRequested
+    | ActionCancelled
+    | ActionRestarted
+    | ActionRollbackStarted
+    | ActionRolledBack
+    | ActionRollbackFailed
+)
+
+EVENT_TYPES: tuple[type[Event], ...] = AnyEvent.__args__  # type: ignore[attr-defined]
+
+
+def tag_of(cls: type[Event]) -> str:
+    tag = cls.__struct_config__.tag
+    assert isinstance(tag, str)
+    return tag

@@ -1,0 +1,40 @@
+"""DDL of the ledger, as an ordered list of migrations; ``PRAGMA user_version`` = applied count.
+
+Projection tables are not here: they are disposable and owned by ``projections/``.
+"""
+
+from __future__ import annotations
+
+MIGRATIONS: list[str] = [
+    # 1: the append-only event log with its hash chain, a key/value meta table, and leases.
+    """
+    CREATE TABLE events (
+        seq       INTEGER PRIMARY KEY AUTOINCREMENT,  -- AUTOINCREMENT: a seq is never reused
+        stream    TEXT    NOT NULL,
+        version   INTEGER NOT NULL,
+        type      TEXT    NOT NULL,
+        ts        INTEGER NOT NULL,                   -- epoch milliseconds, UTC
+        data      TEXT    NOT NULL,                   -- the event as JSON (query with json_extract)
+        prev_hash TEXT    NOT NULL,
+        hash      TEXT    NOT NULL,
+        UNIQUE (stream, version)                      -- optimistic concurrency
+    );
+    CREATE TRIGGER events_no_update BEFORE UPDATE ON events
+        BEGIN SELECT RAISE(ABORT, 'events are append-only'); END;
+    CREATE TRIGGER events_no_delete BEFORE DELETE ON events
+        BEGIN SELECT RAISE(ABORT, 'events are append-only'); END;
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    -- Ephemeral ownership facts (heartbeats): not events, never replayed.
+    CREATE TABLE leases (
+        name         TEXT PRIMARY KEY,
+        owner        TEXT    NOT NULL,
+        pid          INTEGER NOT NULL,
+        pid_start    INTEGER NOT NULL,  -- /proc start time: a reused pid is not the owner
+        host         TEXT    NOT NULL,
+        heartbeat_ms INTEGER NOT NULL,
+        expires_ms   INTEGER NOT NULL
+    );
+    """,
+]
+
+SCHEMA_VERSION = len(MIGRATIONS)

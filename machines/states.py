@@ -1,0 +1,28 @@
+"""Action states, importable without loading the ``transitions`` machinery (fast CLI start)."""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class ActionState(Enum):
+    PENDING = "pending"
+    VALIDATING = "validating"
+    QUEUED = "queued"
+    EXECUTING = "executing"
+    RETRYING = "retrying"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    ROLLING_BACK = "rolling_back"
+    ROLLED_BACK = "rolled_back"
+    ROLLBACK_FAILED = "rollback_failed"
+
+
+S = ActionState
+
+# Waiting to run: the states the queue projection holds.
+WAITING = frozenset({S.QUEUED, S.RETRYING})
+# Finished: nothing more happens unless a person restarts or rolls back.
+FINAL = frozenset({S.COMPLETED, S.FAILED, S.CANCELLED, S.ROLLED_BACK, S.ROLLBACK_FAILED})
+ACTIVE = frozenset(set(S) - FINAL)

@@ -1,0 +1,81 @@
+"""The ``queue`` read model: actions waiting to run, and the unmet dependency edges.
+
+Ready = ``unmet_deps = 0 AND (not_before_ms IS NULL OR not_before_ms <= :now)``, ordered by
+priority (higher first), then age (submission order). ``:now`` is supplied by the reader: the
+projection itself never looks at the clock.
+"""
+
+from __future__ import annotations
+
+from machines.states import WAITING, ActionState
+
+from .rows import RowDict, Rows, Table
+
+DDL = """
+CREATE TABLE queue (
+    action_id     TEXT PRIMARY KEY,
+    priority      INTEGER NOT NULL,
+    submitted_seq INTEGER NOT NULL,
+    not_before_ms INTEGER,           -- a delay or a retry backoff
+    unmet_deps    INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX queue_order ON queue (priority DESC, submitted_seq);
+CREATE TABLE dependencies (
+    depends_on TEXT NOT NULL,        -- not completed yet
+    action_id  TEXT NOT NULL,        -- waits for it
+    PRIMARY KEY (depends_on, action_id)
+) WITHOUT ROWID;
+CREATE INDEX dependencies_action ON dependencies (action_id);
+"""
+
+TABLES = (
+    Table("queue", ("action_id", "priority", "submitted_seq", "not_before_ms", "unmet_deps"),
+          ("action_id",)),
+    Table("dependencies", ("depends_on", "action_id"), ("depends_on", "action_id")),
+)
+
+READY_SQL = """
+SELECT action_id FROM queue
+WHERE unmet_deps = 0 AND (not_before_ms IS NULL OR not_before_ms <= ?)
+ORDER BY priority DESC, submitted_seq
+LIMIT ?
+"""
+
+
+def on_submitted(rows: Rows, action_id: str, depends_on: list[str]) -> int:
+    """Record the edges to unfinished dependencies; return how many are unmet."""
+    unmet = 0
+    for dep in dict.fromkeys(depends_on):
+        d = rows.get("actions", dep)
+        if d is None or d["state"] != ActionState.COMPLETED.value:
+            rows.put("dependencies", {"depends_on": dep, "action_id": action_id})
+            unmet += 1
+    return unmet
+
+
+def on_state(rows: Rows, a: RowDict, old: ActionState | None, new: ActionState) -> None:
+    if new in WAITING:
+        not_before = a["retry_at_ms"] if new is ActionState.RETRYING else a["not_before_ms"]
+        rows.put("queue", {
+            "action_id": a["action_id"], "priority": a["priority"],
+            "submitted_seq": a["submitted_seq"], "not_before_ms": not_before,
+            "unmet_deps": a["unmet_deps"],
+        })
+    elif old in WAITING:
+        rows.delete("queue", a["action_id"])
+    if new is ActionState.COMPLETED:
+        _satisfy_dependents(rows, a["action_id"])
+
+
+def _satisfy_dependents(rows: Rows, action_id: str) -> None:
+    for key in rows.find("dependencies", "depends_on", action_id):
+        rows.delete("dependencies", key)
+        dependent = key[1]
+        d = rows.get("actions", dependent)
+        if d is not None:
+            d["unmet_deps"] -= 1
+            rows.touch("actions", dependent)
+        q = rows.get("queue", dependent)
+        if q is not None:
+            q["unmet_deps"] -= 1
+            rows.touch("queue", dependent)

@@ -1,0 +1,1 @@
+"""Workers: claim, spawn, stream output, heartbeat, timeouts, cancel."""
