@@ -207,11 +207,14 @@ def cancel(store: EventStore, action_id: str, reason: str = "", by: str = "") ->
 
 
 def cascade(tx: Transaction, action_id: str, reason: str, by: str) -> list[str]:
-    """Cancel every not-yet-finished action waiting on ``action_id`` (transitively)."""
+    """Cancel every not-yet-finished action waiting on ``action_id``, transitively.
+
+    ``reason`` is given to the direct dependents; theirs name the dependency they waited on.
+    """
     cancelled: list[str] = []
-    todo = [action_id]
+    todo = [(action_id, reason)]
     while todo:
-        dep = todo.pop()
+        dep, why = todo.pop()
         for (dependent,) in tx.query(
             "SELECT action_id FROM dependencies WHERE depends_on = ? ORDER BY action_id", (dep,)
         ):
@@ -219,11 +222,11 @@ def cascade(tx: Transaction, action_id: str, reason: str, by: str) -> list[str]:
             if state in FINAL or not machine.is_legal(state, "cancel"):
                 continue
             if state is ActionState.EXECUTING:
-                tx.append(dependent, [ev.ActionCancelRequested(by=by, reason=reason)], version)
+                tx.append(dependent, [ev.ActionCancelRequested(by=by, reason=why)], version)
                 continue
-            tx.append(dependent, [ev.ActionCancelled(by=by, reason=reason)], version)
+            tx.append(dependent, [ev.ActionCancelled(by=by, reason=why)], version)
             cancelled.append(dependent)
-            todo.append(dependent)
+            todo.append((dependent, f"dependency {dependent} was cancelled"))
     return cancelled
 
 

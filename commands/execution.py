@@ -55,6 +55,15 @@ def claim_next(store: EventStore, owner: str) -> Claim | None:
         return _start(tx, str(row[0]), owner, now)
 
 
+def next_retry_ms(store: EventStore) -> int | None:
+    """When the earliest runnable retry (an action waiting out its backoff) becomes due."""
+    row = store.query_one(
+        "SELECT min(q.not_before_ms) FROM queue q JOIN actions a USING (action_id)"
+        " WHERE a.state = 'retrying' AND q.unmet_deps = 0"
+    )
+    return None if row is None or row[0] is None else int(row[0])
+
+
 def claim(store: EventStore, action_id: str, owner: str) -> Claim:
     """Claim one given action (it must be waiting).
 
@@ -101,6 +110,15 @@ def _resume_step(history: list[Any]) -> int | None:
         elif isinstance(e, ev.ActionRestarted):
             step = e.from_step
     return step
+
+
+def record_child(store: EventStore, action_id: str, owner: str, pid: int) -> None:
+    """Note the spawned process in the lease (ephemeral), for recovery to find orphans."""
+    with store.transaction() as tx:
+        tx.execute(
+            "UPDATE leases SET child_pid = ?, child_start = ? WHERE name = ? AND owner = ?",
+            (pid, proc.start_time(pid), action_id, owner),
+        )
 
 
 def heartbeat(store: EventStore, action_ids: list[str], owner: str) -> None:

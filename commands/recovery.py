@@ -44,6 +44,7 @@ def recover(store: EventStore, by: str = "replay") -> list[Recovered]:
     """Record an event for every executing action whose owner is gone."""
     now = store.clock.now_ms()
     done: list[Recovered] = []
+    orphans: list[tuple[int, int]] = []
     running = store.query("SELECT action_id FROM actions WHERE state = 'executing' "
                           "ORDER BY submitted_seq")
     for (action_id,) in running:
@@ -77,8 +78,16 @@ def recover(store: EventStore, by: str = "replay") -> list[Recovered]:
                 outcome = "failed"
             new = machine.check_event(action_id, state, event)
             tx.append(action_id, [event], version)
+            child = tx.query_one("SELECT child_pid, child_start FROM leases WHERE name = ?",
+                                 (action_id,))
+            if child and child[0]:
+                orphans.append((int(child[0]), int(child[1] or 0)))
             tx.execute("DELETE FROM leases WHERE name = ?", (action_id,))
             if new in (ActionState.FAILED, ActionState.CANCELLED):
                 cascade(tx, action_id, f"dependency {action_id} {new.value}", by)
         done.append(Recovered(action_id, outcome, reason))
+    # After the commit: stop process groups whose owner died, so a resumed attempt does not
+    # run beside its orphaned predecessor.
+    for pid, started in orphans:
+        proc.kill_group(pid, started)
     return done

@@ -35,6 +35,11 @@ MIGRATIONS: list[str] = [
         expires_ms   INTEGER NOT NULL
     );
     """,
+    # 2: the running child of a lease, so that recovery can stop an orphaned process group.
+    """
+    ALTER TABLE leases ADD COLUMN child_pid INTEGER;
+    ALTER TABLE leases ADD COLUMN child_start INTEGER;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -107,14 +107,11 @@ def audit(store: EventStore, action_id: str) -> list[AuditEntry]:
 
 
 def details_of(event: ev.Event) -> dict[str, Any]:
-    """The event's fields that carry information (not defaults, not type or by)."""
+    """The event's fields that carry information: not empty, not ``type`` or ``by``."""
     out: dict[str, Any] = {}
     for field in msgspec.structs.fields(type(event)):
-        if field.name == "by":
-            continue
         value = getattr(event, field.name)
-        if value == field.default or (field.default_factory is not msgspec.NODEFAULT
-                                      and value == field.default_factory()):
+        if field.name == "by" or value is None or value is False or value in ("", [], {}):
             continue
         out[field.name] = value
     return out

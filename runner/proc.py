@@ -29,3 +29,16 @@ def alive(pid: int, started: int) -> bool:
         pass
     now = start_time(pid)
     return now != 0 and (started == 0 or now == started)
+
+
+def kill_group(pid: int, started: int) -> bool:
+    """SIGKILL the process group led by ``pid`` if that very process still runs."""
+    import signal
+
+    if not alive(pid, started):
+        return False
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True

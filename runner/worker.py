@@ -54,15 +54,25 @@ class Worker:
         self.stopping = True
 
     def run(self, until_idle: bool = True, idle_poll_s: float = 1.0) -> WorkerSummary:
+        """Run ready actions until stopped; with ``until_idle``, until nothing is left to do.
+
+        Nothing left = no action ready and none waiting out a retry backoff; actions delayed
+        by ``--delay`` or blocked on dependencies do not keep an idle worker alive.
+        """
         summary = WorkerSummary()
         old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
         try:
             while not self.stopping:
                 claim = execution.claim_next(self.store, self.owner)
                 if claim is None:
-                    if until_idle:
+                    retry_at = execution.next_retry_ms(self.store)
+                    if until_idle and retry_at is None:
                         break
-                    time.sleep(idle_poll_s)
+                    # A retry waiting out its backoff is work in progress: wait for it.
+                    wait_s = idle_poll_s
+                    if retry_at is not None:
+                        wait_s = max(0.0, (retry_at - self.store.clock.now_ms()) / 1000)
+                    time.sleep(min(wait_s, idle_poll_s))
                     continue
                 summary.ran += 1
                 new = self.run_one(claim)
@@ -106,6 +116,7 @@ class Worker:
                     exit_code=None, duration_ms=_ms_since(start), error_kind="spawn",
                     error=f"cannot run {argv[0]!r}: {e.strerror}", retryable=False,
                 ), log_path, offset)
+            execution.record_child(self.store, claim.action_id, self.owner, child.pid)
             kind, error = self._supervise(claim, child, start)
         if kind == "interrupted":
             execution.interrupt(self.store, claim, "worker stopped (signal)", _ms_since(start))

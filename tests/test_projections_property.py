@@ -1,0 +1,160 @@
+"""Property: any sequence of legal commands gives the same projections live as after replay."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import tempfile
+from pathlib import Path
+
+import hypothesis.strategies as st
+from hypothesis import HealthCheck, settings
+from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, precondition, rule
+
+from commands import actions, execution, recovery
+from commands.execution import Claim, Outcome
+from commands.home import Home
+from ledger import events as ev
+from ledger.clock import ManualClock
+from ledger.errors import InvalidTransitionError
+from machines import action as machine
+from machines.states import ActionState
+from projections import engine, queries
+
+
+class LiveEqualsReplay(RuleBasedStateMachine):
+    ids = Bundle("ids")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dir = Path(tempfile.mkdtemp(prefix="sp-prop-"))
+        self.clock = ManualClock()
+        self.store = Home(self.dir).open(clock=self.clock)
+        self.claims: dict[str, Claim] = {}
+        self.steps = 0
+
+    def teardown(self) -> None:
+        try:
+            _, diff = engine.check(self.store)
+            assert diff is None, diff
+            before = self._snapshot()
+            engine.rebuild(self.store)
+            assert self._snapshot() == before
+        finally:
+            self.store.close()
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def _snapshot(self) -> dict[str, list[tuple[object, ...]]]:
+        return {
+            name: self.store.query(
+                f"SELECT * FROM {name} ORDER BY {', '.join(spec.key)}"
+            )
+            for name, spec in engine.TABLES.items()
+        }
+
+    @rule(target=ids, priority=st.integers(-3, 3), retries=st.integers(0, 2),
+          group=st.sampled_from([None, "g1", "g2"]), key=st.sampled_from([None, "k1", "k2"]),
+          delay=st.sampled_from([None, 0, 5000]), data=st.data())
+    def submit(self, priority: int, retries: int, group: str | None, key: str | None,
+               delay: int | None, data: st.DataObject) -> str:
+        known = [r[0] for r in self.store.query("SELECT action_id FROM actions")]
+        deps = data.draw(st.lists(st.sampled_from(known), max_size=2)) if known else []
+        spec = actions.SubmitSpec(
+            command=["true"], priority=priority, retries=retries, group=group, key=key,
+            delay_ms=delay, depends_on=deps, agent=data.draw(st.sampled_from([None, "a1"])),
+            compensation=["echo", "undo"] if group else None,
+        )
+        (action_id,) = actions.submit(self.store, [spec], by="test")
+        return action_id
+
+    @rule()
+    def claim(self) -> None:
+        c = execution.claim_next(self.store, "w1")
+        if c is not None:
+            self.claims[c.action_id] = c
+
+    @precondition(lambda self: bool(self.claims))
+    @rule(data=st.data(), kind=st.sampled_from([None, "exit_code", "timeout"]),
+          retryable=st.booleans(), duration=st.integers(0, 10_000))
+    def finish(self, data: st.DataObject, kind: str | None, retryable: bool,
+               duration: int) -> None:
+        aid = data.draw(st.sampled_from(sorted(self.claims)))
+        c = self.claims.pop(aid)
+        execution.finish(self.store, c, Outcome(
+            exit_code=0 if kind is None else 1, duration_ms=duration, error_kind=kind,
+            retryable=retryable, result={"n": duration},
+        ))
+
+    @precondition(lambda self: bool(self.claims))
+    @rule(data=st.data(), step=st.one_of(st.none(), st.integers(0, 5)))
+    def checkpoint(self, data: st.DataObject, step: int | None) -> None:
+        aid = data.draw(st.sampled_from(sorted(self.claims)))
+        actions.checkpoint(self.store, aid, {"at": step}, step)
+        actions.progress(self.store, aid, 50.0, "half")
+
+    @precondition(lambda self: bool(self.claims))
+    @rule(data=st.data())
+    def interrupt(self, data: st.DataObject) -> None:
+        aid = data.draw(st.sampled_from(sorted(self.claims)))
+        execution.interrupt(self.store, self.claims.pop(aid), "stopping", 10)
+
+    @rule(action_id=ids)
+    def cancel(self, action_id: str) -> None:
+        with contextlib.suppress(InvalidTransitionError):
+            actions.cancel(self.store, action_id, "because")
+
+    @rule(action_id=ids, from_step=st.one_of(st.none(), st.integers(0, 3)))
+    def restart(self, action_id: str, from_step: int | None) -> None:
+        with contextlib.suppress(InvalidTransitionError):
+            actions.restart(self.store, action_id, from_step)
+
+    @rule(action_id=ids, ok=st.booleans())
+    def rollback(self, action_id: str, ok: bool) -> None:
+        with self.store.transaction() as tx:
+            state, version = actions.state_of(tx, action_id)
+            if not machine.is_legal(state, "rollback"):
+                return
+            done: ev.Event = ev.ActionRolledBack(exit_code=0) if ok else ev.ActionRollbackFailed(
+                error="undo failed", exit_code=1)
+            tx.append(action_id, [ev.ActionRollbackStarted(), done], version)
+
+    @rule(ms=st.sampled_from([1000, 10_000, 60_000, 400_000]))
+    def tick(self, ms: int) -> None:
+        self.clock.advance(ms)
+
+    @rule()
+    def crash_and_recover(self) -> None:
+        # The owner 'died': drop its leases, as after a reboot, then recover.
+        with self.store.transaction() as tx:
+            tx.execute("DELETE FROM leases")
+        recovery.recover(self.store)
+        self.claims.clear()
+        assert recovery.recover(self.store) == []
+
+    @invariant()
+    def counts_match_rows(self) -> None:
+        counts = queries.counts(self.store)
+        rows = dict(self.store.query("SELECT state, count(*) FROM actions GROUP BY state"))
+        assert {k: v for k, v in counts.items() if v} == rows
+        queue = {r[0] for r in self.store.query("SELECT action_id FROM queue")}
+        waiting = {r[0] for r in self.store.query(
+            "SELECT action_id FROM actions WHERE state IN ('queued', 'retrying')")}
+        assert queue == waiting
+        executing = self.store.query("SELECT count(*) FROM actions WHERE state = 'executing'")
+        assert executing[0][0] == len(self.claims)
+        for state in counts:
+            ActionState(state)
+        # Dependencies: the queue, the actions row and the edge table agree.
+        for aid, q_unmet, a_unmet, edges in self.store.query(
+            "SELECT q.action_id, q.unmet_deps, a.unmet_deps,"
+            " (SELECT count(*) FROM dependencies d WHERE d.action_id = q.action_id)"
+            " FROM queue q JOIN actions a USING (action_id)"
+        ):
+            assert q_unmet == a_unmet == edges, aid
+
+
+LiveEqualsReplay.TestCase.settings = settings(
+    max_examples=40, stateful_step_count=30, deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+TestLiveEqualsReplay = LiveEqualsReplay.TestCase
