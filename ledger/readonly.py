@@ -15,6 +15,11 @@ _ALLOWED = {
     sqlite3.SQLITE_FUNCTION,
     getattr(sqlite3, "SQLITE_RECURSIVE", 33),
 }
+_SCHEMA_PRAGMAS = {
+    "table_info", "table_xinfo", "table_list", "index_list", "index_info", "index_xinfo",
+    "foreign_key_list",
+}
+_BARE_PRAGMAS = {"database_list", "user_version"}
 
 
 def _authorize(action: int, arg1: str | None, arg2: str | None, db: str | None,
@@ -22,10 +27,11 @@ def _authorize(action: int, arg1: str | None, arg2: str | None, db: str | None,
     if action in _ALLOWED:
         return sqlite3.SQLITE_OK
     # Harmless read-only pragmas (table_info and friends) are fine; anything else is denied.
-    if action == sqlite3.SQLITE_PRAGMA and arg2 is None and arg1 in {
-        "table_info", "table_list", "index_list", "index_info", "foreign_key_list",
-        "table_xinfo", "database_list", "user_version",
-    }:
+    # The schema pragmas take a table or index name as their argument (arg2); the others are
+    # only read without one (``PRAGMA user_version = 5`` would write).
+    if action == sqlite3.SQLITE_PRAGMA and (
+        arg1 in _SCHEMA_PRAGMAS or (arg2 is None and arg1 in _BARE_PRAGMAS)
+    ):
         return sqlite3.SQLITE_OK
     return sqlite3.SQLITE_DENY
 
