@@ -17,8 +17,10 @@ import msgspec
 from ledger import events as ev
 from ledger.errors import ActionNotFoundError, AmbiguousActionError, UsageError
 from ledger.store import EventStore, Transaction
-from machines import action as machine
-from machines.action import FINAL, ActionState
+
+# machines.action (and with it ``transitions``) is imported by the commands that decide, not
+# at module level: sp status and sp audit only need resolve() and should start quickly.
+from machines.states import FINAL, ActionState
 
 
 class SubmitSpec(msgspec.Struct, kw_only=True):
@@ -113,6 +115,8 @@ def submit(store: EventStore, specs: list[SubmitSpec], by: str = "",
 
     :raises UsageError: a spec is invalid or names an unknown dependency (nothing written).
     """
+    from machines import action as machine
+
     wheres = wheres or [f"action {i + 1}" for i in range(len(specs))]
     for spec, where in zip(specs, wheres, strict=True):
         _validate(spec, where)
@@ -187,6 +191,8 @@ def cancel(store: EventStore, action_id: str, reason: str = "", by: str = "") ->
 
     :raises InvalidTransitionError: the action already finished.
     """
+    from machines import action as machine
+
     with store.transaction() as tx:
         state, version = state_of(tx, action_id)
         if state is ActionState.EXECUTING:
@@ -211,6 +217,8 @@ def cascade(tx: Transaction, action_id: str, reason: str, by: str) -> list[str]:
 
     ``reason`` is given to the direct dependents; theirs name the dependency they waited on.
     """
+    from machines import action as machine
+
     cancelled: list[str] = []
     todo = [(action_id, reason)]
     while todo:
@@ -236,6 +244,8 @@ def checkpoint(store: EventStore, action_id: str, data: Any, step: int | None = 
 
     :raises InvalidTransitionError: the action is not executing.
     """
+    from machines import action as machine
+
     with store.transaction() as tx:
         state, version = state_of(tx, action_id)
         event = ev.ActionCheckpointed(by=by, step=step, data=data)
@@ -246,6 +256,8 @@ def checkpoint(store: EventStore, action_id: str, data: Any, step: int | None = 
 def progress(store: EventStore, action_id: str, percent: float | None, message: str = "",
              by: str = "") -> None:
     """Record reported progress of a running action."""
+    from machines import action as machine
+
     if percent is not None and not 0 <= percent <= 100:
         raise UsageError(f"progress must be between 0 and 100, got {percent}")
     with store.transaction() as tx:
@@ -258,6 +270,8 @@ def progress(store: EventStore, action_id: str, percent: float | None, message: 
 def restart(store: EventStore, action_id: str, from_step: int | None = None,
             by: str = "") -> ActionState:
     """Queue a finished (failed, cancelled or completed) action for one more attempt."""
+    from machines import action as machine
+
     with store.transaction() as tx:
         state, version = state_of(tx, action_id)
         event = ev.ActionRestarted(by=by, from_step=from_step)

@@ -9,11 +9,10 @@ end commits everything or nothing.
 from __future__ import annotations
 
 import os
-import socket
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +96,7 @@ class Transaction:
         self.store = store
         self._conn = conn
         self._head: tuple[int, str] | None = None
+        self._versions: dict[str, int] = {}
         self.recorded: list[Recorded] = []
 
     # -- reading and writing projection / side tables ----------------------------------------
@@ -120,10 +120,28 @@ class Transaction:
 
     # -- the event log -------------------------------------------------------------------------
     def stream_version(self, stream: str) -> int:
+        known = self._versions.get(stream)
+        if known is not None:
+            return known
         row = self._conn.execute(
             "SELECT max(version) FROM events WHERE stream = ?", (stream,)
         ).fetchone()
         return int(row[0] or 0)
+
+    def _load_versions(self, streams: Iterable[str]) -> None:
+        """Read the versions of several streams at once (a bulk append touches many)."""
+        known = self._versions
+        todo = [s for s in dict.fromkeys(streams) if s not in known]
+        for i in range(0, len(todo), 500):
+            chunk = todo[i:i + 500]
+            # One index seek per stream (GROUP BY would walk every version of each).
+            values = ", ".join("(?)" for _ in chunk)
+            for s, version in self._conn.execute(
+                f"WITH s(stream) AS (VALUES {values}) SELECT stream,"
+                " (SELECT max(version) FROM events e WHERE e.stream = s.stream) FROM s",
+                chunk,
+            ):
+                known[s] = int(version or 0)
 
     def read_stream(self, stream: str) -> list[Recorded]:
         return self.store._read_stream(self._conn, stream)
@@ -142,44 +160,81 @@ class Transaction:
     def append_many(
         self, batches: Sequence[tuple[str, Sequence[Event], int | None]]
     ) -> list[Recorded]:
-        """Append to several streams at once (e.g. a bulk submit); same contract as append."""
+        """Append to several streams at once (e.g. a bulk submit); same contract as append.
+
+        The batches are appended in order, as if by consecutive :meth:`append` calls: a stream
+        may appear more than once, each time with the version its earlier batch left it at.
+        All or nothing: when one batch is refused, none of them is written.
+        """
+        conn = self._conn
+        known = self._versions
         if self._head is None:
-            row = self._conn.execute(
-                "SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1"
-            ).fetchone()
-            self._head = (row[0], row[1]) if row else (0, codec.GENESIS_HASH)
+            first = batches[0][0] if batches else None
+            if first is None or first in known:
+                row = conn.execute(_HEAD).fetchone()
+                self._head = (row[0], row[1]) if row else (0, codec.GENESIS_HASH)
+            else:  # the head and the first stream's version in one statement
+                seq_, hash_, version_ = conn.execute(_HEAD_AND_VERSION, (first,)).fetchone()
+                self._head = (seq_, hash_) if seq_ is not None else (0, codec.GENESIS_HASH)
+                known[first] = int(version_ or 0)
         seq, prev = self._head
         now = self.store.clock.now_ms()
+        # Stream versions as of this transaction: we hold the write lock (BEGIN IMMEDIATE), so
+        # nobody else can move them; only our own appends, tracked here, do.
+        versions: dict[str, int] = {}
+        if len(batches) > 1:
+            self._load_versions([b[0] for b in batches])
         rows: list[tuple[int, str, int, str, int, str, str, str]] = []
         recorded: list[Recorded] = []
+        encode, chain_hash, tag_of = codec.encode_bytes, codec.chain_hash_bytes, codec.tag_of
         for stream, events, expected in batches:
-            actual = self.stream_version(stream)
+            actual = versions.get(stream)
+            if actual is None:
+                actual = known.get(stream)
+                if actual is None:
+                    actual = self.stream_version(stream)
             if expected is not None and actual != expected:
                 raise ConcurrencyError(stream, expected, actual)
             version = actual
             for event in events:
                 seq += 1
                 version += 1
-                type_ = event.__struct_config__.tag
-                assert isinstance(type_, str)
-                data = codec.encode(event)
-                h = codec.chain_hash(prev, seq, stream, version, type_, now, data)
-                rows.append((seq, stream, version, type_, now, data, prev, h))
+                type_ = tag_of(event)
+                data = encode(event)
+                h = chain_hash(prev, seq, stream, version, type_, now, data)
+                text = data.decode()
+                rows.append((seq, stream, version, type_, now, text, prev, h))
                 recorded.append(Recorded(seq, stream, version, type_, now, event))  # type: ignore[arg-type]
                 prev = h
+            versions[stream] = version
         try:
-            self._conn.executemany(
-                "INSERT INTO events (seq, stream, version, type, ts, data, prev_hash, hash)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                rows,
-            )
+            if len(rows) == 1:
+                conn.execute(_INSERT_EVENT, rows[0])
+            else:
+                conn.executemany(_INSERT_EVENT, rows)
         except sqlite3.IntegrityError as e:
+            # Some rows of the batch may be in: forget what we knew, read it again next time.
+            self._head = None
+            known.clear()
             raise LedgerError(f"append refused: {e}") from e
         self._head = (seq, prev)
+        known.update(versions)
         for hook in self.store.hooks:
             hook(self, recorded)
         self.recorded.extend(recorded)
         return recorded
+
+
+_HEAD = "SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1"
+_HEAD_AND_VERSION = (
+    "SELECT (SELECT seq FROM events ORDER BY seq DESC LIMIT 1),"
+    " (SELECT hash FROM events ORDER BY seq DESC LIMIT 1),"
+    " (SELECT max(version) FROM events WHERE stream = ?)"
+)
+_INSERT_EVENT = (
+    "INSERT INTO events (seq, stream, version, type, ts, data, prev_hash, hash)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
 
 
 class EventStore:
@@ -197,7 +252,8 @@ class EventStore:
         self.clock: Clock = clock or SystemClock()
         self.synchronous = synchronous or os.environ.get("SP_SYNCHRONOUS", "FULL")
         self.hooks: list[AppendHook] = list(hooks)
-        self.host = socket.gethostname()
+        # socket.gethostname() is uname's nodename; importing socket costs a cron run 3 ms
+        self.host = os.uname().nodename
         try:
             self._conn = connect(self.path, self.synchronous)
         except sqlite3.Error as e:
@@ -248,21 +304,12 @@ class EventStore:
             conn.execute("ROLLBACK")
             raise LedgerBusyError(self.path, time.monotonic() - start) from None
 
-    @contextmanager
-    def transaction(self) -> Iterator[Transaction]:
+    def transaction(self) -> AbstractContextManager[Transaction]:
         """``BEGIN IMMEDIATE`` … ``COMMIT``; rolls back on any exception.
 
         :raises LedgerBusyError: the lock was not obtained within the busy timeout.
         """
-        with self._begin() as conn:
-            try:
-                yield Transaction(self, conn)
-            except sqlite3.OperationalError as e:
-                if _is_busy(e):
-                    raise LedgerBusyError(self.path, BUSY_TIMEOUT_S) from e
-                raise LedgerError(f"ledger {self.path}: {e}") from e
-            except sqlite3.Error as e:
-                raise LedgerError(f"ledger {self.path}: {e}") from e
+        return _TransactionScope(self)
 
     # -- convenience ---------------------------------------------------------------------------
     def append(
@@ -317,8 +364,58 @@ class EventStore:
             yield chunk
 
     def head(self) -> tuple[int, str]:
-        row = self.query_one("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1")
+        row = self.query_one(_HEAD)
         return (int(row[0]), str(row[1])) if row else (0, codec.GENESIS_HASH)
+
+
+class _TransactionScope:
+    """The context manager of :meth:`EventStore.transaction` (a plain class: it runs for every
+    append, and a generator-based one costs several microseconds more)."""
+
+    __slots__ = ("start", "store")
+
+    def __init__(self, store: EventStore) -> None:
+        self.store = store
+        self.start = 0.0
+
+    def __enter__(self) -> Transaction:
+        store = self.store
+        conn = store._conn
+        self.start = time.monotonic()
+        try:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as e:
+                if not _is_busy(e):
+                    raise
+                _retry_locked(lambda: conn.execute("BEGIN IMMEDIATE"), store.path)
+        except sqlite3.Error as e:
+            raise LedgerError(f"cannot begin a transaction on {store.path}: {e}") from e
+        return Transaction(store, conn)
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object
+    ) -> None:
+        store = self.store
+        conn = store._conn
+        if exc is not None:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.OperationalError) and _is_busy(exc):
+                raise LedgerBusyError(store.path, BUSY_TIMEOUT_S) from exc
+            if isinstance(exc, sqlite3.Error):
+                raise LedgerError(f"ledger {store.path}: {exc}") from exc
+            return
+        try:
+            try:
+                conn.execute("COMMIT")
+            except sqlite3.OperationalError as e:
+                if not _is_busy(e):
+                    raise
+                _retry_locked(lambda: conn.execute("COMMIT"), store.path)
+        except LedgerBusyError:
+            conn.execute("ROLLBACK")
+            raise LedgerBusyError(store.path, time.monotonic() - self.start) from None
 
 
 def _split_sql(script: str) -> list[str]:

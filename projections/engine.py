@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import gc
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
 import msgspec
 
 from ledger import codec
 from ledger import events as ev
 from ledger.errors import CorruptEventError
-from ledger.store import EventStore, Recorded, Transaction
+from ledger.store import EventStore, Recorded, Transaction, _split_sql
 from machines.action import FOLD, ActionState
 
 from . import actions, checkpoints, metrics, queue, rollback, views
-from .rows import Rows, Table
+from .rows import RowDict, Rows, Table
 from .version import PROJECTION_VERSION
 
 TABLES: dict[str, Table] = {
@@ -22,9 +26,9 @@ TABLES: dict[str, Table] = {
 DDL = "\n".join([actions.DDL, queue.DDL, metrics.DDL, rollback.DDL, checkpoints.DDL])
 TRACKING_DDL = (
     "CREATE TABLE IF NOT EXISTS projection_tracking (name TEXT PRIMARY KEY, seq INTEGER NOT NULL)"
+    " WITHOUT ROWID"
 )
 
-_STATE = {s.value: s for s in ActionState}
 _SUBMITTED = ev.tag_of(ev.ActionSubmitted)
 _CHECKPOINTED = ev.tag_of(ev.ActionCheckpointed)
 _ATTEMPT_ENDS = frozenset(
@@ -32,6 +36,100 @@ _ATTEMPT_ENDS = frozenset(
                            ev.ActionInterrupted, ev.ActionCancelled)
 )
 _EXECUTING = ActionState.EXECUTING
+_PENDING = ActionState.PENDING
+
+Handler = Callable[[RowDict, Recorded, Any], None]
+
+
+class _Step(NamedTuple):
+    """What one event type does to an action in one state, compiled from machines.FOLD."""
+
+    new_value: str
+    old: ActionState
+    new: ActionState
+    handler: Handler
+    moves: bool  # the state changes
+    ends_attempt: bool  # leaves EXECUTING: an attempt ended
+    change: int  # index of (old, new) in _CHANGES
+
+
+# Every state change an action can make; index 0 is its creation.
+_CHANGES: list[tuple[ActionState | None, ActionState]] = [
+    (None, _PENDING), *sorted({(old, new) for (old, _), new in FOLD.items() if new is not old},
+                              key=lambda c: (c[0].value, c[1].value)),
+]
+_CHANGE_INDEX = {c: i for i, c in enumerate(_CHANGES)}
+
+# (current state's value, event tag) -> step; absent pairs are illegal.
+_STEPS: dict[tuple[str, str], _Step] = {
+    (old.value, tag): _Step(new.value, old, new, actions.HANDLERS[tag], new is not old,
+                            old is _EXECUTING and new is not old and tag in _ATTEMPT_ENDS,
+                            _CHANGE_INDEX.get((old, new), -1))
+    for (old, tag), new in FOLD.items()
+}
+
+
+class _Counting:
+    """Stands in for Rows while :func:`metrics.on_state` is asked which counters it moves."""
+
+    def __init__(self) -> None:
+        self.added: list[tuple[str, Any, int]] = []
+
+    def add(self, table: str, key: Any, delta: int) -> None:
+        self.added.append((table, key, delta))
+
+    def __getattr__(self, name: str) -> Any:
+        raise TypeError(f"metrics.on_state may only count (rows.add), not call rows.{name}")
+
+
+# (action type, agent, index of the state change in _CHANGES)
+_Change = tuple[str, str | None, int]
+_COUNTS: dict[_Change, list[tuple[str, Any, int]]] = {}
+
+
+def _counts_of(change: _Change) -> list[tuple[str, Any, int]]:
+    """The counter deltas of one state change of an action of a type and agent (memoized).
+
+    metrics.on_state is a function of the action's type and agent and of the two states only
+    (it reads nothing else: the row it is shown holds nothing else), so it is asked once per
+    distinct change instead of once per event.
+    """
+    found = _COUNTS.get(change)
+    if found is None:
+        counting = _Counting()
+        action_type, agent, index = change
+        old, new = _CHANGES[index]
+        metrics.on_state(counting, {"action_type": action_type, "agent": agent},  # type: ignore[arg-type]
+                         old, new)
+        found = _COUNTS[change] = counting.added
+    return found
+
+
+class ProjectionRows(Rows):
+    """Rows of every projection, plus the state changes to count at flush time."""
+
+    def __init__(self, tx: Transaction, *, full: bool, prefix: str = "") -> None:
+        super().__init__(tx, TABLES, full=full, prefix=prefix)
+        # metrics.on_state, deferred: each distinct change is counted once, at flush time.
+        self.changes: dict[_Change, int] = {}
+
+    def flush(self) -> None:
+        deltas = self.deltas
+        for change, n in self.changes.items():
+            for table, key, delta in _counts_of(change):
+                deltas[table][key] += delta * n
+        self.changes.clear()
+        super().flush()
+
+
+def _count(rows: Rows, a: RowDict, change: int) -> None:
+    changes = getattr(rows, "changes", None)
+    if changes is None:  # a plain Rows: count at once
+        old, new = _CHANGES[change]
+        metrics.on_state(rows, a, old, new)
+        return
+    key = (a["action_type"], a["agent"], change)
+    changes[key] = changes.get(key, 0) + 1
 
 
 def apply_event(rows: Rows, rec: Recorded) -> None:
@@ -41,48 +139,80 @@ def apply_event(rows: Rows, rec: Recorded) -> None:
         was written around the lifecycle machine).
     """
     type_ = rec.type
+    stream = rec.stream
     if type_ == _SUBMITTED:
         e = rec.event
         assert isinstance(e, ev.ActionSubmitted)
-        if rows.get("actions", rec.stream) is not None:
-            raise CorruptEventError(rec.seq, f"action {rec.stream} submitted twice")
-        unmet = queue.on_submitted(rows, rec.stream, e.depends_on)
+        if rows.get("actions", stream) is not None:
+            raise CorruptEventError(rec.seq, f"action {stream} submitted twice")
+        unmet = queue.on_submitted(rows, stream, e.depends_on)
         created = actions.on_submitted(rows, rec, e, unmet)
-        metrics.on_state(rows, created, None, ActionState.PENDING)
+        _count(rows, created, 0)
         return
-    a = rows.get("actions", rec.stream)
+    a = rows.get("actions", stream)
     if a is None:
-        raise CorruptEventError(rec.seq, f"{type_} for unknown action {rec.stream}")
-    old = _STATE[a["state"]]
-    new = FOLD.get((old, type_))
-    if new is None:
-        raise CorruptEventError(rec.seq, f"{type_} is illegal for an action that is {old.value}")
-    actions.HANDLERS[type_](a, rec, rec.event)
-    a["state"] = new.value
+        raise CorruptEventError(rec.seq, f"{type_} for unknown action {stream}")
+    step = _STEPS.get((a["state"], type_))
+    if step is None:
+        raise CorruptEventError(rec.seq, f"{type_} is illegal for an action that is {a['state']}")
+    step.handler(a, rec, rec.event)
+    a["state"] = step.new_value
     a["updated_ms"] = rec.ts
     a["version"] = rec.version
     a["last_seq"] = rec.seq
-    rows.touch("actions", rec.stream)
+    rows.dirty["actions"].add(stream)
     if type_ == _CHECKPOINTED:
         checkpoints.on_checkpoint(rows, rec, rec.event, a["attempts"])  # type: ignore[arg-type]
-    if new is not old:
-        if old is _EXECUTING and type_ in _ATTEMPT_ENDS:
+    if step.moves:
+        old, new = step.old, step.new
+        if step.ends_attempt:
             metrics.on_attempt_end(rows, a, rec)
-        metrics.on_state(rows, a, old, new)
+        _count(rows, a, step.change)
         queue.on_state(rows, a, old, new)
         rollback.on_state(rows, a, old, new, rec)
 
 
 def _track(tx: Transaction, seq: int, prefix: str = "") -> None:
-    tx.execute(
-        f"INSERT OR REPLACE INTO {prefix}projection_tracking (name, seq) VALUES ('all', ?)",
-        (seq,),
-    )
+    # An update in place where the row exists (every append but the first): cheaper than
+    # REPLACE, which deletes and inserts it again.
+    if prefix or not tx.execute(_TRACK_UPDATE, (seq,)):
+        tx.execute(
+            f"INSERT OR REPLACE INTO {prefix}projection_tracking (name, seq) VALUES ('all', ?)",
+            (seq,),
+        )
+
+
+_TRACK_UPDATE = "UPDATE projection_tracking SET seq = ? WHERE name = 'all'"
+
+
+# Tables keyed by the action id alone, whose rows only the action's own events create: a
+# stream that starts in this append has none yet.
+_OWN_ROWS = tuple(name for name, t in TABLES.items() if t.key == ("action_id",))
 
 
 def live_hook(tx: Transaction, recorded: list[Recorded]) -> None:
     """The append hook: apply freshly appended events inside the append transaction."""
-    rows = Rows(tx, TABLES, full=False)
+    if not recorded:
+        return
+    rows = ProjectionRows(tx, full=False)
+    new: set[str] = set()
+    known: set[str] = set()
+    checkpointed: set[str] = set()
+    for rec in recorded:
+        stream = rec.stream
+        if rec.version == 1:
+            new.add(stream)
+        elif stream not in new:
+            known.add(stream)
+            if rec.type == _CHECKPOINTED:
+                checkpointed.add(stream)
+    for stream in new:
+        for name in _OWN_ROWS:
+            rows.absent(name, stream)
+    if known:
+        rows.prefetch("actions", known)
+    if checkpointed:
+        rows.prefetch("checkpoints", checkpointed)
     for rec in recorded:
         apply_event(rows, rec)
     rows.flush()
@@ -106,9 +236,29 @@ def drop_all(tx: Transaction, prefix: str = "") -> None:
     tx.execute(f"DROP TABLE IF EXISTS {prefix}projection_tracking")
 
 
-def create_all(tx: Transaction) -> None:
-    tx.executescript_safe(DDL + ";\n" + TRACKING_DDL + ";")
+def _is_index(stmt: str) -> bool:
+    return stmt.lstrip().upper().startswith(("CREATE INDEX", "CREATE UNIQUE INDEX"))
+
+
+def create_tables(tx: Transaction) -> None:
+    """The projection tables without their secondary indexes (see :func:`create_indexes`)."""
+    for stmt in _split_sql(DDL + ";\n" + TRACKING_DDL + ";"):
+        if not _is_index(stmt):
+            tx.execute(stmt)
+
+
+def create_indexes(tx: Transaction) -> None:
+    """The secondary indexes and the views: built after a bulk load, it costs a sort rather
+    than an index update per row."""
+    for stmt in _split_sql(DDL):
+        if _is_index(stmt):
+            tx.execute(stmt)
     tx.executescript_safe(views.DDL)
+
+
+def create_all(tx: Transaction) -> None:
+    create_tables(tx)
+    create_indexes(tx)
 
 
 def create_scratch(tx: Transaction, prefix: str) -> None:
@@ -120,20 +270,29 @@ def create_scratch(tx: Transaction, prefix: str) -> None:
 
 def fold_all(store: EventStore, tx: Transaction, prefix: str = "") -> int:
     """Fold the whole log into ``prefix``-named tables (which must exist, empty). Returns count."""
-    rows = Rows(tx, TABLES, full=True, prefix=prefix)
+    rows = ProjectionRows(tx, full=True, prefix=prefix)
+    apply = apply_event
     decode = codec._decoder.decode
     count = 0
     last = 0
-    for chunk in store.read_all_raw(0, 10000):
-        for seq, stream, version, type_, ts, data in chunk:
-            try:
-                event = decode(data)
-            except msgspec.DecodeError as e:
-                raise CorruptEventError(seq, str(e)) from None
-            apply_event(rows, Recorded(seq, stream, version, type_, ts, event))
-        count += len(chunk)
-        last = chunk[-1][0]
-    rows.flush()
+    # Millions of row dicts live until the flush and none of them is garbage: the cyclic
+    # collector would walk them all again and again, for nothing.
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        for chunk in store.read_all_raw(0, 10000):
+            for seq, stream, version, type_, ts, data in chunk:
+                try:
+                    event = decode(data)
+                except msgspec.DecodeError as e:
+                    raise CorruptEventError(seq, str(e)) from None
+                apply(rows, Recorded(seq, stream, version, type_, ts, event))
+            count += len(chunk)
+            last = chunk[-1][0]
+        rows.flush()
+    finally:
+        if collecting:
+            gc.enable()
     if last:
         _track(tx, last, prefix)
     return count
@@ -143,8 +302,9 @@ def rebuild(store: EventStore) -> int:
     """Drop every projection and rebuild it from the log, in one transaction. Returns count."""
     with store.transaction() as tx:
         drop_all(tx)
-        create_all(tx)
+        create_tables(tx)
         count = fold_all(store, tx)
+        create_indexes(tx)
         tx.execute(
             "INSERT OR REPLACE INTO meta (key, value) VALUES ('projection_version', ?)",
             (str(PROJECTION_VERSION),),

@@ -4,17 +4,29 @@ Projection logic is written once, against this class. Live, rows are loaded lazi
 database and the dirty ones written back at the end of the append; during a rebuild the cache is
 the whole truth (it started empty) and is written out once with ``executemany``. Running the
 same code both ways is what makes "incremental apply == rebuild" hold.
+
+Live, a row read from the database remembers its stored values, so that writing it back
+updates only the columns that changed (and with them only the indexes that cover them), and a
+row known to be absent is inserted rather than replaced. The statements are built once per
+table and prefix.
 """
 
 from __future__ import annotations
 
+import sqlite3
 from collections import defaultdict
+from collections.abc import Callable, Iterable
+from itertools import compress
+from operator import is_not, itemgetter
 from typing import Any
 
 from ledger.store import Transaction
 
 Key = Any  # a scalar for one-column keys, a tuple otherwise
 RowDict = dict[str, Any]
+
+_MISSING: Any = object()
+_IN_CHUNK = 500  # keys per "WHERE key IN (...)" (well under SQLite's parameter limit)
 
 
 class Table:
@@ -25,14 +37,67 @@ class Table:
         self.key = key
         # A counter table has one numeric column updated by deltas (n = n + delta).
         self.counter = counter
+        self.single = len(key) == 1
+        self.positions = range(len(columns))
+        self._sql: dict[str, _Statements] = {}
+        # row dict -> tuple of its values in column order
+        self.values: Callable[[RowDict], tuple[Any, ...]] = (
+            itemgetter(*columns) if len(columns) > 1 else lambda row: (row[columns[0]],)
+        )
 
     def key_of(self, row: RowDict) -> Key:
-        if len(self.key) == 1:
+        if self.single:
             return row[self.key[0]]
         return tuple(row[k] for k in self.key)
 
     def key_params(self, key: Key) -> tuple[Any, ...]:
-        return (key,) if len(self.key) == 1 else tuple(key)
+        return (key,) if self.single else tuple(key)
+
+    def sql(self, prefix: str = "") -> _Statements:
+        found = self._sql.get(prefix)
+        if found is None:
+            found = self._sql[prefix] = _Statements(self, prefix + self.name)
+        return found
+
+
+class _Statements:
+    """The SQL of one table (under one name), built once."""
+
+    def __init__(self, spec: Table, target: str) -> None:
+        cols = ", ".join(spec.columns)
+        marks = ", ".join("?" for _ in spec.columns)
+        where = " AND ".join(f"{k} = ?" for k in spec.key)
+        self.spec = spec
+        self.target = target
+        self.select = f"SELECT {cols} FROM {target} WHERE {where}"
+        self.select_in = f"SELECT {cols} FROM {target} WHERE {spec.key[0]} IN "
+        self.insert = f"INSERT INTO {target} ({cols}) VALUES ({marks})"
+        self.replace = f"INSERT OR REPLACE INTO {target} ({cols}) VALUES ({marks})"
+        self.delete = f"DELETE FROM {target} WHERE {where}"
+        self.where = where
+        if spec.counter:
+            keycols = ", ".join(spec.key)
+            self.upsert = (
+                f"{self.insert} ON CONFLICT ({keycols}) DO UPDATE"
+                f" SET {spec.counter} = {spec.counter} + excluded.{spec.counter}"
+            )
+        self._updates: dict[tuple[int, ...], str] = {}
+        self._finds: dict[str, str] = {}
+
+    def update(self, changed: tuple[int, ...]) -> str:
+        sql = self._updates.get(changed)
+        if sql is None:
+            sets = ", ".join(f"{self.spec.columns[i]} = ?" for i in changed)
+            sql = self._updates[changed] = f"UPDATE {self.target} SET {sets} WHERE {self.where}"
+        return sql
+
+    def find(self, column: str) -> str:
+        sql = self._finds.get(column)
+        if sql is None:
+            sql = self._finds[column] = (
+                f"SELECT {', '.join(self.spec.key)} FROM {self.target} WHERE {column} = ?"
+            )
+        return sql
 
 
 class Rows:
@@ -44,29 +109,68 @@ class Rows:
         self.tables = tables
         self.full = full
         self.prefix = prefix
-        self.cache: dict[str, dict[Key, RowDict | None]] = {t: {} for t in tables}
-        self.dirty: dict[str, set[Key]] = {t: set() for t in tables}
-        self.deltas: dict[str, defaultdict[Key, int]] = {
-            t: defaultdict(int) for t, spec in tables.items() if spec.counter
-        }
+        # Per table, created on first use (a live append touches two or three tables of seven).
+        self.cache: defaultdict[str, dict[Key, RowDict | None]] = defaultdict(dict)
+        self.dirty: defaultdict[str, set[Key]] = defaultdict(set)
+        # Live only: the values as stored (a tuple in column order), or None when known absent.
+        self.origin: defaultdict[str, dict[Key, tuple[Any, ...] | None]] = defaultdict(dict)
+        self.deltas: defaultdict[str, defaultdict[Key, int]] = defaultdict(_counter)
         # find() indexes, full mode only: (table, column) -> value -> keys
         self._index: dict[tuple[str, str], defaultdict[Any, set[Key]]] = {}
+        # the same, by table: table -> [(column, value -> keys)]
+        self._indexed: dict[str, list[tuple[str, defaultdict[Any, set[Key]]]]] = {}
 
     # -- reads ---------------------------------------------------------------------------------
     def get(self, table: str, key: Key) -> RowDict | None:
         cache = self.cache[table]
-        if key in cache:
-            return cache[key]
+        row = cache.get(key, _MISSING)
+        if row is not _MISSING:
+            return row  # type: ignore[no-any-return]
         if self.full:
             return None
         spec = self.tables[table]
-        where = " AND ".join(f"{k} = ?" for k in spec.key)
-        found = self.tx.query_one(
-            f"SELECT {', '.join(spec.columns)} FROM {table} WHERE {where}", spec.key_params(key)
-        )
-        row = dict(zip(spec.columns, found, strict=True)) if found else None
-        cache[key] = row
-        return row
+        found = self.tx._conn.execute(spec.sql().select, spec.key_params(key)).fetchone()
+        self.origin[table][key] = found
+        row = cache[key] = dict(zip(spec.columns, found, strict=True)) if found else None
+        return row  # type: ignore[no-any-return]
+
+    def prefetch(self, table: str, keys: Iterable[Key]) -> None:
+        """Load the rows of ``keys`` (one-column key tables) in a few queries, not one each."""
+        if self.full:
+            return
+        spec = self.tables[table]
+        cache = self.cache[table]
+        todo = [k for k in dict.fromkeys(keys) if k not in cache]
+        if not todo:
+            return
+        if len(todo) == 1 or not spec.single:
+            for k in todo:
+                self.get(table, k)
+            return
+        origin = self.origin[table]
+        sql = spec.sql()
+        columns = spec.columns
+        at = columns.index(spec.key[0])
+        for i in range(0, len(todo), _IN_CHUNK):
+            chunk = todo[i:i + _IN_CHUNK]
+            for found in self.tx.query(
+                f"{sql.select_in}({', '.join('?' * len(chunk))})", chunk
+            ):
+                k = found[at]
+                origin[k] = found
+                cache[k] = dict(zip(columns, found, strict=True))
+        for k in todo:
+            if k not in cache:
+                origin[k] = None
+                cache[k] = None
+
+    def absent(self, table: str, key: Key) -> None:
+        """Declare that the database holds no row for ``key`` (e.g. of a brand-new stream)."""
+        cache = self.cache[table]
+        if key not in cache:
+            cache[key] = None
+            if not self.full:
+                self.origin[table][key] = None
 
     def find(self, table: str, column: str, value: Any) -> list[Key]:
         """Keys of the rows whose ``column`` equals ``value`` (as of this unit of work)."""
@@ -75,10 +179,8 @@ class Rows:
         if self.full:
             return sorted(self._index_for(table, column).get(value, ()))
         keys: set[Key] = set()
-        for found in self.tx.query(
-            f"SELECT {', '.join(spec.key)} FROM {table} WHERE {column} = ?", (value,)
-        ):
-            key = found[0] if len(spec.key) == 1 else tuple(found)
+        for found in self.tx.query(spec.sql().find(column), (value,)):
+            key = found[0] if spec.single else tuple(found)
             if key not in cache:
                 keys.add(key)
         for key, row in cache.items():
@@ -94,36 +196,39 @@ class Rows:
                 if row is not None:
                     idx[row[column]].add(key)
             self._index[(table, column)] = idx
+            self._indexed.setdefault(table, []).append((column, idx))
         return idx
 
     # -- writes --------------------------------------------------------------------------------
     def put(self, table: str, row: RowDict) -> None:
         spec = self.tables[table]
         key = spec.key_of(row)
-        if self._index:
-            self._unindex(table, key)
-        self.cache[table][key] = row
-        self.dirty[table].add(key)
-        for (t, col), idx in self._index.items():
-            if t == table:
+        cache = self.cache[table]
+        indexes = self._indexed.get(table)
+        if indexes:
+            self._unindex(cache.get(key), key, indexes)
+            for col, idx in indexes:
                 idx[row[col]].add(key)
+        cache[key] = row
+        self.dirty[table].add(key)
 
     def touch(self, table: str, key: Key) -> None:
         """Mark a row returned by :meth:`get` and changed in place as dirty."""
         self.dirty[table].add(key)
 
     def delete(self, table: str, key: Key) -> None:
-        if self._index:
-            self._unindex(table, key)
-        self.cache[table][key] = None
+        cache = self.cache[table]
+        indexes = self._indexed.get(table)
+        if indexes:
+            self._unindex(cache.get(key), key, indexes)
+        cache[key] = None
         self.dirty[table].add(key)
 
-    def _unindex(self, table: str, key: Key) -> None:
-        old = self.cache[table].get(key)
-        if old is None:
-            return
-        for (t, col), idx in self._index.items():
-            if t == table:
+    @staticmethod
+    def _unindex(old: RowDict | None, key: Key,
+                 indexes: list[tuple[str, defaultdict[Any, set[Key]]]]) -> None:
+        if old is not None:
+            for col, idx in indexes:
                 idx[old[col]].discard(key)
 
     def add(self, table: str, key: Key, delta: int) -> None:
@@ -132,41 +237,103 @@ class Rows:
 
     # -- flush ---------------------------------------------------------------------------------
     def flush(self) -> None:
+        if self.full:
+            self._flush_full()
+        else:
+            self._flush_live()
+
+    def _flush_full(self) -> None:
+        """Write the whole cache out: every table starts empty, so plain inserts, in key order
+        (appending to a B-tree is much cheaper than inserting all over it)."""
+        executemany = self.tx.executemany
         for name, spec in self.tables.items():
-            target = self.prefix + name
-            cols = ", ".join(spec.columns)
-            marks = ", ".join("?" for _ in spec.columns)
+            sql = spec.sql(self.prefix)
             if spec.counter:
                 deltas = self.deltas[name]
                 if deltas:
-                    keycols = ", ".join(spec.key)
-                    upsert = "" if self.full else (
-                        f" ON CONFLICT ({keycols}) DO UPDATE"
-                        f" SET {spec.counter} = {spec.counter} + excluded.{spec.counter}"
-                    )
-                    self.tx.executemany(
-                        f"INSERT INTO {target} ({cols}) VALUES ({marks}){upsert}",
-                        [(*spec.key_params(k), d) for k, d in sorted(deltas.items())],
-                    )
+                    executemany(sql.insert, [(*spec.key_params(k), d)
+                                             for k, d in _sorted_items(deltas)])
                     deltas.clear()
                 continue
-            dirty = self.dirty[name]
+            cache = self.cache[name]
+            if cache:
+                values = spec.values
+                executemany(sql.insert, (values(row) for _, row in _sorted_items(cache)
+                                         if row is not None))
+            self.dirty[name].clear()
+
+    def _flush_live(self) -> None:
+        conn = self.tx._conn
+        for name, deltas in self.deltas.items():
+            if deltas:
+                spec = self.tables[name]
+                _run(conn, spec.sql(self.prefix).upsert,
+                     [(*spec.key_params(k), d) for k, d in sorted(deltas.items())])
+                deltas.clear()
+        for name, dirty in list(self.dirty.items()):
             if not dirty:
                 continue
+            spec = self.tables[name]
+            sql = spec.sql(self.prefix)
             cache = self.cache[name]
-            upserts = []
-            deletes = []
-            for key in sorted(dirty) if not self.full else dirty:
+            origin = self.origin[name]
+            inserts: list[tuple[Any, ...]] = []
+            replaces: list[tuple[Any, ...]] = []
+            deletes: list[tuple[Any, ...]] = []
+            updates: dict[tuple[int, ...], list[tuple[Any, ...]]] = {}
+            for key in sorted(dirty):
                 row = cache[key]
+                stored = origin.get(key, _MISSING)
                 if row is None:
-                    if not self.full:
+                    if stored is not None:  # stored, or not known: delete it
                         deletes.append(spec.key_params(key))
+                        origin[key] = None
+                    continue
+                values = spec.values(row)
+                origin[key] = values
+                if stored is _MISSING:
+                    replaces.append(values)
+                elif stored is None:
+                    inserts.append(values)
                 else:
-                    upserts.append(tuple(row[c] for c in spec.columns))
+                    # Columns left alone hold the very objects that were read: compare
+                    # identities in C first, values (and types) only for the others.
+                    changed = tuple([
+                        i for i in compress(spec.positions, map(is_not, values, stored))
+                        if values[i] != stored[i] or type(values[i]) is not type(stored[i])
+                    ])
+                    if changed:
+                        updates.setdefault(changed, []).append(
+                            (*[values[i] for i in changed], *spec.key_params(key))
+                        )
             if deletes:
-                where = " AND ".join(f"{k} = ?" for k in spec.key)
-                self.tx.executemany(f"DELETE FROM {target} WHERE {where}", deletes)
-            if upserts:
-                verb = "INSERT" if self.full else "INSERT OR REPLACE"
-                self.tx.executemany(f"{verb} INTO {target} ({cols}) VALUES ({marks})", upserts)
+                _run(conn, sql.delete, deletes)
+            if inserts:
+                _run(conn, sql.insert, inserts)
+            if replaces:
+                _run(conn, sql.replace, replaces)
+            for changed, params in updates.items():
+                _run(conn, sql.update(changed), params)
             dirty.clear()
+
+
+def _run(conn: sqlite3.Connection, sql: str, params: list[tuple[Any, ...]]) -> None:
+    if len(params) == 1:
+        conn.execute(sql, params[0])
+    else:
+        conn.executemany(sql, params)
+
+
+def _counter() -> defaultdict[Key, int]:
+    return defaultdict(int)
+
+
+def _sorted_items(d: dict[Key, Any]) -> list[tuple[Key, Any]]:
+    try:
+        return sorted(d.items(), key=_first)
+    except TypeError:  # keys of mixed types (None in a composite key): any order will do
+        return list(d.items())
+
+
+def _first(item: tuple[Key, Any]) -> Any:
+    return item[0]
