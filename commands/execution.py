@@ -109,6 +109,8 @@ def _resume_step(history: list[Any]) -> int | None:
             step = e.step + 1
         elif isinstance(e, ev.ActionRestarted):
             step = e.from_step
+        elif isinstance(e, ev.ActionInterrupted) and e.then == "rerun":
+            step = None
     return step
 
 
@@ -187,8 +189,9 @@ def finish(store: EventStore, claim_: Claim, outcome: Outcome) -> ActionState | 
         return new
 
 
-def interrupt(store: EventStore, claim_: Claim, reason: str, duration_ms: int) -> None:
-    """Give a running attempt back to the queue (graceful shutdown): it resumes later."""
+def interrupt(store: EventStore, claim_: Claim, reason: str, duration_ms: int,
+              then: str = "resume") -> None:
+    """Give a running attempt back (graceful shutdown): it resumes, reruns or is held."""
     with store.transaction() as tx:
         state, version = state_of(tx, claim_.action_id)
         owner = tx.query_one("SELECT owner FROM actions WHERE action_id = ?",
@@ -196,7 +199,7 @@ def interrupt(store: EventStore, claim_: Claim, reason: str, duration_ms: int) -
         if state is not ActionState.EXECUTING or owner is None or owner[0] != claim_.owner:
             return
         event = ev.ActionInterrupted(by=claim_.owner, reason=reason, owner=claim_.owner,
-                                     duration_ms=duration_ms)
+                                     duration_ms=duration_ms, then=then)
         machine.check_event(claim_.action_id, state, event)
         tx.append(claim_.action_id, [event], version)
         tx.execute("DELETE FROM leases WHERE name = ?", (claim_.action_id,))

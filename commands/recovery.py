@@ -20,7 +20,7 @@ from .actions import cascade, state_of
 
 class Recovered(msgspec.Struct, frozen=True):
     action_id: str
-    outcome: str  # requeued, failed, cancelled
+    outcome: str  # interrupted, failed, cancelled
     reason: str
 
 
@@ -70,7 +70,7 @@ def recover(store: EventStore, by: str = "replay") -> list[Recovered]:
             elif attempts < max_attempts:
                 event = ev.ActionInterrupted(by=by, reason=reason, owner=owner or "",
                                              duration_ms=duration)
-                outcome = "requeued"
+                outcome = "interrupted"
             else:
                 kind = "heartbeat_missing" if reason.startswith("heartbeat") else "interrupted"
                 event = ev.ActionFailed(by=by, error_kind=kind,

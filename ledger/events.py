@@ -103,11 +103,16 @@ class ActionFailed(Event, frozen=True, tag="action.failed"):
 
 
 class ActionInterrupted(Event, frozen=True, tag="action.interrupted"):
-    """The owner went away mid-run; the action goes back to the queue to resume."""
+    """The attempt stopped without an outcome (owner gone, worker shut down).
+
+    ``then`` is the task's ``on_interrupt``: ``resume`` from the last checkpoint, ``rerun``
+    from the start, or ``hold`` until a person restarts it.
+    """
 
     reason: str
     owner: str = ""
     duration_ms: int = 0
+    then: str = "resume"
 
 
 class ActionCancelRequested(Event, frozen=True, tag="action.cancel_requested"):

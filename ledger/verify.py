@@ -44,6 +44,13 @@ def verify(store: EventStore) -> VerifyResult:
             False, count, prev_hash, expected_seq,
             f"events from seq {expected_seq} to {last[0]} are missing (deleted at the tail)",
         )
+    tracked = _tracked_seq(store)
+    if tracked is not None and tracked >= expected_seq:
+        return VerifyResult(
+            False, count, prev_hash, expected_seq,
+            f"the projections have seen events up to seq {tracked}, the log ends at "
+            f"{expected_seq - 1} (deleted at the tail)",
+        )
     triggers = {r[0] for r in store.query("SELECT name FROM sqlite_master WHERE type='trigger'")}
     missing = {"events_no_update", "events_no_delete"} - triggers
     if missing:
@@ -52,6 +59,17 @@ def verify(store: EventStore) -> VerifyResult:
             f"append-only guard triggers are missing: {', '.join(sorted(missing))}",
         )
     return VerifyResult(True, count, prev_hash)
+
+
+def _tracked_seq(store: EventStore) -> int | None:
+    """The last seq the projections applied: a second witness of where the log ends."""
+    exists = store.query_one(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'projection_tracking'"
+    )
+    if exists is None:
+        return None
+    row = store.query_one("SELECT max(seq) FROM projection_tracking")
+    return None if row is None or row[0] is None else int(row[0])
 
 
 def _check_row(

@@ -30,22 +30,26 @@ TRANSITIONS: list[dict[str, Any]] = [
     {"trigger": "accept", "source": [S.PENDING, S.VALIDATING], "dest": S.QUEUED},
     {"trigger": "reject", "source": [S.PENDING, S.VALIDATING], "dest": S.FAILED},
     # execution; a retrying action runs again once its backoff is over
-    {"trigger": "start", "source": [S.QUEUED, S.RETRYING], "dest": S.EXECUTING},
+    {"trigger": "start", "source": [S.QUEUED, S.RETRYING, S.INTERRUPTED], "dest": S.EXECUTING},
     {"trigger": "progress", "source": S.EXECUTING, "dest": None},
     {"trigger": "checkpoint", "source": S.EXECUTING, "dest": None},
     {"trigger": "succeed", "source": S.EXECUTING, "dest": S.COMPLETED},
     {"trigger": "retry", "source": S.EXECUTING, "dest": S.RETRYING},
     {"trigger": "fail", "source": S.EXECUTING, "dest": S.FAILED},
     # crash recovery / graceful shutdown: back to the queue, to resume from the checkpoint
-    {"trigger": "interrupt", "source": S.EXECUTING, "dest": S.QUEUED},
+    {"trigger": "interrupt", "source": S.EXECUTING, "dest": S.INTERRUPTED},
     # cancellation: a running action is asked first, its runner then records the cancel
     {"trigger": "request_cancel", "source": S.EXECUTING, "dest": None},
     {
         "trigger": "cancel",
-        "source": [S.PENDING, S.VALIDATING, S.QUEUED, S.RETRYING, S.EXECUTING],
+        "source": [S.PENDING, S.VALIDATING, S.QUEUED, S.RETRYING, S.INTERRUPTED, S.EXECUTING],
         "dest": S.CANCELLED,
     },
-    {"trigger": "restart", "source": [S.FAILED, S.CANCELLED, S.COMPLETED], "dest": S.QUEUED},
+    {
+        "trigger": "restart",
+        "source": [S.FAILED, S.CANCELLED, S.COMPLETED, S.INTERRUPTED],
+        "dest": S.QUEUED,
+    },
     # compensation
     {"trigger": "rollback", "source": S.COMPLETED, "dest": S.ROLLING_BACK},
     {"trigger": "finish_rollback", "source": S.ROLLING_BACK, "dest": S.ROLLED_BACK},

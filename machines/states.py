@@ -11,6 +11,7 @@ class ActionState(Enum):
     QUEUED = "queued"
     EXECUTING = "executing"
     RETRYING = "retrying"
+    INTERRUPTED = "interrupted"
     COMPLETED = "completed"
     FAILED = "failed"
     CANCELLED = "cancelled"
@@ -21,8 +22,8 @@ class ActionState(Enum):
 
 S = ActionState
 
-# Waiting to run: the states the queue projection holds.
-WAITING = frozenset({S.QUEUED, S.RETRYING})
+# Waiting to run: the states the queue projection holds (an interrupted action unless held).
+WAITING = frozenset({S.QUEUED, S.RETRYING, S.INTERRUPTED})
 # Finished: nothing more happens unless a person restarts or rolls back.
 FINAL = frozenset({S.COMPLETED, S.FAILED, S.CANCELLED, S.ROLLED_BACK, S.ROLLBACK_FAILED})
 ACTIVE = frozenset(set(S) - FINAL)

@@ -45,6 +45,7 @@ CREATE TABLE actions (
     result          TEXT,               -- JSON of the last result
     owner           TEXT,               -- who runs it now (while executing)
     cancel_requested INTEGER NOT NULL,
+    held            INTEGER NOT NULL,   -- interrupted, waiting for a person (on_interrupt: hold)
     retry_at_ms     INTEGER,
     not_before_ms   INTEGER,
     timeout_ms      INTEGER,
@@ -66,7 +67,8 @@ TABLE = Table(
         "submitted_seq",
         "submitted_ms", "started_ms", "finished_ms", "finished_seq", "updated_ms", "duration_ms",
         "exit_code", "error_kind", "error", "progress", "progress_msg", "checkpoint_step",
-        "checkpoint", "result", "owner", "cancel_requested", "retry_at_ms", "not_before_ms",
+        "checkpoint", "result", "owner", "cancel_requested", "held", "retry_at_ms",
+        "not_before_ms",
         "timeout_ms", "version", "last_seq",
     ),
     ("action_id",),
@@ -90,7 +92,7 @@ def on_submitted(rows: Rows, rec: Recorded, e: ev.ActionSubmitted, unmet: int) -
         "submitted_ms": rec.ts, "started_ms": None, "finished_ms": None, "finished_seq": None,
         "updated_ms": rec.ts, "duration_ms": None, "exit_code": None, "error_kind": None,
         "error": None, "progress": None, "progress_msg": None, "checkpoint_step": None,
-        "checkpoint": None, "result": None, "owner": None, "cancel_requested": 0,
+        "checkpoint": None, "result": None, "owner": None, "cancel_requested": 0, "held": 0,
         "retry_at_ms": None, "not_before_ms": e.not_before_ms, "timeout_ms": e.timeout_ms,
         "version": rec.version, "last_seq": rec.seq,
     }
@@ -111,6 +113,7 @@ def _rejected(a: RowDict, rec: Recorded, e: Any) -> None:
 
 def _started(a: RowDict, rec: Recorded, e: Any) -> None:
     a["attempts"] = e.attempt
+    a["held"] = 0
     a["started_ms"] = rec.ts
     a["owner"] = e.owner
     a["exit_code"] = None
@@ -147,6 +150,9 @@ def _failed(a: RowDict, rec: Recorded, e: Any) -> None:
 
 def _interrupted(a: RowDict, rec: Recorded, e: Any) -> None:
     a["error_kind"], a["error"], a["owner"] = "interrupted", e.reason, None
+    a["held"] = 1 if e.then == "hold" else 0
+    if e.then == "rerun":
+        a["checkpoint"] = a["checkpoint_step"] = None
 
 
 def _cancel_requested(a: RowDict, rec: Recorded, e: Any) -> None:
@@ -160,6 +166,7 @@ def _cancelled(a: RowDict, rec: Recorded, e: Any) -> None:
 
 def _restarted(a: RowDict, rec: Recorded, e: Any) -> None:
     a["finished_ms"] = a["finished_seq"] = None
+    a["held"] = 0
     a["cancel_requested"] = 0
     a["retry_at_ms"] = None
     # A restart grants one more attempt than have been made.

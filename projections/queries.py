@@ -24,6 +24,7 @@ def _row(values: tuple[Any, ...]) -> dict[str, Any]:
         if row[col] is not None:
             row[col] = _json_decode(row[col])
     row["cancel_requested"] = bool(row["cancel_requested"])
+    row["held"] = bool(row["held"])
     return row
 
 
@@ -50,7 +51,8 @@ def list_actions(store: EventStore, *, everything: bool = False, recent: int = 1
         return [_row(r) for r in rows]
     active = store.query(
         f"SELECT {_COLS} FROM actions WHERE state IN "
-        "('pending', 'validating', 'queued', 'executing', 'retrying', 'rolling_back')"
+        "('pending', 'validating', 'queued', 'executing', 'retrying', 'interrupted',"
+        " 'rolling_back')"
         f"{where_agent} ORDER BY submitted_seq",
         params,
     )

@@ -54,7 +54,7 @@ def on_submitted(rows: Rows, action_id: str, depends_on: list[str]) -> int:
 
 
 def on_state(rows: Rows, a: RowDict, old: ActionState | None, new: ActionState) -> None:
-    if new in WAITING:
+    if new in WAITING and not a["held"]:
         not_before = a["retry_at_ms"] if new is ActionState.RETRYING else a["not_before_ms"]
         rows.put("queue", {
             "action_id": a["action_id"], "priority": a["priority"],

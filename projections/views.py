@@ -44,7 +44,8 @@ WITH dims AS (
            SUM(CASE WHEN state = 'completed' THEN n ELSE 0 END) AS completed,
            SUM(CASE WHEN state = 'failed' THEN n ELSE 0 END) AS failed,
            SUM(CASE WHEN state = 'cancelled' THEN n ELSE 0 END) AS cancelled,
-           SUM(CASE WHEN state IN ('pending', 'validating', 'queued', 'retrying')
+           SUM(CASE WHEN state IN ('pending', 'validating', 'queued', 'retrying',
+                                  'interrupted')
                     THEN n ELSE 0 END) AS waiting,
            SUM(CASE WHEN state = 'executing' THEN n ELSE 0 END) AS executing
     FROM metrics_counts GROUP BY dim, key

@@ -84,7 +84,7 @@ class Worker:
                     summary.retrying += 1
                 elif new is ActionState.CANCELLED:
                     summary.cancelled += 1
-                elif new is ActionState.QUEUED:
+                elif new is ActionState.INTERRUPTED:
                     summary.interrupted += 1
         finally:
             for s, handler in old.items():
@@ -120,7 +120,7 @@ class Worker:
             kind, error = self._supervise(claim, child, start)
         if kind == "interrupted":
             execution.interrupt(self.store, claim, "worker stopped (signal)", _ms_since(start))
-            return ActionState.QUEUED
+            return ActionState.INTERRUPTED
         code = child.returncode
         if kind is None and code != 0:
             kind, error = "exit_code", f"exited with code {code}"

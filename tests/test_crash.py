@@ -80,9 +80,9 @@ def test_kill_9_then_replay_resumes_from_checkpoint(sp: Sp, tmp_path: Path) -> N
 
     p = sp.proc("replay")
     assert p.returncode == 0, p.stderr
-    assert f"recovered {a}: requeued" in p.stdout
+    assert f"recovered {a}: interrupted" in p.stdout
     row = _status(sp, a)
-    assert row["state"] == "queued" and row["error_kind"] == "interrupted"
+    assert row["state"] == "interrupted" and row["error_kind"] == "interrupted"
     _wait_for(lambda: not proc.alive(child, child_start))  # the orphan was stopped
 
     n = _event_count(sp)
@@ -131,7 +131,7 @@ def test_sigterm_hands_the_action_back_to_the_queue(sp: Sp, tmp_path: Path) -> N
     worker.send_signal(signal.SIGTERM)
     assert worker.wait(30) == 0
     row = _status(sp, a)
-    assert row["state"] == "queued" and row["error"] == "worker stopped (signal)"
+    assert row["state"] == "interrupted" and row["error"] == "worker stopped (signal)"
     p = sp.proc("worker", "--until-idle")
     assert p.returncode == 0
     assert _status(sp, a)["state"] == "completed"

@@ -93,10 +93,10 @@ class LiveEqualsReplay(RuleBasedStateMachine):
         actions.progress(self.store, aid, 50.0, "half")
 
     @precondition(lambda self: bool(self.claims))
-    @rule(data=st.data())
-    def interrupt(self, data: st.DataObject) -> None:
+    @rule(data=st.data(), then=st.sampled_from(["resume", "rerun", "hold"]))
+    def interrupt(self, data: st.DataObject, then: str) -> None:
         aid = data.draw(st.sampled_from(sorted(self.claims)))
-        execution.interrupt(self.store, self.claims.pop(aid), "stopping", 10)
+        execution.interrupt(self.store, self.claims.pop(aid), "stopping", 10, then)
 
     @rule(action_id=ids)
     def cancel(self, action_id: str) -> None:
@@ -138,7 +138,8 @@ class LiveEqualsReplay(RuleBasedStateMachine):
         assert {k: v for k, v in counts.items() if v} == rows
         queue = {r[0] for r in self.store.query("SELECT action_id FROM queue")}
         waiting = {r[0] for r in self.store.query(
-            "SELECT action_id FROM actions WHERE state IN ('queued', 'retrying')")}
+            "SELECT action_id FROM actions WHERE state IN ('queued', 'retrying', 'interrupted')"
+            " AND held = 0")}
         assert queue == waiting
         executing = self.store.query("SELECT count(*) FROM actions WHERE state = 'executing'")
         assert executing[0][0] == len(self.claims)

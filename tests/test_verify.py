@@ -138,6 +138,13 @@ def test_deleted_last_rows_are_caught(sp: Sp, ledger: Path, n: int) -> None:
     assert_bad(sp, EVENTS - n + 1, "deleted at the tail")
 
 
+def test_deleted_last_rows_with_a_reset_sequence_are_caught(sp: Sp, ledger: Path) -> None:
+    """The attacker also rewinds sqlite_sequence: the projections' position still witnesses."""
+    attack(ledger, f"DELETE FROM events WHERE seq > {EVENTS - 2}",
+           f"UPDATE sqlite_sequence SET seq = {EVENTS - 2} WHERE name = 'events'")
+    assert_bad(sp, EVENTS - 1, f"seen events up to seq {EVENTS}")
+
+
 def test_swapped_data_of_two_rows_is_caught(sp: Sp, ledger: Path) -> None:
     """b's and c's submissions trade places (same type, both at version 1)."""
     conn = sqlite3.connect(ledger, isolation_level=None)

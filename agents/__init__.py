@@ -1,0 +1,1 @@
+"""Agent configuration files (YAML or TOML, in the seed's shape) and their tasks."""

@@ -1,0 +1,204 @@
+"""The agent file, in the seed's shape, decoded into msgspec Structs.
+
+```yaml
+id: research-001
+resources: {cpu_quota: 50%, memory_limit: 2G, tasks_max: 100, nice: 10}
+actions:                      # "tasks:" is accepted too
+  daily_arxiv_scan:
+    schedule: "0 9 * * *"
+    timeout: 2h
+    command: [python3, scan.py]
+    steps: [fetch_new_papers, extract_abstracts, classify_relevance]
+    retry: {max_attempts: 3, backoff: exponential}
+    notify: {on: [completion, failure], command: [notify-send, done]}
+```
+
+Every error names its path: ``$.actions.daily_arxiv_scan.timeout: expected a duration like
+"30s", "10m" or "2h", got 7``.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+import yaml
+
+from ledger.errors import UsageError
+
+from .units import Duration, Percent, Size, dec_hook
+
+
+class _Strict(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    pass
+
+
+class Resources(_Strict):
+    """The seed's systemd-style limits, in its units."""
+
+    cpu_quota: Percent | None = None
+    memory_limit: Size | None = None
+    tasks_max: int | None = None
+    nice: int | None = None
+    io_weight: int | None = None
+
+
+class Retry(_Strict):
+    max_attempts: int = 1
+    backoff: Literal["exponential", "linear"] = "exponential"
+    max_delay: Duration = Duration(300_000)
+    jitter: bool = True
+    non_retryable_exit_codes: list[int] = []
+
+
+class Recovery(_Strict):
+    """What happens when retries are exhausted (the seed's RecoveryStrategy)."""
+
+    strategy: Literal["retry", "fallback", "skip", "abort"] = "retry"
+    fallback: str | None = None
+
+
+class Notify(_Strict):
+    on: list[Literal["completion", "failure"]] = msgspec.field(
+        default_factory=lambda: ["completion", "failure"]
+    )
+    command: list[str] | None = None
+    url: str | None = None
+
+
+class Step(_Strict):
+    name: str
+    command: list[str] | str | None = None
+    shell: bool = False
+
+
+class Task(_Strict):
+    command: list[str] | str | None = None
+    shell: bool = False
+    steps: list[Step | str] = []
+    schedule: str | None = None
+    timeout: Duration | None = None
+    priority: int = 0
+    cwd: str | None = None
+    env: dict[str, str] = {}
+    resources: Resources | None = None
+    retry: Retry | None = None
+    recovery: Recovery | None = None
+    on_interrupt: Literal["resume", "rerun", "hold"] = "resume"
+    failure_patterns: list[str] = []
+    notify: Notify | None = None
+    checkpoint_enabled: bool = True
+
+
+class AgentConfig(_Strict):
+    id: str
+    description: str = ""
+    resources: Resources | None = None
+    limits: Literal["required", "best_effort"] = "best_effort"
+    actions: dict[str, Task] = {}
+    tasks: dict[str, Task] = {}
+
+    def all_tasks(self) -> dict[str, Task]:
+        return {**self.tasks, **self.actions}
+
+
+def _rename_path(message: str, prefix: str) -> str:
+    """Turn msgspec's ``- at `$.x`` suffix into our ``$.x: message`` form."""
+    text, sep, where = message.rpartition(" - at `")
+    if not sep:
+        return f"{prefix}: {message}"
+    return f"{prefix}{where.rstrip('`')[1:]}: {text}"
+
+
+def decode_agent(raw: Any, source: str = "agent") -> AgentConfig:
+    """Validate a loaded YAML/TOML document as an agent.
+
+    Tasks are decoded one by one so that errors name the task: ``$.actions.scan.timeout``.
+
+    :raises UsageError: the first problem, with its path.
+    """
+    if not isinstance(raw, dict):
+        raise UsageError(f"{source}: $: expected a mapping with an id and actions")
+    top = {k: v for k, v in raw.items() if k not in ("actions", "tasks")}
+    try:
+        agent = msgspec.convert(top, AgentConfig, dec_hook=dec_hook)
+    except msgspec.ValidationError as e:
+        raise UsageError(_rename_path(str(e), f"{source}: $")) from None
+    tasks: dict[str, dict[str, Task]] = {"actions": {}, "tasks": {}}
+    for section in ("actions", "tasks"):
+        body = raw.get(section)
+        if body is None:
+            continue
+        if not isinstance(body, dict):
+            raise UsageError(f"{source}: $.{section}: expected a mapping of task names")
+        for name, spec in body.items():
+            where = f"{source}: $.{section}.{name}"
+            if not isinstance(name, str) or not name:
+                raise UsageError(f"{source}: $.{section}: task names must be text")
+            try:
+                task = msgspec.convert(spec, Task, dec_hook=dec_hook)
+            except msgspec.ValidationError as e:
+                raise UsageError(_rename_path(str(e), where)) from None
+            _check_task(task, where, body)
+            tasks[section][name] = task
+    if not agent.id.strip():
+        raise UsageError(f"{source}: $.id: must not be empty")
+    agent = msgspec.structs.replace(agent, actions=tasks["actions"], tasks=tasks["tasks"])
+    if not agent.all_tasks():
+        raise UsageError(f"{source}: $.actions: the agent has no tasks")
+    return agent
+
+
+def _check_task(task: Task, where: str, siblings: dict[str, Any]) -> None:
+    if task.command is None and not task.steps:
+        raise UsageError(f"{where}: needs a command or steps")
+    for i, step in enumerate(task.steps):
+        if isinstance(step, Step) and step.command is None and task.command is None:
+            raise UsageError(f"{where}.steps[{i}]: needs a command (the task has none)")
+        if isinstance(step, str) and task.command is None:
+            raise UsageError(f"{where}.steps[{i}]: a named step needs the task's command")
+    if task.retry and not 1 <= task.retry.max_attempts <= 1000:
+        raise UsageError(f"{where}.retry.max_attempts: must be between 1 and 1000")
+    if task.recovery and task.recovery.strategy == "fallback":
+        fb = task.recovery.fallback
+        if not fb:
+            raise UsageError(f"{where}.recovery.fallback: required when strategy is fallback")
+        if fb not in siblings:
+            raise UsageError(f"{where}.recovery.fallback: no task {fb!r} in this agent")
+    if task.notify and not (task.notify.command or task.notify.url):
+        raise UsageError(f"{where}.notify: needs a command or a url")
+    if task.notify and task.notify.url and not task.notify.url.startswith(("http://",
+                                                                           "https://")):
+        raise UsageError(f"{where}.notify.url: must be an http(s) URL")
+
+
+def load_document(path: str | Path) -> Any:
+    """Read a YAML (.yaml/.yml) or TOML (.toml) file into plain data.
+
+    :raises UsageError: unreadable or not well-formed; the message names the file and line.
+    """
+    p = Path(path)
+    try:
+        text = p.read_bytes()
+    except OSError as e:
+        raise UsageError(f"{p}: cannot read: {e.strerror}") from None
+    if p.suffix.lower() == ".toml":
+        try:
+            return tomllib.loads(text.decode())
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+            raise UsageError(f"{p}: not valid TOML: {e}") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e)
+        raise UsageError(f"{p}: not valid YAML{where}: {problem}") from None
+
+
+def load_agent(path: str | Path) -> tuple[AgentConfig, Any]:
+    """Load and validate an agent file; return the config and the plain document."""
+    raw = load_document(path)
+    return decode_agent(raw, str(path)), raw
