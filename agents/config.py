@@ -35,7 +35,7 @@ class _Strict(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=T
     pass
 
 
-class Resources(_Strict):
+class Resources(_Strict, frozen=True):
     """The seed's systemd-style limits, in its units."""
 
     cpu_quota: Percent | None = None
@@ -45,7 +45,7 @@ class Resources(_Strict):
     io_weight: int | None = None
 
 
-class Retry(_Strict):
+class Retry(_Strict, frozen=True):
     max_attempts: int = 1
     backoff: Literal["exponential", "linear"] = "exponential"
     max_delay: Duration = Duration(300_000)
@@ -53,14 +53,14 @@ class Retry(_Strict):
     non_retryable_exit_codes: list[int] = []
 
 
-class Recovery(_Strict):
+class Recovery(_Strict, frozen=True):
     """What happens when retries are exhausted (the seed's RecoveryStrategy)."""
 
     strategy: Literal["retry", "fallback", "skip", "abort"] = "retry"
     fallback: str | None = None
 
 
-class Notify(_Strict):
+class Notify(_Strict, frozen=True):
     on: list[Literal["completion", "failure"]] = msgspec.field(
         default_factory=lambda: ["completion", "failure"]
     )
@@ -68,13 +68,13 @@ class Notify(_Strict):
     url: str | None = None
 
 
-class Step(_Strict):
+class Step(_Strict, frozen=True):
     name: str
     command: list[str] | str | None = None
     shell: bool = False
 
 
-class Task(_Strict):
+class Task(_Strict, frozen=True):
     command: list[str] | str | None = None
     shell: bool = False
     steps: list[Step | str] = []
@@ -92,7 +92,7 @@ class Task(_Strict):
     checkpoint_enabled: bool = True
 
 
-class AgentConfig(_Strict):
+class AgentConfig(_Strict, frozen=True):
     id: str
     description: str = ""
     resources: Resources | None = None
