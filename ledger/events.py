@@ -14,8 +14,12 @@ from typing import Any
 import msgspec
 
 
-class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
-    """Base of all events. ``by`` names who or what caused the event (audit)."""
+class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", omit_defaults=True):
+    """Base of all events. ``by`` names who or what caused the event (audit).
+
+    Fields equal to their default are not stored (decoding fills them in), so a new field with a
+    default costs old rows nothing and keeps new rows small.
+    """
 
     by: str = ""
 
@@ -65,6 +69,8 @@ class ActionStarted(Event, frozen=True, tag="action.started"):
     pid: int
     host: str = ""
     resume_step: int | None = None
+    # What was actually enforced, read back from the kernel (rlimits, nice, cgroup files).
+    limits: dict[str, Any] = {}
 
 
 class ActionProgressed(Event, frozen=True, tag="action.progressed"):
@@ -81,6 +87,9 @@ class ActionCompleted(Event, frozen=True, tag="action.completed"):
     exit_code: int = 0
     duration_ms: int = 0
     result: dict[str, Any] = {}
+    # Resource use of the attempt: cpu_user_ms, cpu_sys_ms, peak_rss_bytes, io_read_bytes,
+    # io_write_bytes (the same keys on every event that ends an attempt).
+    usage: dict[str, int] = {}
 
 
 class ActionRetryScheduled(Event, frozen=True, tag="action.retry_scheduled"):
@@ -91,6 +100,7 @@ class ActionRetryScheduled(Event, frozen=True, tag="action.retry_scheduled"):
     error: str = ""
     duration_ms: int = 0
     retry_at_ms: int = 0
+    usage: dict[str, int] = {}
 
 
 class ActionFailed(Event, frozen=True, tag="action.failed"):
@@ -100,6 +110,7 @@ class ActionFailed(Event, frozen=True, tag="action.failed"):
     error_kind: str = "exit_code"
     error: str = ""
     duration_ms: int = 0
+    usage: dict[str, int] = {}
 
 
 class ActionInterrupted(Event, frozen=True, tag="action.interrupted"):
@@ -113,6 +124,7 @@ class ActionInterrupted(Event, frozen=True, tag="action.interrupted"):
     owner: str = ""
     duration_ms: int = 0
     then: str = "resume"
+    usage: dict[str, int] = {}
 
 
 class ActionCancelRequested(Event, frozen=True, tag="action.cancel_requested"):
@@ -121,6 +133,7 @@ class ActionCancelRequested(Event, frozen=True, tag="action.cancel_requested"):
 
 class ActionCancelled(Event, frozen=True, tag="action.cancelled"):
     reason: str = ""
+    usage: dict[str, int] = {}
 
 
 class ActionRestarted(Event, frozen=True, tag="action.restarted"):

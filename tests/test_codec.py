@@ -202,5 +202,4 @@ def test_encoding_is_deterministic() -> None:
     assert codec.encode(a) == codec.encode(b) == codec.encode(a)
     assert json.loads(codec.encode(a)) == {
         "type": "action.started", "by": "w", "attempt": 1, "owner": "w", "pid": 7, "host": "h",
-        "resume_step": None,
-    }
+    }  # defaults are omitted: stored rows stay small, and decoding fills them in
