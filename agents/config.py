@@ -105,11 +105,26 @@ class AgentConfig(_Strict, frozen=True):
 
 
 def _rename_path(message: str, prefix: str) -> str:
-    """Turn msgspec's ``- at `$.x`` suffix into our ``$.x: message`` form."""
+    """Turn msgspec's ``- at `$.x``` suffix into our ``$.x: message`` form."""
     text, sep, where = message.rpartition(" - at `")
     if not sep:
         return f"{prefix}: {message}"
-    return f"{prefix}{where.rstrip('`')[1:]}: {text}"
+    where = where.rstrip("`")
+    if "` in `" in where:  # a mapping key is wrong: "key` in `$.notify"
+        where = where.split("` in `", 1)[1]
+        text = f"a key: {text}"
+    return f"{prefix}{where[1:]}: {text}"
+
+
+def _yaml_keys(doc: Any) -> Any:
+    """YAML 1.1 reads the keys ``on``/``off``/``yes``/``no`` as booleans (``notify: {on: ...}``
+    is the seed's own shape); give such keys back their words."""
+    if isinstance(doc, dict):
+        return {("on" if k is True else "off" if k is False else k): _yaml_keys(v)
+                for k, v in doc.items()}
+    if isinstance(doc, list):
+        return [_yaml_keys(v) for v in doc]
+    return doc
 
 
 def decode_agent(raw: Any, source: str = "agent") -> AgentConfig:
@@ -190,7 +205,7 @@ def load_document(path: str | Path) -> Any:
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
             raise UsageError(f"{p}: not valid TOML: {e}") from None
     try:
-        return yaml.safe_load(text)
+        return _yaml_keys(yaml.safe_load(text))
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

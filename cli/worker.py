@@ -1,4 +1,4 @@
-"""``sp worker``: run queued actions."""
+"""``sp worker`` and ``sp tick``: run queued actions; ``sp pause`` / ``sp resume``."""
 
 from __future__ import annotations
 
@@ -7,29 +7,96 @@ import click
 from .main import App, pass_app
 
 
-@click.command()
-@click.option("--until-idle", is_flag=True, help="Exit when no action is ready to run.")
-@pass_app
-def worker(app: App, until_idle: bool) -> None:
-    """Claim ready actions and run them, one at a time, in the foreground.
+def _summary(summary: object) -> str:
+    s = summary
+    return (f"ran {s.ran}: {s.completed} completed, {s.failed} failed, "  # type: ignore[attr-defined]
+            f"{s.retrying} retrying, {s.cancelled} cancelled, "  # type: ignore[attr-defined]
+            f"{s.interrupted} interrupted")  # type: ignore[attr-defined]
 
-    SIGTERM or Ctrl-C stops claiming and hands a running action back to the queue
-    (recorded; it resumes from its last checkpoint).
+
+@click.command()
+@click.option("-c", "--concurrency", type=click.IntRange(1, 256), default=1, show_default=True,
+              help="How many actions to run at once.")
+@click.option("--until-idle", is_flag=True,
+              help="Exit when nothing is running, ready or waiting out a retry backoff.")
+@click.option("--grace", default="30s", show_default=True,
+              help="On SIGTERM/SIGINT, how long running actions may finish before they are "
+                   "interrupted (recorded, resumable).")
+@pass_app
+def worker(app: App, concurrency: int, until_idle: bool, grace: str) -> None:
+    """Claim ready actions and run up to N at once, in the foreground.
+
+    Claims are atomic across processes: several workers and cron ticks never run one action
+    twice. A submit wakes an idle worker at once (a named pipe in the home).
 
     \b
     Example:
+      sp worker --concurrency 4
       sp worker --until-idle
+    """
+    from commands.durations import parse_duration_ms
+    from runner.worker import Worker
+
+    grace_s = parse_duration_ms(grace, "--grace") / 1000
+    store = app.store()
+    w = Worker(store, app.home, concurrency=concurrency, grace_s=grace_s)
+    summary = w.run(until_idle=until_idle)
+    click.echo(_summary(summary), err=True)
+
+
+@click.command()
+@click.option("--max-seconds", type=click.FloatRange(0, 86400), default=55, show_default=True,
+              help="Run ready work for at most this long, then exit (what still runs is "
+                   "interrupted and resumes on the next tick).")
+@click.option("-c", "--concurrency", type=click.IntRange(1, 256), default=1, show_default=True)
+@pass_app
+def tick(app: App, max_seconds: float, concurrency: int) -> None:
+    """The cron entry point: run ready work for at most --max-seconds, then exit.
+
+    \b
+    Example (crontab):
+      * * * * * sp tick --max-seconds 55
     """
     from runner.worker import Worker
 
     store = app.store()
-    summary = Worker(store, app.home).run(until_idle=until_idle)
-    click.echo(
-        f"ran {summary.ran}: {summary.completed} completed, {summary.failed} failed, "
-        f"{summary.retrying} retrying, {summary.cancelled} cancelled, "
-        f"{summary.interrupted} interrupted",
-        err=True,
-    )
+    w = Worker(store, app.home, concurrency=concurrency, grace_s=0)
+    summary = w.run(until_idle=True, max_seconds=max_seconds)
+    click.echo(_summary(summary), err=True)
 
 
-COMMANDS = [worker]
+@click.command()
+@click.option("--agent", help="Pause only this agent's actions.")
+@pass_app
+def pause(app: App, agent: str | None) -> None:
+    """Stop claiming new actions (running ones go on); nothing is lost.
+
+    \b
+    Example:
+      sp pause --agent research-001
+    """
+    from commands import actions, control
+
+    changed = control.pause(app.store(), agent, by=actions.who())
+    what = f"agent {agent}" if agent else "all agents"
+    click.echo(f"{what}: {'paused' if changed else 'already paused'}", err=True)
+
+
+@click.command()
+@click.option("--agent", help="Resume only this agent's actions.")
+@pass_app
+def resume(app: App, agent: str | None) -> None:
+    """Claim again after ``sp pause``.
+
+    \b
+    Example:
+      sp resume --agent research-001
+    """
+    from commands import actions, control
+
+    changed = control.resume(app.store(), agent, by=actions.who())
+    what = f"agent {agent}" if agent else "all agents"
+    click.echo(f"{what}: {'resumed' if changed else 'was not paused'}", err=True)
+
+
+COMMANDS = [worker, tick, pause, resume]

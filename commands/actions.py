@@ -10,6 +10,7 @@ from __future__ import annotations
 import getpass
 import os
 import uuid
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -44,6 +45,18 @@ class SubmitSpec(msgspec.Struct, kw_only=True):
     env: dict[str, str] = {}
     action_type: str = "shell"
     payload: dict[str, Any] = {}
+    steps: list[dict[str, Any]] = []
+    failure_patterns: list[str] = []
+    resources: dict[str, Any] = {}
+    limits_required: bool = False
+    notify: dict[str, Any] | None = None
+    on_interrupt: str = "resume"
+    checkpoint_enabled: bool = False
+    retry_max_delay_ms: int = 300_000
+    retry_jitter: bool = False
+    non_retryable_exit_codes: list[int] = []
+    recovery: str = "retry"
+    fallback: dict[str, Any] | None = None
 
 
 def who(kind: str = "cli") -> str:
@@ -115,42 +128,63 @@ def submit(store: EventStore, specs: list[SubmitSpec], by: str = "",
 
     :raises UsageError: a spec is invalid or names an unknown dependency (nothing written).
     """
-    from machines import action as machine
-
     wheres = wheres or [f"action {i + 1}" for i in range(len(specs))]
     for spec, where in zip(specs, wheres, strict=True):
         _validate(spec, where)
-    now = store.clock.now_ms()
-    ids: list[str] = []
     with store.transaction() as tx:
-        batches: list[tuple[str, list[ev.Event], int | None]] = []
-        keys: dict[str, str] = {}
-        for spec, where in zip(specs, wheres, strict=True):
-            if spec.key is not None:
-                existing = keys.get(spec.key) or _by_key(tx, spec.key)
-                if existing:
-                    ids.append(existing)
-                    continue
-            deps = [_dependency(tx, d, ids, where) for d in spec.depends_on]
-            action_id = new_action_id()
-            if spec.key is not None:
-                keys[spec.key] = action_id
-            ids.append(action_id)
-            submitted = ev.ActionSubmitted(
-                by=by, name=spec.name or _default_name(spec), action_type=spec.action_type,
-                agent=spec.agent, task=spec.task, command=spec.command, shell=spec.shell,
-                cwd=spec.cwd, env=spec.env, payload=spec.payload, priority=spec.priority,
-                timeout_ms=spec.timeout_ms, max_attempts=spec.retries + 1,
-                backoff=spec.backoff, depends_on=deps,
-                not_before_ms=None if spec.delay_ms is None else now + spec.delay_ms,
-                group=spec.group, compensation=spec.compensation, key=spec.key,
-            )
-            queued = ev.ActionQueued(by=by, checks=_checks(spec))
-            machine.check_event(action_id, ActionState.PENDING, queued)
-            batches.append((action_id, [submitted, queued], 0))
-        if batches:
-            tx.append_many(batches)
+        ids = submit_in(tx, specs, by, wheres, store.clock.now_ms())
+    _wake(store)
     return ids
+
+
+def submit_in(tx: Transaction, specs: list[SubmitSpec], by: str, wheres: list[str],
+              now: int) -> list[str]:
+    """:func:`submit` inside a transaction the caller holds (e.g. a fallback at finish)."""
+    from machines import action as machine
+
+    ids: list[str] = []
+    batches: list[tuple[str, list[ev.Event], int | None]] = []
+    keys: dict[str, str] = {}
+    for spec, where in zip(specs, wheres, strict=True):
+        if spec.key is not None:
+            existing = keys.get(spec.key) or _by_key(tx, spec.key)
+            if existing:
+                ids.append(existing)
+                continue
+        deps = [_dependency(tx, d, ids, where) for d in spec.depends_on]
+        action_id = new_action_id()
+        if spec.key is not None:
+            keys[spec.key] = action_id
+        ids.append(action_id)
+        submitted = ev.ActionSubmitted(
+            by=by, name=spec.name or _default_name(spec), action_type=spec.action_type,
+            agent=spec.agent, task=spec.task, command=spec.command, shell=spec.shell,
+            cwd=spec.cwd, env=spec.env, payload=spec.payload, priority=spec.priority,
+            timeout_ms=spec.timeout_ms, max_attempts=spec.retries + 1,
+            backoff=spec.backoff, depends_on=deps,
+            not_before_ms=None if spec.delay_ms is None else now + spec.delay_ms,
+            group=spec.group, compensation=spec.compensation, key=spec.key,
+            steps=spec.steps, failure_patterns=spec.failure_patterns,
+            resources=spec.resources, limits_required=spec.limits_required,
+            notify=spec.notify, on_interrupt=spec.on_interrupt,
+            checkpoint_enabled=spec.checkpoint_enabled,
+            retry_max_delay_ms=spec.retry_max_delay_ms, retry_jitter=spec.retry_jitter,
+            non_retryable_exit_codes=spec.non_retryable_exit_codes, recovery=spec.recovery,
+            fallback=spec.fallback,
+        )
+        queued = ev.ActionQueued(by=by, checks=_checks(spec))
+        machine.check_event(action_id, ActionState.PENDING, queued)
+        batches.append((action_id, [submitted, queued], 0))
+    if batches:
+        tx.append_many(batches)
+    return ids
+
+
+def _wake(store: EventStore) -> None:
+    """Tell an idle worker, at once, that work arrived (the seed's dispatcher pipe)."""
+    from runner.wake import signal_workers
+
+    signal_workers(Path(store.path).parent)
 
 
 def _default_name(spec: SubmitSpec) -> str:

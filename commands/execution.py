@@ -9,6 +9,7 @@ write lock, that this owner still holds the attempt it is reporting.
 from __future__ import annotations
 
 import os
+import random
 from typing import Any
 
 import msgspec
@@ -36,23 +37,64 @@ class Claim(msgspec.Struct, frozen=True):
     checkpoint: str | None  # JSON of the last checkpoint's data
     checkpoint_step: int | None
     resume_step: int | None
+    limits: dict[str, Any] = {}  # what was enforced (also in the started event)
+    prepared: Any = None  # runner.limits.Prepared when the action asks for limits
 
 
-def backoff_ms(policy: str, attempt: int) -> int:
+def backoff_ms(policy: str, attempt: int, cap_ms: int = BACKOFF_CAP_S * 1000,
+               jitter: float = 0.0) -> int:
     """Wait before attempt ``attempt + 1``: exponential ``2**attempt`` s or linear ``5*attempt`` s,
-    capped at 5 minutes."""
+    capped (5 minutes by default, the seed's), then stretched by ``jitter`` (0..1, a fraction
+    drawn by the caller) of up to a quarter so that retries of many actions spread out."""
     seconds = 2**attempt if policy == "exponential" else 5 * attempt
-    return min(BACKOFF_CAP_S, seconds) * 1000
+    base = min(cap_ms, seconds * 1000)
+    return int(base * (1 + 0.25 * jitter))
 
 
 def claim_next(store: EventStore, owner: str) -> Claim | None:
     """Atomically take the most urgent ready action, or return None when nothing is ready."""
+    claims = claim_many(store, owner, 1)
+    return claims[0] if claims else None
+
+
+def claim_many(store: EventStore, owner: str, n: int,
+               paused: frozenset[str] = frozenset()) -> list[Claim]:
+    """Atomically take up to ``n`` ready actions (most urgent first) in one transaction.
+
+    Actions of a paused agent (``paused``; ``""`` pauses everything) are left alone.
+    """
+    if n <= 0 or "" in paused:
+        return []
     now = store.clock.now_ms()
+    claims: list[Claim] = []
     with store.transaction() as tx:
-        row = tx.query_one(READY_SQL, (now, 1))
-        if row is None:
-            return None
-        return _start(tx, str(row[0]), owner, now)
+        if paused:
+            marks = ", ".join("?" for _ in paused)
+            rows = tx.query(
+                "SELECT q.action_id FROM queue q JOIN actions a USING (action_id)"
+                " WHERE q.unmet_deps = 0 AND (q.not_before_ms IS NULL OR q.not_before_ms <= ?)"
+                f" AND (a.agent IS NULL OR a.agent NOT IN ({marks}))"
+                " ORDER BY q.priority DESC, q.submitted_seq LIMIT ?",
+                (now, *sorted(paused), n),
+            )
+        else:
+            rows = tx.query(READY_SQL, (now, n))
+        try:
+            for (action_id,) in rows:
+                claims.append(_start(tx, str(action_id), owner, now))
+        except BaseException:
+            _release(claims)
+            raise
+    return claims
+
+
+def _release(claims: list[Claim]) -> None:
+    """Undo the side preparations (cgroups) of claims whose transaction did not commit."""
+    for c in claims:
+        if c.prepared is not None:
+            from runner import limits
+
+            limits.cleanup(c.prepared)
 
 
 def next_retry_ms(store: EventStore) -> int | None:
@@ -62,6 +104,17 @@ def next_retry_ms(store: EventStore) -> int | None:
         " WHERE a.state = 'retrying' AND q.unmet_deps = 0"
     )
     return None if row is None or row[0] is None else int(row[0])
+
+
+def submit_and_claim(store: EventStore, spec: Any, owner: str, by: str) -> Claim:
+    """Submit an action and claim it in the same transaction, so no worker can take it first
+    (``sp action execute`` runs it in the foreground)."""
+    from .actions import _validate, submit_in
+
+    _validate(spec, "task")
+    with store.transaction() as tx:
+        (action_id,) = submit_in(tx, [spec], by, ["task"], store.clock.now_ms())
+        return _start(tx, action_id, owner, store.clock.now_ms())
 
 
 def claim(store: EventStore, action_id: str, owner: str) -> Claim:
@@ -85,19 +138,40 @@ def _start(tx: Transaction, action_id: str, owner: str, now: int) -> Claim:
     spec = history[0].event
     assert isinstance(spec, ev.ActionSubmitted)
     resume = _resume_step(history)
+    prepared: Any = None
+    enforced: dict[str, Any] = {}
+    if spec.resources:
+        # The cgroup is made before `started` so that the event records what was enforced,
+        # read back from the kernel; it is removed again if this transaction fails.
+        from agents.config import Resources
+        from agents.units import dec_hook
+        from runner import limits
+
+        resources = msgspec.convert(spec.resources, Resources, dec_hook=dec_hook)
+        prepared = limits.prepare(resources, f"{action_id}-{attempt}",
+                                  required=spec.limits_required)
+        enforced = {**prepared.enforced, "missing": prepared.missing}
     event = ev.ActionStarted(
         by=owner, attempt=attempt, owner=owner, pid=os.getpid(), host=tx.store.host,
-        resume_step=resume,
+        resume_step=resume, limits=enforced,
     )
-    machine.check_event(action_id, state, event)
-    tx.append(action_id, [event], version)
+    try:
+        machine.check_event(action_id, state, event)
+        tx.append(action_id, [event], version)
+    except BaseException:
+        if prepared is not None:
+            from runner import limits
+
+            limits.cleanup(prepared)
+        raise
     pid = os.getpid()
     tx.execute(
         "INSERT OR REPLACE INTO leases (name, owner, pid, pid_start, host, heartbeat_ms,"
         " expires_ms) VALUES (?, ?, ?, ?, ?, ?, ?)",
         (action_id, owner, pid, proc.start_time(pid), tx.store.host, now, now + LEASE_TTL_MS),
     )
-    return Claim(action_id, attempt, owner, spec, row[1], row[2], resume)
+    checkpoint = row[1] if resume is not None or spec.on_interrupt != "rerun" else None
+    return Claim(action_id, attempt, owner, spec, checkpoint, row[2], resume, enforced, prepared)
 
 
 def _resume_step(history: list[Any]) -> int | None:
@@ -134,9 +208,37 @@ def heartbeat(store: EventStore, action_ids: list[str], owner: str) -> None:
 
 
 def cancel_requested(store: EventStore, action_id: str) -> bool:
-    row = store.query_one("SELECT cancel_requested FROM actions WHERE action_id = ?",
-                          (action_id,))
-    return bool(row and row[0])
+    return bool(cancel_requests(store, [action_id]))
+
+
+def cancel_requests(store: EventStore, action_ids: list[str]) -> list[str]:
+    """Which of these running actions a person asked to cancel (one query for all)."""
+    if not action_ids:
+        return []
+    marks = ", ".join("?" for _ in action_ids)
+    rows = store.query(
+        f"SELECT action_id FROM actions WHERE cancel_requested = 1 AND action_id IN ({marks})",
+        action_ids,
+    )
+    return [str(r[0]) for r in rows]
+
+
+def paused_agents(store: EventStore) -> frozenset[str]:
+    """Agents whose actions are not claimed now; ``""`` means every action."""
+    return frozenset(str(r[0]) for r in store.query("SELECT agent FROM pauses"))
+
+
+def ready_count(store: EventStore, paused: frozenset[str] = frozenset()) -> int:
+    """How many actions could be claimed right now."""
+    now = store.clock.now_ms()
+    marks = ", ".join("?" for _ in paused)
+    not_paused = f" AND (a.agent IS NULL OR a.agent NOT IN ({marks}))" if paused else ""
+    row = store.query_one(
+        "SELECT count(*) FROM queue q JOIN actions a USING (action_id) WHERE q.unmet_deps = 0"
+        f" AND (q.not_before_ms IS NULL OR q.not_before_ms <= ?){not_paused}",
+        (now, *sorted(paused)),
+    )
+    return int(row[0]) if row else 0
 
 
 class Outcome(msgspec.Struct, frozen=True, kw_only=True):
@@ -146,51 +248,100 @@ class Outcome(msgspec.Struct, frozen=True, kw_only=True):
     error: str = ""
     result: dict[str, Any] = {}
     retryable: bool = True
+    usage: dict[str, int] = {}
 
 
-def finish(store: EventStore, claim_: Claim, outcome: Outcome) -> ActionState | None:
-    """Record how an attempt ended; returns the new state.
+def finish(store: EventStore, claim_: Claim, outcome: Outcome,
+           rng: random.Random | None = None) -> ActionState | None:
+    """Record how an attempt ended, applying the action's retry and recovery policy.
 
-    Returns None (and records nothing) when this owner no longer holds the attempt, e.g. a
-    recovery already interrupted it: the completion of an attempt is recorded at most once.
+    Returns the new state, or None (recording nothing) when this owner no longer holds the
+    attempt, e.g. a recovery already interrupted it: an attempt's end is recorded at most once.
     """
-    aid = claim_.action_id
-    now = store.clock.now_ms()
+    results = finish_many(store, [(claim_, outcome)], rng)
+    return results[0]
+
+
+def finish_many(store: EventStore, ended: list[tuple[Claim, Outcome]],
+                rng: random.Random | None = None) -> list[ActionState | None]:
+    """:func:`finish` for several attempts in one transaction (one fsync for all)."""
+    rng = rng or random.Random()
+    out: list[ActionState | None] = []
     with store.transaction() as tx:
-        state, version = state_of(tx, aid)
-        row = tx.query_one(
-            "SELECT owner, attempts, max_attempts, cancel_requested FROM actions"
-            " WHERE action_id = ?", (aid,),
-        )
-        assert row is not None
-        if state is not ActionState.EXECUTING or row[0] != claim_.owner or row[1] != claim_.attempt:
-            return None
-        event: ev.Event
-        if row[3]:
-            event = ev.ActionCancelled(by=claim_.owner, reason="cancelled while running")
-        elif outcome.error_kind is None:
-            event = ev.ActionCompleted(by=claim_.owner, exit_code=outcome.exit_code or 0,
-                                       duration_ms=outcome.duration_ms, result=outcome.result)
-        elif outcome.retryable and row[1] < row[2]:
-            event = ev.ActionRetryScheduled(
-                by=claim_.owner, exit_code=outcome.exit_code, error_kind=outcome.error_kind,
-                error=outcome.error, duration_ms=outcome.duration_ms,
-                retry_at_ms=now + backoff_ms(claim_.spec.backoff, claim_.attempt),
-            )
-        else:
-            event = ev.ActionFailed(by=claim_.owner, exit_code=outcome.exit_code,
-                                    error_kind=outcome.error_kind, error=outcome.error,
-                                    duration_ms=outcome.duration_ms)
-        new = machine.check_event(aid, state, event)
-        tx.append(aid, [event], version)
-        tx.execute("DELETE FROM leases WHERE name = ? AND owner = ?", (aid, claim_.owner))
-        if new in (ActionState.FAILED, ActionState.CANCELLED):
-            cascade(tx, aid, f"dependency {aid} {new.value}", claim_.owner)
-        return new
+        for claim_, outcome in ended:
+            out.append(_finish(tx, claim_, outcome, store.clock.now_ms(), rng))
+    return out
+
+
+def _finish(tx: Transaction, claim_: Claim, outcome: Outcome, now: int,
+            rng: random.Random) -> ActionState | None:
+    aid = claim_.action_id
+    spec = claim_.spec
+    state, version = state_of(tx, aid)
+    row = tx.query_one(
+        "SELECT owner, attempts, max_attempts, cancel_requested FROM actions"
+        " WHERE action_id = ?", (aid,),
+    )
+    assert row is not None
+    owner, attempts, max_attempts, cancel_req = row
+    if state is not ActionState.EXECUTING or owner != claim_.owner or attempts != claim_.attempt:
+        return None
+    by = claim_.owner
+    usage = outcome.usage
+    kind = outcome.error_kind
+    events: list[ev.Event] = []
+    if cancel_req:
+        events.append(ev.ActionCancelled(by=by, reason="cancelled while running", usage=usage))
+    elif kind is None:
+        events.append(ev.ActionCompleted(by=by, exit_code=outcome.exit_code or 0,
+                                         duration_ms=outcome.duration_ms,
+                                         result=outcome.result, usage=usage))
+    elif (outcome.retryable and attempts < max_attempts and spec.recovery != "abort"):
+        wait = backoff_ms(spec.backoff, attempts, spec.retry_max_delay_ms,
+                          rng.random() if spec.retry_jitter else 0.0)
+        events.append(ev.ActionRetryScheduled(
+            by=by, exit_code=outcome.exit_code, error_kind=kind, error=outcome.error,
+            duration_ms=outcome.duration_ms, retry_at_ms=now + wait, usage=usage,
+        ))
+    elif spec.recovery == "skip":
+        events.append(ev.ActionSkipped(by=by, exit_code=outcome.exit_code, error_kind=kind,
+                                       error=outcome.error, duration_ms=outcome.duration_ms,
+                                       usage=usage))
+    else:
+        fallback = _submit_fallback(tx, aid, spec, by) if spec.recovery == "fallback" else None
+        events.append(ev.ActionFailed(
+            by=by, exit_code=outcome.exit_code, error_kind=kind, error=outcome.error,
+            duration_ms=outcome.duration_ms, usage=usage,
+            recovery=spec.recovery if spec.recovery in ("fallback", "abort") else "",
+            fallback=fallback,
+        ))
+    new = machine.check_event(aid, state, events[0])
+    tx.append(aid, events, version)
+    tx.execute("DELETE FROM leases WHERE name = ? AND owner = ?", (aid, claim_.owner))
+    if new is ActionState.CANCELLED or (new is ActionState.FAILED and spec.recovery != "fallback"):
+        cascade(tx, aid, f"dependency {aid} {new.value}", claim_.owner)
+    return new
+
+
+def _submit_fallback(tx: Transaction, failed: str, spec: ev.ActionSubmitted,
+                     by: str) -> str | None:
+    """Submit the fallback task in the failed action's place (same transaction)."""
+    from .actions import submit_in
+
+    fb = spec.fallback or {}
+    fb_spec = fb.get("spec")
+    if not isinstance(fb_spec, dict):
+        return None
+    from .actions import SubmitSpec
+
+    sub = msgspec.convert(fb_spec, SubmitSpec)
+    ids = submit_in(tx, [msgspec.structs.replace(sub, key=None)], by=f"{by} (fallback of {failed})",
+                    wheres=[f"fallback of {failed}"], now=tx.store.clock.now_ms())
+    return ids[0]
 
 
 def interrupt(store: EventStore, claim_: Claim, reason: str, duration_ms: int,
-              then: str = "resume") -> None:
+              then: str = "resume", usage: dict[str, int] | None = None) -> None:
     """Give a running attempt back (graceful shutdown): it resumes, reruns or is held."""
     with store.transaction() as tx:
         state, version = state_of(tx, claim_.action_id)
@@ -199,7 +350,7 @@ def interrupt(store: EventStore, claim_: Claim, reason: str, duration_ms: int,
         if state is not ActionState.EXECUTING or owner is None or owner[0] != claim_.owner:
             return
         event = ev.ActionInterrupted(by=claim_.owner, reason=reason, owner=claim_.owner,
-                                     duration_ms=duration_ms, then=then)
+                                     duration_ms=duration_ms, then=then, usage=usage or {})
         machine.check_event(claim_.action_id, state, event)
         tx.append(claim_.action_id, [event], version)
         tx.execute("DELETE FROM leases WHERE name = ?", (claim_.action_id,))

@@ -20,7 +20,7 @@ from .actions import cascade, state_of
 
 class Recovered(msgspec.Struct, frozen=True):
     action_id: str
-    outcome: str  # interrupted, failed, cancelled
+    outcome: str  # interrupted, held, failed, cancelled
     reason: str
 
 
@@ -68,9 +68,11 @@ def recover(store: EventStore, by: str = "replay") -> list[Recovered]:
                 event = ev.ActionCancelled(by=by, reason=f"cancelled; {reason}")
                 outcome = "cancelled"
             elif attempts < max_attempts:
+                spec = tx.read_stream(action_id)[0].event
+                then = spec.on_interrupt if isinstance(spec, ev.ActionSubmitted) else "resume"
                 event = ev.ActionInterrupted(by=by, reason=reason, owner=owner or "",
-                                             duration_ms=duration)
-                outcome = "interrupted"
+                                             duration_ms=duration, then=then)
+                outcome = "interrupted" if then != "hold" else "held"
             else:
                 kind = "heartbeat_missing" if reason.startswith("heartbeat") else "interrupted"
                 event = ev.ActionFailed(by=by, error_kind=kind,

@@ -45,6 +45,19 @@ class ActionSubmitted(Event, frozen=True, tag="action.submitted"):
     group: str | None = None
     compensation: list[str] | None = None
     key: str | None = None
+    # Task settings, fixed at submission so the audit shows exactly what ran:
+    steps: list[dict[str, Any]] = []  # {"name", "command": [...], "shell": bool}
+    failure_patterns: list[str] = []
+    resources: dict[str, Any] = {}  # agents.config.Resources in the seed's units
+    limits_required: bool = False
+    notify: dict[str, Any] | None = None  # agents.config.Notify
+    on_interrupt: str = "resume"  # resume | rerun | hold
+    checkpoint_enabled: bool = False  # checkpoint each finished step automatically
+    retry_max_delay_ms: int = 300_000
+    retry_jitter: bool = False
+    non_retryable_exit_codes: list[int] = []
+    recovery: str = "retry"  # retry | fallback | skip | abort: what follows the last attempt
+    fallback: dict[str, Any] | None = None  # {"agent", "task"} to submit on failure
 
 
 class ActionValidationStarted(Event, frozen=True, tag="action.validation_started"):
@@ -111,6 +124,20 @@ class ActionFailed(Event, frozen=True, tag="action.failed"):
     error: str = ""
     duration_ms: int = 0
     usage: dict[str, int] = {}
+    # Recovery: "fallback" names the action submitted in its place (dependents now wait for
+    # it); "abort" says the remaining attempts were given up.
+    recovery: str = ""
+    fallback: str | None = None
+
+
+class ActionSkipped(Event, frozen=True, tag="action.skipped"):
+    """Failed for good, but the task's recovery strategy is ``skip``: dependents go ahead."""
+
+    exit_code: int | None = None
+    error_kind: str = "exit_code"
+    error: str = ""
+    duration_ms: int = 0
+    usage: dict[str, int] = {}
 
 
 class ActionInterrupted(Event, frozen=True, tag="action.interrupted"):
@@ -153,6 +180,33 @@ class ActionRollbackFailed(Event, frozen=True, tag="action.rollback_failed"):
     exit_code: int | None = None
 
 
+class ActionNotified(Event, frozen=True, tag="action.notified"):
+    """A completion/failure notification was delivered (or not): a command or a URL."""
+
+    channel: str  # command | url
+    ok: bool
+    detail: str = ""
+
+
+class WorkPaused(Event, frozen=True, tag="control.paused"):
+    """Stop claiming actions (of one agent, or all when ``agent`` is empty)."""
+
+    agent: str = ""
+
+
+class WorkResumed(Event, frozen=True, tag="control.resumed"):
+    agent: str = ""
+
+
+class AgentConfigured(Event, frozen=True, tag="agent.configured"):
+    """An agent file was applied: the document as written, and where it came from."""
+
+    agent_id: str
+    config: dict[str, Any]
+    source: str = ""
+    sha256: str = ""
+
+
 AnyEvent = (
     ActionSubmitted
     | ActionValidationStarted
@@ -164,6 +218,7 @@ AnyEvent = (
     | ActionCompleted
     | ActionRetryScheduled
     | ActionFailed
+    | ActionSkipped
     | ActionInterrupted
     | ActionCancelRequested
     | ActionCancelled
@@ -171,6 +226,10 @@ AnyEvent = (
     | ActionRollbackStarted
     | ActionRolledBack
     | ActionRollbackFailed
+    | ActionNotified
+    | WorkPaused
+    | WorkResumed
+    | AgentConfigured
 )
 
 EVENT_TYPES: tuple[type[Event], ...] = AnyEvent.__args__  # type: ignore[attr-defined]

@@ -36,6 +36,8 @@ TRANSITIONS: list[dict[str, Any]] = [
     {"trigger": "succeed", "source": S.EXECUTING, "dest": S.COMPLETED},
     {"trigger": "retry", "source": S.EXECUTING, "dest": S.RETRYING},
     {"trigger": "fail", "source": S.EXECUTING, "dest": S.FAILED},
+    # recovery strategy "skip": the failure is recorded, dependents go ahead
+    {"trigger": "skip", "source": S.EXECUTING, "dest": S.SKIPPED},
     # crash recovery / graceful shutdown: back to the queue, to resume from the checkpoint
     {"trigger": "interrupt", "source": S.EXECUTING, "dest": S.INTERRUPTED},
     # cancellation: a running action is asked first, its runner then records the cancel
@@ -49,6 +51,12 @@ TRANSITIONS: list[dict[str, Any]] = [
         "trigger": "restart",
         "source": [S.FAILED, S.CANCELLED, S.COMPLETED, S.INTERRUPTED],
         "dest": S.QUEUED,
+    },
+    # a notification about the outcome was sent (or failed): recorded, the state stays
+    {
+        "trigger": "notify",
+        "source": [S.COMPLETED, S.FAILED, S.SKIPPED, S.CANCELLED],
+        "dest": None,
     },
     # compensation
     {"trigger": "rollback", "source": S.COMPLETED, "dest": S.ROLLING_BACK},
@@ -67,6 +75,7 @@ TRIGGER_OF: dict[type[ev.Event], str] = {
     ev.ActionCompleted: "succeed",
     ev.ActionRetryScheduled: "retry",
     ev.ActionFailed: "fail",
+    ev.ActionSkipped: "skip",
     ev.ActionInterrupted: "interrupt",
     ev.ActionCancelRequested: "request_cancel",
     ev.ActionCancelled: "cancel",
@@ -74,6 +83,7 @@ TRIGGER_OF: dict[type[ev.Event], str] = {
     ev.ActionRollbackStarted: "rollback",
     ev.ActionRolledBack: "finish_rollback",
     ev.ActionRollbackFailed: "fail_rollback",
+    ev.ActionNotified: "notify",
 }
 INITIAL_EVENT = ev.ActionSubmitted
 

@@ -196,6 +196,7 @@ HANDLERS: dict[str, Callable[[RowDict, Recorded, Any], None]] = {
     ev.tag_of(ev.ActionCompleted): _completed,
     ev.tag_of(ev.ActionRetryScheduled): _retry,
     ev.tag_of(ev.ActionFailed): _failed,
+    ev.tag_of(ev.ActionSkipped): _failed,
     ev.tag_of(ev.ActionInterrupted): _interrupted,
     ev.tag_of(ev.ActionCancelRequested): _cancel_requested,
     ev.tag_of(ev.ActionCancelled): _cancelled,
@@ -203,4 +204,5 @@ HANDLERS: dict[str, Callable[[RowDict, Recorded, Any], None]] = {
     ev.tag_of(ev.ActionRollbackStarted): _nothing,
     ev.tag_of(ev.ActionRolledBack): _rolled_back,
     ev.tag_of(ev.ActionRollbackFailed): _rollback_failed,
+    ev.tag_of(ev.ActionNotified): _nothing,
 }

@@ -14,16 +14,17 @@ from ledger.errors import CorruptEventError
 from ledger.store import EventStore, Recorded, Transaction, _split_sql
 from machines.action import FOLD, ActionState
 
-from . import actions, checkpoints, metrics, queue, rollback, views
+from . import actions, checkpoints, control, metrics, queue, rollback, views
 from .rows import RowDict, Rows, Table
 from .version import PROJECTION_VERSION
 
 TABLES: dict[str, Table] = {
     t.name: t
     for t in (actions.TABLE, *queue.TABLES, *metrics.TABLES, *rollback.TABLES,
-              *checkpoints.TABLES)
+              *checkpoints.TABLES, *control.TABLES)
 }
-DDL = "\n".join([actions.DDL, queue.DDL, metrics.DDL, rollback.DDL, checkpoints.DDL])
+DDL = "\n".join([actions.DDL, queue.DDL, metrics.DDL, rollback.DDL, checkpoints.DDL,
+                 control.DDL])
 TRACKING_DDL = (
     "CREATE TABLE IF NOT EXISTS projection_tracking (name TEXT PRIMARY KEY, seq INTEGER NOT NULL)"
     " WITHOUT ROWID"
@@ -31,8 +32,10 @@ TRACKING_DDL = (
 
 _SUBMITTED = ev.tag_of(ev.ActionSubmitted)
 _CHECKPOINTED = ev.tag_of(ev.ActionCheckpointed)
+_FAILED = ev.tag_of(ev.ActionFailed)
 _ATTEMPT_ENDS = frozenset(
-    ev.tag_of(c) for c in (ev.ActionCompleted, ev.ActionFailed, ev.ActionRetryScheduled,
+    ev.tag_of(c) for c in (ev.ActionCompleted, ev.ActionFailed, ev.ActionSkipped,
+                           ev.ActionRetryScheduled,
                            ev.ActionInterrupted, ev.ActionCancelled)
 )
 _EXECUTING = ActionState.EXECUTING
@@ -140,6 +143,10 @@ def apply_event(rows: Rows, rec: Recorded) -> None:
     """
     type_ = rec.type
     stream = rec.stream
+    other = control.HANDLERS.get(type_)
+    if other is not None:
+        other(rows, rec)
+        return
     if type_ == _SUBMITTED:
         e = rec.event
         assert isinstance(e, ev.ActionSubmitted)
@@ -156,6 +163,11 @@ def apply_event(rows: Rows, rec: Recorded) -> None:
     if step is None:
         raise CorruptEventError(rec.seq, f"{type_} is illegal for an action that is {a['state']}")
     step.handler(a, rec, rec.event)
+    if type_ == _FAILED:
+        failed = rec.event
+        assert isinstance(failed, ev.ActionFailed)
+        if failed.fallback:
+            queue.move_dependents(rows, stream, failed.fallback)
     a["state"] = step.new_value
     a["updated_ms"] = rec.ts
     a["version"] = rec.version

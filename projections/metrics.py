@@ -45,6 +45,7 @@ TABLES = (
 _OUTCOME = {
     ev.tag_of(ev.ActionCompleted): "completed",
     ev.tag_of(ev.ActionFailed): "failed",
+    ev.tag_of(ev.ActionSkipped): "skipped",
     ev.tag_of(ev.ActionRetryScheduled): "retry",
     ev.tag_of(ev.ActionInterrupted): "interrupted",
     ev.tag_of(ev.ActionCancelled): "cancelled",

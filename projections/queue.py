@@ -7,7 +7,7 @@ projection itself never looks at the clock.
 
 from __future__ import annotations
 
-from machines.states import WAITING, ActionState
+from machines.states import SATISFIED, WAITING, ActionState
 
 from .rows import RowDict, Rows, Table
 
@@ -34,6 +34,8 @@ TABLES = (
     Table("dependencies", ("depends_on", "action_id"), ("depends_on", "action_id")),
 )
 
+_SATISFIED_VALUES = frozenset(s.value for s in SATISFIED)
+
 READY_SQL = """
 SELECT action_id FROM queue
 WHERE unmet_deps = 0 AND (not_before_ms IS NULL OR not_before_ms <= ?)
@@ -47,7 +49,7 @@ def on_submitted(rows: Rows, action_id: str, depends_on: list[str]) -> int:
     unmet = 0
     for dep in dict.fromkeys(depends_on):
         d = rows.get("actions", dep)
-        if d is None or d["state"] != ActionState.COMPLETED.value:
+        if d is None or d["state"] not in _SATISFIED_VALUES:
             rows.put("dependencies", {"depends_on": dep, "action_id": action_id})
             unmet += 1
     return unmet
@@ -63,8 +65,15 @@ def on_state(rows: Rows, a: RowDict, old: ActionState | None, new: ActionState) 
         })
     elif old in WAITING:
         rows.delete("queue", a["action_id"])
-    if new is ActionState.COMPLETED:
+    if new in SATISFIED and old not in SATISFIED:
         _satisfy_dependents(rows, a["action_id"])
+
+
+def move_dependents(rows: Rows, action_id: str, to: str) -> None:
+    """A fallback takes ``action_id``'s place: whoever waited for it now waits for ``to``."""
+    for key in rows.find("dependencies", "depends_on", action_id):
+        rows.delete("dependencies", key)
+        rows.put("dependencies", {"depends_on": to, "action_id": key[1]})
 
 
 def _satisfy_dependents(rows: Rows, action_id: str) -> None:

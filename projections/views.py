@@ -44,13 +44,15 @@ WITH dims AS (
            SUM(CASE WHEN state = 'completed' THEN n ELSE 0 END) AS completed,
            SUM(CASE WHEN state = 'failed' THEN n ELSE 0 END) AS failed,
            SUM(CASE WHEN state = 'cancelled' THEN n ELSE 0 END) AS cancelled,
+           SUM(CASE WHEN state = 'skipped' THEN n ELSE 0 END) AS skipped,
            SUM(CASE WHEN state IN ('pending', 'validating', 'queued', 'retrying',
                                   'interrupted')
                     THEN n ELSE 0 END) AS waiting,
            SUM(CASE WHEN state = 'executing' THEN n ELSE 0 END) AS executing
     FROM metrics_counts GROUP BY dim, key
 )
-SELECT counts.dim, counts.key, total, completed, failed, cancelled, waiting, executing,
+SELECT counts.dim, counts.key, total, completed, failed, cancelled, skipped, waiting,
+       executing,
        CASE WHEN completed + failed > 0
             THEN ROUND(1.0 * completed / (completed + failed), 4) END AS success_rate,
        COALESCE(att.attempts, 0) AS attempts, COALESCE(att.retries, 0) AS retries,
@@ -61,7 +63,7 @@ WHERE total > 0;
 CREATE VIEW v_failures AS
 SELECT action_type, COALESCE(agent, '') AS agent, error_kind, COUNT(*) AS failures,
        MAX(finished_ms) AS last_ms
-FROM metrics_attempts WHERE outcome IN ('failed', 'retry', 'interrupted')
+FROM metrics_attempts WHERE outcome IN ('failed', 'skipped', 'retry', 'interrupted')
 GROUP BY action_type, COALESCE(agent, ''), error_kind;
 
 CREATE VIEW v_retries AS

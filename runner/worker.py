@@ -1,37 +1,41 @@
-"""A foreground worker: claim ready actions and run them one at a time.
+"""The worker: claim ready actions and run up to N at once, in one process, without threads.
 
-This is the minimal runner the foundation needs (``sp worker --until-idle``): its own process
-group per action, output streamed to ``logs/<id>.log``, timeout (SIGTERM, then SIGKILL),
-cancel within a second, lease heartbeats, and SIGTERM/SIGINT handled by giving the running
-attempt back to the queue (recorded, resumable).
+One loop does everything: claim into free slots (one transaction for the batch), poll the
+running attempts (reap, timeouts, output patterns), check cancel requests and renew leases for
+all of them at once, record the attempts that ended (one transaction for the batch), and sleep
+in ``select`` on the wake-up pipe so that a submit starts work at once. No thread means no
+``preexec_fn`` hazard and no lock juggling; the state lives in the ledger, not in the worker.
+
+Shutdown (SIGTERM/SIGINT): stop claiming, let running attempts finish for the grace period,
+then stop them and record ``action.interrupted`` (resumable, per the task's ``on_interrupt``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
+import select
 import signal
-import subprocess
 import time
 import uuid
-from collections import deque
-from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import msgspec
 
 from commands import execution
-from commands.execution import Claim, Outcome
 from commands.home import Home
+from ledger.errors import SpError
 from ledger.store import EventStore
-from machines.action import ActionState
+from machines.states import ActionState
 
-POLL_S = 0.05
+from .attempt import Attempt
+from .wake import Waker
+
+POLL_S = 0.02  # reap/timeout cadence while attempts run
 HEARTBEAT_S = 5.0
 CANCEL_CHECK_S = 0.25
-KILL_GRACE_S = 5.0
-TAIL_LINES = 20
+PAUSE_CHECK_S = 1.0
 
 
 class WorkerSummary(msgspec.Struct):
@@ -41,154 +45,182 @@ class WorkerSummary(msgspec.Struct):
     retrying: int = 0
     cancelled: int = 0
     interrupted: int = 0
+    skipped: int = 0
+    peak_running: int = 0
 
 
 class Worker:
-    def __init__(self, store: EventStore, home: Home, owner: str | None = None) -> None:
+    """Runs actions from one home. ``run()`` returns when stopped or, optionally, idle."""
+
+    def __init__(self, store: EventStore, home: Home, owner: str | None = None,
+                 concurrency: int = 1, grace_s: float = 30.0,
+                 notify_all: bool = False) -> None:
+        if concurrency < 1:
+            raise SpError("concurrency must be at least 1")
         self.store = store
         self.home = home
         self.owner = owner or f"worker:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.concurrency = concurrency
+        self.grace_s = grace_s
+        self.notify_all = notify_all
+        self.running: dict[str, Attempt] = {}
         self.stopping = False
+        self.stop_deadline: float | None = None
+        self.summary = WorkerSummary()
+        self._paused: frozenset[str] = frozenset()
+        self._next_pause_check = 0.0
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
-        self.stopping = True
+        self.request_stop()
 
-    def run(self, until_idle: bool = True, idle_poll_s: float = 1.0) -> WorkerSummary:
-        """Run ready actions until stopped; with ``until_idle``, until nothing is left to do.
+    def request_stop(self, grace_s: float | None = None) -> None:
+        """Stop claiming; running attempts get ``grace_s`` to finish, then are interrupted."""
+        if not self.stopping:
+            self.stopping = True
+            grace = self.grace_s if grace_s is None else grace_s
+            self.stop_deadline = time.monotonic() + grace
 
-        Nothing left = no action ready and none waiting out a retry backoff; actions delayed
-        by ``--delay`` or blocked on dependencies do not keep an idle worker alive.
-        """
-        summary = WorkerSummary()
-        old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    def run(self, until_idle: bool = False, max_seconds: float | None = None,
+            idle_poll_s: float = 1.0) -> WorkerSummary:
+        """Run until stopped; ``until_idle``: until nothing is running, ready or retrying;
+        ``max_seconds``: stop claiming then and interrupt what still runs (``sp tick``)."""
+        waker = Waker(self.home.root)
+        handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        end = None if max_seconds is None else time.monotonic() + max_seconds
+        next_beat = time.monotonic() + HEARTBEAT_S
+        next_cancel = time.monotonic() + CANCEL_CHECK_S
         try:
-            while not self.stopping:
-                claim = execution.claim_next(self.store, self.owner)
-                if claim is None:
-                    retry_at = execution.next_retry_ms(self.store)
-                    if until_idle and retry_at is None:
+            while True:
+                now = time.monotonic()
+                if end is not None and now >= end:
+                    self.request_stop(grace_s=0.0)
+                if not self.stopping:
+                    self._fill_slots()
+                if not self.running:
+                    if self.stopping:
                         break
-                    # A retry waiting out its backoff is work in progress: wait for it.
-                    wait_s = idle_poll_s
+                    retry_at = execution.next_retry_ms(self.store)
+                    if until_idle and retry_at is None and not self._ready_now():
+                        break
+                    wait = idle_poll_s
                     if retry_at is not None:
-                        wait_s = max(0.0, (retry_at - self.store.clock.now_ms()) / 1000)
-                    time.sleep(min(wait_s, idle_poll_s))
+                        wait = min(wait, max(0.0, (retry_at - self.store.clock.now_ms()) / 1000))
+                    if end is not None:
+                        wait = min(wait, max(0.0, end - now))
+                    _wait_for(waker, wait)
                     continue
-                summary.ran += 1
-                new = self.run_one(claim)
-                if new is ActionState.COMPLETED:
-                    summary.completed += 1
-                elif new is ActionState.FAILED:
-                    summary.failed += 1
-                elif new is ActionState.RETRYING:
-                    summary.retrying += 1
-                elif new is ActionState.CANCELLED:
-                    summary.cancelled += 1
-                elif new is ActionState.INTERRUPTED:
-                    summary.interrupted += 1
+                self._poll_all(time.monotonic())
+                now = time.monotonic()
+                if now >= next_cancel:
+                    next_cancel = now + CANCEL_CHECK_S
+                    self._check_cancels()
+                if now >= next_beat:
+                    next_beat = now + HEARTBEAT_S
+                    execution.heartbeat(self.store, list(self.running), self.owner)
+                if self.stopping and self.stop_deadline is not None and now >= self.stop_deadline:
+                    self._interrupt_all("worker stopped (signal)" if end is None or now < end
+                                        else f"sp tick reached --max-seconds {max_seconds:g}")
+                if (self.running and len(self.running) >= self.concurrency) or self.stopping:
+                    _wait_for(None, POLL_S)
+                else:
+                    _wait_for(waker, POLL_S)
         finally:
-            for s, handler in old.items():
+            for s, handler in handlers.items():
                 signal.signal(s, handler)
-        return summary
+            waker.close()
+        return self.summary
 
-    def run_one(self, claim: Claim) -> ActionState | None:
-        spec = claim.spec
-        log_path = self.home.log_path(claim.action_id)
-        env = {**os.environ, **spec.env,
-               "SP_ACTION_ID": claim.action_id, "SP_HOME": str(self.home.root),
-               "SP_ATTEMPT": str(claim.attempt), "SP_CHECKPOINT": claim.checkpoint or "",
-               "SP_RESUME_STEP": "" if claim.resume_step is None else str(claim.resume_step)}
-        argv = spec.command
-        if spec.shell:
-            argv = ["/bin/sh", "-c", " ".join(spec.command)]
-        start = time.monotonic()
-        with open(log_path, "ab") as log:
-            log.write(f"--- sp: attempt {claim.attempt} of {claim.action_id}\n".encode())
-            log.flush()
-            offset = log.tell()
-            try:
-                child = subprocess.Popen(
-                    argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                    cwd=spec.cwd, env=env, start_new_session=True,
-                )
-            except OSError as e:
-                return self._finish(claim, Outcome(
-                    exit_code=None, duration_ms=_ms_since(start), error_kind="spawn",
-                    error=f"cannot run {argv[0]!r}: {e.strerror}", retryable=False,
-                ), log_path, offset)
-            execution.record_child(self.store, claim.action_id, self.owner, child.pid)
-            kind, error = self._supervise(claim, child, start)
-        if kind == "interrupted":
-            execution.interrupt(self.store, claim, "worker stopped (signal)", _ms_since(start))
-            return ActionState.INTERRUPTED
-        code = child.returncode
-        if kind is None and code != 0:
-            kind, error = "exit_code", f"exited with code {code}"
-        return self._finish(claim, Outcome(
-            exit_code=code, duration_ms=_ms_since(start), error_kind=kind, error=error,
-        ), log_path, offset)
+    # -- claiming -------------------------------------------------------------------------------
+    def _fill_slots(self) -> None:
+        free = self.concurrency - len(self.running)
+        if free <= 0:
+            return
+        now = time.monotonic()
+        if now >= self._next_pause_check:
+            self._next_pause_check = now + PAUSE_CHECK_S
+            self._paused = execution.paused_agents(self.store)
+        for claim in execution.claim_many(self.store, self.owner, free, self._paused):
+            attempt = Attempt(self.store, self.home, claim, self.owner)
+            self.running[claim.action_id] = attempt
+            self.summary.ran += 1
+            attempt.start()
+        self.summary.peak_running = max(self.summary.peak_running, len(self.running))
 
-    def _supervise(self, claim: Claim, child: subprocess.Popen[bytes],
-                   start: float) -> tuple[str | None, str]:
-        """Wait for the child; enforce timeout, cancel and shutdown. Returns (error kind, text)."""
-        timeout_s = None if claim.spec.timeout_ms is None else claim.spec.timeout_ms / 1000
-        next_beat = start + HEARTBEAT_S
-        next_cancel = start + CANCEL_CHECK_S
-        while child.poll() is None:
-            now = time.monotonic()
-            if self.stopping:
-                _stop(child)
-                return "interrupted", "worker stopped"
-            if timeout_s is not None and now - start > timeout_s:
-                _stop(child)
-                return "timeout", f"timed out after {timeout_s:g}s"
-            if now >= next_cancel:
-                next_cancel = now + CANCEL_CHECK_S
-                if execution.cancel_requested(self.store, claim.action_id):
-                    _stop(child)
-                    return "cancelled", "cancelled while running"
-            if now >= next_beat:
-                next_beat = now + HEARTBEAT_S
-                execution.heartbeat(self.store, [claim.action_id], self.owner)
+    def _ready_now(self) -> bool:
+        if "" in self._paused:
+            return False
+        return execution.ready_count(self.store, self._paused) > 0
+
+    # -- supervising ----------------------------------------------------------------------------
+    def _poll_all(self, now: float) -> None:
+        ended = [a for a in self.running.values() if a.poll(now)]
+        if ended:
+            self._record(ended)
+
+    def _record(self, ended: list[Attempt]) -> None:
+        pairs = [(a.claim, a.outcome) for a in ended if a.outcome is not None]
+        states = execution.finish_many(self.store, pairs)  # type: ignore[arg-type]
+        for attempt, state in zip(ended, states, strict=True):
+            del self.running[attempt.action_id]
+            self._count(state)
+            if state is not None:
+                self._notify(attempt, state)
+
+    def _count(self, state: ActionState | None) -> None:
+        s = self.summary
+        if state is ActionState.COMPLETED:
+            s.completed += 1
+        elif state is ActionState.FAILED:
+            s.failed += 1
+        elif state is ActionState.RETRYING:
+            s.retrying += 1
+        elif state is ActionState.CANCELLED:
+            s.cancelled += 1
+        elif state is ActionState.SKIPPED:
+            s.skipped += 1
+        elif state is ActionState.INTERRUPTED:
+            s.interrupted += 1
+
+    def _check_cancels(self) -> None:
+        for action_id in execution.cancel_requests(self.store, list(self.running)):
+            self.running[action_id].stop("cancelled", "cancelled while running")
+
+    def _interrupt_all(self, reason: str) -> None:
+        """The grace period is over: stop what still runs and record it as interrupted."""
+        for attempt in self.running.values():
+            attempt.stop("interrupted", reason)
+        deadline = time.monotonic() + 10
+        while any(not a.poll(time.monotonic()) for a in self.running.values()):
+            if time.monotonic() > deadline:
+                break
             time.sleep(POLL_S)
-        return None, ""
+        for attempt in list(self.running.values()):
+            outcome = attempt.outcome
+            duration = outcome.duration_ms if outcome else 0
+            usage = outcome.usage if outcome else {}
+            execution.interrupt(self.store, attempt.claim, reason, duration,
+                                then=attempt.claim.spec.on_interrupt, usage=usage)
+            del self.running[attempt.action_id]
+            self.summary.interrupted += 1
 
-    def _finish(self, claim: Claim, outcome: Outcome, log_path: Path,
-                offset: int) -> ActionState | None:
-        result = _log_facts(log_path, offset)
-        outcome = msgspec.structs.replace(outcome, result=result)
-        return execution.finish(self.store, claim, outcome)
+    def _notify(self, attempt: Attempt, state: ActionState) -> None:
+        spec = attempt.claim.spec
+        notify: dict[str, Any] | None = spec.notify
+        if notify is None and not self.notify_all:
+            return
+        if state not in (ActionState.COMPLETED, ActionState.FAILED, ActionState.SKIPPED):
+            return
+        from runner import notifications
 
-
-def _stop(child: subprocess.Popen[bytes]) -> None:
-    """SIGTERM the process group, then SIGKILL after a grace period."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(child.pid, signal.SIGTERM)
-    try:
-        child.wait(KILL_GRACE_S)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(child.pid, signal.SIGKILL)
-        child.wait()
-
-
-def _ms_since(start: float) -> int:
-    return int((time.monotonic() - start) * 1000)
+        notifications.deliver(self.store, attempt, state, notify, self.owner)
 
 
-def _log_facts(path: Path, offset: int) -> dict[str, object]:
-    """Size, SHA-256 and last lines of this attempt's output."""
-    h = hashlib.sha256()
-    tail: deque[bytes] = deque(maxlen=TAIL_LINES)
-    size = 0
-    with open(path, "rb") as f:
-        f.seek(offset)
-        for line in f:
-            h.update(line)
-            size += len(line)
-            tail.append(line)
-    return {
-        "log_bytes": size,
-        "log_sha256": h.hexdigest(),
-        "tail": [ln.decode(errors="replace").rstrip("\n") for ln in tail],
-    }
+def _wait_for(waker: Waker | None, timeout_s: float) -> None:
+    """Sleep up to ``timeout_s``, waking early when a submit writes to the pipe."""
+    if waker is None:
+        time.sleep(timeout_s)
+        return
+    with contextlib.suppress(InterruptedError):
+        ready, _, _ = select.select([waker], [], [], max(0.0, timeout_s))
+        if ready:
+            waker.drain()

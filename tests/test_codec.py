@@ -87,7 +87,8 @@ def test_every_event_type_has_a_distinct_explicit_tag() -> None:
     tags = [ev.tag_of(cls) for cls in ev.EVENT_TYPES]
     assert len(set(tags)) == len(tags) == len(ev.EVENT_TYPES)
     for cls, tag in zip(ev.EVENT_TYPES, tags, strict=True):
-        assert tag.startswith("action.") and tag != cls.__name__
+        noun, _, verb = tag.partition(".")
+        assert noun in {"action", "agent", "control"} and verb and tag != cls.__name__
 
 
 @pytest.mark.parametrize("cls", BY_NAME, ids=_class_name)

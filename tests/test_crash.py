@@ -64,7 +64,7 @@ def _start_and_checkpoint(
 ) -> tuple[str, subprocess.Popen[str], Path]:
     script, pidfile = _script(tmp_path)
     a = sp.proc("submit", "--retries", str(retries), "--", str(script)).stdout.strip()
-    worker = sp.popen("worker", "--until-idle")
+    worker = sp.popen("worker", "--until-idle", "--grace", "0.2s")
     _wait_for(lambda: pidfile.exists() and pidfile.read_text().strip() != "")
     assert _status(sp, a)["checkpoint"] == {"done": ["fetch_new_papers"]}
     return a, worker, pidfile

@@ -1,0 +1,183 @@
+"""``sp agent``: apply, list and show agent configurations; ``sp action execute|run``."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+from .main import App, echo_json, echo_table, format_option, pass_app
+
+
+@click.group()
+def agent() -> None:
+    """Agents and their tasks, configured by YAML or TOML files in the seed's shape.
+
+    \b
+    Example:
+      sp agent apply research-001.yaml
+      sp agent list
+    """
+
+
+@agent.command("apply")
+@click.argument("file", type=click.Path(dir_okay=False))
+@pass_app
+def agent_apply(app: App, file: str) -> None:
+    """Validate an agent file and record it (an audited event); unchanged files record nothing.
+
+    \b
+    Example:
+      sp agent apply agents/research-001.yaml
+    """
+    from commands import actions, agents
+
+    agent_id, changed = agents.apply(app.store(), file, by=actions.who())
+    click.echo(agent_id)
+    click.echo(f"agent {agent_id}: {'applied' if changed else 'unchanged'}", err=True)
+
+
+@agent.command("list")
+@format_option()
+@pass_app
+def agent_list(app: App, fmt: str) -> None:
+    """List applied agents and their tasks.
+
+    \b
+    Example:
+      sp agent list --format json
+    """
+    from commands import agents
+
+    rows = agents.listing(app.store(write=False))
+    if fmt == "json":
+        echo_json(rows)
+        return
+    echo_table(["agent", "version", "tasks", "source"],
+               [(r["agent_id"], r["version"], ", ".join(r["tasks"]), r["source"]) for r in rows],
+               wide=("tasks",))
+
+
+@agent.command("show")
+@click.argument("agent_id")
+@format_option("yaml", "json")
+@pass_app
+def agent_show(app: App, agent_id: str, fmt: str) -> None:
+    """Show an agent's applied configuration, as written.
+
+    \b
+    Example:
+      sp agent show research-001
+    """
+    import msgspec
+    import yaml
+
+    from commands import agents
+
+    store = app.store(write=False)
+    agents.get(store, agent_id)  # validates and raises for an unknown agent
+    row = store.query_one("SELECT config FROM agents WHERE agent_id = ?", (agent_id,))
+    assert row is not None
+    doc = msgspec.json.decode(row[0])
+    if fmt == "json":
+        echo_json(doc)
+    else:
+        click.echo(yaml.safe_dump(doc, sort_keys=False).rstrip())
+
+
+@click.group()
+def action() -> None:
+    """Run an agent's task (the seed's cron lines), and watch actions.
+
+    \b
+    Example:
+      sp action execute --agent research-001 --task daily_arxiv_scan --checkpoint-enabled
+    """
+
+
+def _execute(app: App, agent_id: str, task: str, timeout: str | None, checkpoint_enabled: bool,
+             notify_on_completion: bool, detach: bool) -> None:
+    from commands import actions, agents, execution
+    from commands.durations import parse_duration_ms
+    from machines.states import ActionState
+    from runner.foreground import run_claimed
+
+    timeout_ms = None if timeout is None else parse_duration_ms(timeout, "--timeout")
+    store = app.store()
+    config = agents.get(store, agent_id)
+    spec = agents.task_spec(config, task, timeout_ms=timeout_ms,
+                            checkpoint_enabled=checkpoint_enabled)
+    by = actions.who()
+    if detach:
+        (action_id,) = actions.submit(store, [spec], by=by, wheres=["task"])
+        click.echo(action_id)
+        return
+    owner = f"foreground:{by}"
+    claim = execution.submit_and_claim(store, spec, owner, by)
+    click.echo(claim.action_id)
+    state = run_claimed(store, app.home, claim)
+    if notify_on_completion:
+        from projections import queries
+
+        row = queries.get_action(store, claim.action_id)
+        click.echo(f"sp: {agent_id}/{task} {state.value} ({claim.action_id}, attempts "
+                   f"{row['attempts']}, exit {row['exit_code']})", err=True)
+    sys.exit(0 if state in (ActionState.COMPLETED, ActionState.SKIPPED) else 1)
+
+
+_EXECUTE_OPTIONS = [
+    click.option("--agent", "agent_id", required=True, help="The agent (applied first)."),
+    click.option("--task", required=True, help="The task of that agent."),
+    click.option("--timeout", help='Overrides the task\'s timeout, e.g. "3600" or "2h".'),
+    click.option("--checkpoint-enabled", is_flag=True,
+                 help="Checkpoint each finished step, so a resumed run skips it."),
+    click.option("--notify-on-completion", is_flag=True,
+                 help="Report the outcome on stderr (and through the task's notify: settings)."),
+    click.option("--detach", is_flag=True,
+                 help="Queue the task for a worker and return at once, printing its id."),
+]
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _with_options(f: F) -> F:
+    for option in reversed(_EXECUTE_OPTIONS):
+        f = option(f)
+    return f
+
+
+@action.command("execute")
+@_with_options
+@pass_app
+def action_execute(app: App, agent_id: str, task: str, timeout: str | None,
+                   checkpoint_enabled: bool, notify_on_completion: bool, detach: bool) -> None:
+    """Run an agent's task in the foreground, record everything, exit with its outcome.
+
+    Prints the action id first. Exit 0 when the task completed, 1 when it failed.
+
+    \b
+    Example (crontab, the seed's line):
+      0 9 * * * systemprompt-os action execute --agent research-001 \\
+          --task daily_arxiv_scan --checkpoint-enabled --notify-on-completion
+    """
+    _execute(app, agent_id, task, timeout, checkpoint_enabled, notify_on_completion, detach)
+
+
+@action.command("run")
+@_with_options
+@pass_app
+def action_run(app: App, agent_id: str, task: str, timeout: str | None,
+               checkpoint_enabled: bool, notify_on_completion: bool, detach: bool) -> None:
+    """Same as ``sp action execute`` (the seed uses both spellings).
+
+    \b
+    Example:
+      */5 * * * * systemprompt-os action run --agent monitor-001 --task health_check
+    """
+    _execute(app, agent_id, task, timeout, checkpoint_enabled, notify_on_completion, detach)
+
+
+COMMANDS = [agent, action]

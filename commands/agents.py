@@ -1,0 +1,138 @@
+"""Agents: apply a configuration file (an audited event), and turn a task into an action."""
+
+from __future__ import annotations
+
+import hashlib
+import shlex
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from agents.config import AgentConfig, Step, Task, decode_agent, load_document
+from agents.units import enc_hook
+from ledger import events as ev
+from ledger.errors import UsageError
+from ledger.store import EventStore
+
+from .actions import SubmitSpec
+
+
+def stream_of(agent_id: str) -> str:
+    return f"agent:{agent_id}"
+
+
+def apply(store: EventStore, path: str | Path, by: str = "") -> tuple[str, bool]:
+    """Validate an agent file and record it; returns (agent id, changed).
+
+    Applying the same document again records nothing.
+
+    :raises UsageError: unreadable, malformed, or invalid (the message names the path).
+    """
+    raw = load_document(path)
+    agent = decode_agent(raw, str(path))
+    document = msgspec.to_builtins(raw, enc_hook=_plain)
+    digest = hashlib.sha256(msgspec.json.encode(document)).hexdigest()
+    stream = stream_of(agent.id)
+    with store.transaction() as tx:
+        row = tx.query_one("SELECT sha256 FROM agents WHERE agent_id = ?", (agent.id,))
+        if row is not None and row[0] == digest:
+            return agent.id, False
+        version = tx.stream_version(stream)
+        tx.append(stream, [ev.AgentConfigured(
+            by=by, agent_id=agent.id, config=document, source=str(Path(path).resolve()),
+            sha256=digest,
+        )], version)
+    return agent.id, True
+
+
+def _plain(obj: Any) -> Any:
+    """TOML dates and the like become text in the recorded document."""
+    return str(obj)
+
+
+def get(store: EventStore, agent_id: str) -> AgentConfig:
+    """The applied configuration of an agent.
+
+    :raises UsageError: no such agent.
+    """
+    row = store.query_one("SELECT config FROM agents WHERE agent_id = ?", (agent_id,))
+    if row is None:
+        raise UsageError(f"no agent {agent_id!r}: apply its file first (sp agent apply FILE)")
+    return decode_agent(msgspec.json.decode(row[0]), f"agent {agent_id}")
+
+
+def listing(store: EventStore) -> list[dict[str, Any]]:
+    rows = store.query(
+        "SELECT agent_id, version, source, sha256, updated_ms, config FROM agents"
+        " ORDER BY agent_id"
+    )
+    out = []
+    for agent_id, version, source, digest, updated, config in rows:
+        doc = msgspec.json.decode(config)
+        tasks = sorted({**(doc.get("tasks") or {}), **(doc.get("actions") or {})})
+        out.append({"agent_id": agent_id, "version": version, "source": source,
+                    "sha256": digest, "updated_ms": updated, "tasks": tasks})
+    return out
+
+
+def _argv(command: list[str] | str | None, shell: bool) -> list[str]:
+    if command is None:
+        return []
+    if isinstance(command, list):
+        return [" ".join(command)] if shell else list(command)
+    return [command] if shell else shlex.split(command)
+
+
+def task_spec(agent: AgentConfig, task_name: str, *, timeout_ms: int | None = None,
+              checkpoint_enabled: bool = False, with_fallback: bool = True) -> SubmitSpec:
+    """The action that runs ``task_name`` of ``agent``, every setting resolved.
+
+    :raises UsageError: the agent has no such task.
+    """
+    tasks = agent.all_tasks()
+    task = tasks.get(task_name)
+    if task is None:
+        known = ", ".join(sorted(tasks)) or "none"
+        raise UsageError(f"agent {agent.id} has no task {task_name!r} (tasks: {known})")
+    steps = [_step(task, s) for s in task.steps]
+    resources = task.resources or agent.resources
+    retry = task.retry
+    recovery = task.recovery
+    fallback = None
+    if recovery and recovery.strategy == "fallback" and recovery.fallback and with_fallback:
+        fb = task_spec(agent, recovery.fallback, with_fallback=False)
+        fallback = {"agent": agent.id, "task": recovery.fallback,
+                    "spec": msgspec.to_builtins(fb)}
+    return SubmitSpec(
+        command=_argv(task.command, task.shell) if task.command is not None
+        else ["(steps)"],
+        shell=task.shell and not steps,
+        name=task_name, agent=agent.id, task=task_name, priority=task.priority,
+        timeout_ms=timeout_ms if timeout_ms is not None else
+        (int(task.timeout) if task.timeout is not None else None),
+        retries=(retry.max_attempts - 1) if retry else 0,
+        backoff=retry.backoff if retry else "exponential",
+        retry_max_delay_ms=int(retry.max_delay) if retry else 300_000,
+        retry_jitter=retry.jitter if retry else False,
+        non_retryable_exit_codes=list(retry.non_retryable_exit_codes) if retry else [],
+        recovery=recovery.strategy if recovery else "retry",
+        fallback=fallback,
+        cwd=task.cwd, env=dict(task.env), steps=steps,
+        failure_patterns=list(task.failure_patterns),
+        resources=msgspec.to_builtins(resources, enc_hook=enc_hook) if resources else {},
+        limits_required=agent.limits == "required",
+        notify=msgspec.to_builtins(task.notify) if task.notify else None,
+        on_interrupt=task.on_interrupt,
+        checkpoint_enabled=checkpoint_enabled or task.checkpoint_enabled,
+    )
+
+
+def _step(task: Task, step: Step | str) -> dict[str, Any]:
+    if isinstance(step, str):
+        base = _argv(task.command, False)
+        return {"name": step, "command": [*base, step], "shell": False}
+    if step.command is None:
+        return {"name": step.name, "command": [*_argv(task.command, False), step.name],
+                "shell": False}
+    return {"name": step.name, "command": _argv(step.command, step.shell), "shell": step.shell}

@@ -1,0 +1,250 @@
+"""One running attempt of an action: its steps as child processes, supervised without blocking.
+
+The worker owns many attempts at once and calls :meth:`Attempt.poll` on each; nothing here
+sleeps or waits. Each step runs in its own process group (argv, no shell unless asked), with its
+output appended to ``logs/<id>.log``. A finished step is checkpointed (when enabled) before the
+next one starts, so a resumed attempt skips the steps already done.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import signal
+import subprocess
+import time
+from collections import deque
+from pathlib import Path
+from typing import IO, Any
+
+from commands import actions, execution
+from commands.execution import Claim, Outcome
+from commands.home import Home
+from ledger.store import EventStore
+
+KILL_GRACE_S = 5.0
+TAIL_LINES = 20
+
+
+class Step:
+    def __init__(self, index: int, name: str, argv: list[str]) -> None:
+        self.index, self.name, self.argv = index, name, argv
+
+
+def steps_of(claim: Claim) -> list[Step]:
+    """The steps to run: the task's steps, or its one command."""
+    spec = claim.spec
+    if spec.steps:
+        out = []
+        for i, step in enumerate(spec.steps):
+            command = list(step.get("command") or [])
+            if step.get("shell"):
+                command = ["/bin/sh", "-c", " ".join(command)]
+            out.append(Step(i, str(step.get("name", f"step {i}")), command))
+        return out
+    argv = ["/bin/sh", "-c", " ".join(spec.command)] if spec.shell else list(spec.command)
+    return [Step(0, claim.spec.name, argv)]
+
+
+class Attempt:
+    """A claimed attempt in progress. Create, then :meth:`start`, then :meth:`poll` until done."""
+
+    def __init__(self, store: EventStore, home: Home, claim: Claim, owner: str) -> None:
+        self.store, self.home, self.claim, self.owner = store, home, claim, owner
+        self.action_id = claim.action_id
+        self.steps = steps_of(claim)
+        # Steps sp runs itself are skipped when done; a plain command gets $SP_RESUME_STEP and
+        # $SP_CHECKPOINT and decides for itself.
+        first = (claim.resume_step or 0) if claim.spec.steps else 0
+        self.pending = [s for s in self.steps if s.index >= first]
+        self.current: Step | None = None
+        self.started = time.monotonic()
+        timeout_ms = claim.spec.timeout_ms
+        self.deadline = None if timeout_ms is None else self.started + timeout_ms / 1000
+        self.log_path = home.log_path(self.action_id)
+        self.log: IO[bytes] = open(self.log_path, "ab")  # noqa: SIM115 - closed in _done
+        self.log.write(f"--- sp: attempt {claim.attempt} of {self.action_id}\n".encode())
+        if first:
+            self.log.write(f"--- sp: resuming at step {first}\n".encode())
+        self.log.flush()
+        self.offset = self.log.tell()
+        self.scan_offset = self.offset
+        self.scanner: Any = None
+        if claim.spec.failure_patterns:
+            from runner.patterns import PatternScanner
+
+            self.scanner = PatternScanner(claim.spec.failure_patterns)
+        self.prepared: Any = None
+        self.limits: dict[str, Any] = claim.limits
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.rusage: Any = None
+        self.returncode: int | None = None
+        self.stop_kind: str | None = None
+        self.stop_text = ""
+        self.kill_at: float | None = None
+        self.outcome: Outcome | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def start(self) -> None:
+        if self.claim.prepared is not None:
+            self.prepared = self.claim.prepared
+        self._next_step()
+
+    def _env(self, step: Step) -> dict[str, str]:
+        c = self.claim
+        return {**os.environ, **c.spec.env,
+                "SP_ACTION_ID": c.action_id, "SP_HOME": str(self.home.root),
+                "SP_ATTEMPT": str(c.attempt), "SP_CHECKPOINT": c.checkpoint or "",
+                "SP_RESUME_STEP": "" if c.resume_step is None else str(c.resume_step),
+                "SP_STEP": str(step.index), "SP_STEP_NAME": step.name}
+
+    def _next_step(self) -> None:
+        if not self.pending:
+            self._done(None, "")
+            return
+        step = self.current = self.pending.pop(0)
+        if len(self.steps) > 1:
+            self.log.write(f"--- sp: step {step.index} {step.name}\n".encode())
+            self.log.flush()
+        argv = step.argv
+        if self.prepared is not None:
+            from runner import limits
+
+            argv = limits.wrap(self.prepared, argv)
+        try:
+            self.proc = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT,
+                cwd=self.claim.spec.cwd, env=self._env(step), start_new_session=True,
+            )
+        except OSError as e:
+            self._done("spawn", f"cannot run {step.argv[0]!r}: {e.strerror}", retryable=False)
+            return
+        execution.record_child(self.store, self.action_id, self.owner, self.proc.pid)
+
+    def poll(self, now: float) -> bool:
+        """Advance: reap, scan output, enforce the timeout. True once the attempt is over."""
+        if self.outcome is not None:
+            return True
+        proc = self.proc
+        if proc is None:
+            return self.outcome is not None
+        if self.scanner is not None and self.stop_kind is None:
+            self._scan()
+        if self.deadline is not None and now > self.deadline and self.stop_kind is None:
+            timeout_s = (self.claim.spec.timeout_ms or 0) / 1000
+            self.stop("timeout", f"timed out after {timeout_s:g}s")
+        if self.kill_at is not None and now >= self.kill_at:
+            self._signal(signal.SIGKILL)
+            self.kill_at = None
+        try:
+            pid, status, rusage = os.wait4(proc.pid, os.WNOHANG)
+        except ChildProcessError:
+            pid, status, rusage = proc.pid, 0, None
+        if pid == 0:
+            return False
+        code = os.waitstatus_to_exitcode(status) if rusage is not None else proc.poll()
+        proc.returncode = code
+        self.returncode = code
+        self.rusage = rusage
+        self._signal(signal.SIGKILL)  # leftovers of the step's process group
+        if self.stop_kind is not None:
+            self._done(self.stop_kind, self.stop_text)
+        elif code != 0:
+            reason = self._exhausted(code)
+            if reason:
+                self._done("resource_exhaustion", reason)
+            else:
+                retryable = code not in self.claim.spec.non_retryable_exit_codes
+                self._done("exit_code", f"exited with code {code}", retryable=retryable)
+        else:
+            if self.scanner is not None:
+                self._scan(final=True)
+                if self.stop_kind is not None:
+                    self._done(self.stop_kind, self.stop_text)
+                    return True
+            step = self.current
+            if step is not None and len(self.steps) > 1 and self.claim.spec.checkpoint_enabled:
+                actions.checkpoint(self.store, self.action_id, {"step": step.name}, step.index,
+                                   by=self.owner)
+            self._next_step()
+        return self.outcome is not None
+
+    def stop(self, kind: str, text: str) -> None:
+        """Ask the step to stop (SIGTERM to its group), SIGKILL after the grace period."""
+        if self.outcome is not None or self.stop_kind is not None:
+            return
+        self.stop_kind, self.stop_text = kind, text
+        self._signal(signal.SIGTERM)
+        self.kill_at = time.monotonic() + KILL_GRACE_S
+
+    def _signal(self, sig: int) -> None:
+        if self.proc is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.proc.pid, sig)
+        if self.prepared is not None:
+            from runner import limits
+
+            limits.kill_all(self.prepared, sig)
+
+    def _exhausted(self, code: int | None) -> str | None:
+        if self.prepared is None:
+            return None
+        from runner import limits
+
+        reason: str | None = limits.exhausted(self.prepared, code)
+        return reason
+
+    def _scan(self, final: bool = False) -> None:
+        """Feed the output written since the last scan to the failure-pattern scanner."""
+        hit = None
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(self.scan_offset)
+                while hit is None and (chunk := f.read(1 << 20)):
+                    self.scan_offset += len(chunk)
+                    hit = self.scanner.feed(chunk)
+        except OSError:
+            return
+        if hit is None and final:
+            hit = self.scanner.finish()
+        if hit is not None:
+            self.stop("output_pattern", f"output matched a failure pattern: {hit[:200]}")
+
+    def _done(self, kind: str | None, text: str, retryable: bool = True) -> None:
+        usage: dict[str, int] = {}
+        if self.prepared is not None:
+            from runner import limits
+
+            usage = limits.usage(self.prepared, self.rusage)
+            limits.cleanup(self.prepared)
+        elif self.rusage is not None:
+            r = self.rusage
+            usage = {"cpu_user_ms": int(r.ru_utime * 1000), "cpu_sys_ms": int(r.ru_stime * 1000),
+                     "peak_rss_bytes": int(r.ru_maxrss) * 1024,
+                     "io_read_bytes": int(r.ru_inblock) * 512,
+                     "io_write_bytes": int(r.ru_oublock) * 512}
+        self.log.close()
+        self.outcome = Outcome(
+            exit_code=self.returncode, duration_ms=int((time.monotonic() - self.started) * 1000),
+            error_kind=kind, error=text, retryable=retryable, usage=usage,
+            result=log_facts(self.log_path, self.offset),
+        )
+
+
+def log_facts(path: Path, offset: int) -> dict[str, Any]:
+    """Size, SHA-256 and last lines of this attempt's output."""
+    h = hashlib.sha256()
+    tail: deque[bytes] = deque(maxlen=TAIL_LINES)
+    size = 0
+    with open(path, "rb") as f:
+        f.seek(offset)
+        for line in f:
+            h.update(line)
+            size += len(line)
+            tail.append(line)
+    return {
+        "log_bytes": size,
+        "log_sha256": h.hexdigest(),
+        "tail": [ln.decode(errors="replace").rstrip("\n") for ln in tail],
+    }
