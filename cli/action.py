@@ -160,22 +160,72 @@ def cancel(app: App, action: str, reason: str) -> None:
 
 
 @click.command()
-@click.argument("action")
+@click.argument("action", required=False)
+@click.option("--all-failed", is_flag=True, help="Restart every failed action.")
 @click.option("--from-step", type=int, help="Resume at this step instead of the checkpoint.")
 @pass_app
-def restart(app: App, action: str, from_step: int | None) -> None:
-    """Queue a failed, cancelled or completed action for one more attempt.
+def restart(app: App, action: str | None, all_failed: bool, from_step: int | None) -> None:
+    """Queue a failed, cancelled, interrupted or completed action for one more attempt.
 
     \b
     Example:
       sp restart 3f2a --from-step 2
+      sp restart --all-failed
     """
     from commands import actions
+    from ledger.errors import UsageError
 
+    if bool(action) == all_failed:
+        raise UsageError("give an action id or --all-failed (not both)")
     store = app.store()
-    action_id = actions.resolve(store, action)
-    state = actions.restart(store, action_id, from_step, by=actions.who())
-    click.echo(f"{action_id}: {state.value}", err=True)
+    ids = actions.failed_ids(store) if all_failed else [actions.resolve(store, action or "")]
+    for action_id in ids:
+        state = actions.restart(store, action_id, from_step, by=actions.who())
+        click.echo(f"{action_id}: {state.value}", err=True)
+    if all_failed:
+        click.echo(f"restarted {len(ids)} failed action(s)", err=True)
+
+
+@click.command()
+@click.argument("action_ids", nargs=-1, required=True)
+@click.option("--timeout", help='Give up after this long (exit 75), e.g. "10m".')
+@format_option()
+@pass_app
+def wait(app: App, action_ids: tuple[str, ...], timeout: str | None, fmt: str) -> None:
+    """Block until the actions finish; exit 0 if all completed, 1 otherwise.
+
+    \b
+    Example:
+      sp wait $(sp submit -- make build) && echo built
+    """
+    from commands.actions import resolve
+    from commands.durations import parse_duration_ms
+    from ledger.errors import WaitTimeoutError
+    from machines.states import FINAL, SATISFIED, ActionState
+    from projections import queries
+
+    store = app.store(write=False)
+    ids = [resolve(store, a) for a in action_ids]
+    timeout_s = None if timeout is None else parse_duration_ms(timeout, "--timeout") / 1000
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    delay = 0.05
+    while True:
+        rows = [queries.get_action(store, a) for a in ids]
+        if all(ActionState(r["state"]) in FINAL for r in rows):
+            break
+        if deadline is not None and timeout_s is not None and time.monotonic() > deadline:
+            pending = [r["action_id"] for r in rows if ActionState(r["state"]) not in FINAL]
+            raise WaitTimeoutError(pending, timeout_s)
+        time.sleep(delay)
+        delay = min(delay * 1.5, 0.5)
+    ok = all(ActionState(r["state"]) in SATISFIED for r in rows)
+    if fmt == "json":
+        echo_json([{"action_id": r["action_id"], "state": r["state"],
+                    "exit_code": r["exit_code"]} for r in rows])
+    else:
+        for r in rows:
+            click.echo(f"{r['action_id']}  {r['state']}  exit {r['exit_code']}")
+    sys.exit(0 if ok else 1)
 
 
 @click.command()
@@ -303,4 +353,4 @@ def progress(app: App, percent: float, message: str, action: str | None) -> None
     actions.progress(store, action_id, percent, message, by=actions.who("action"))
 
 
-COMMANDS = [submit, status, cancel, restart, audit, logs, checkpoint, progress]
+COMMANDS = [submit, status, cancel, restart, wait, audit, logs, checkpoint, progress]

@@ -27,9 +27,11 @@ def init(app: App) -> None:
 @click.command()
 @click.option("--check", is_flag=True,
               help="Rebuild into scratch tables and compare with the live ones; change nothing.")
+@click.option("--report", is_flag=True,
+              help="List every recovery decision with its evidence (also when there is none).")
 @format_option()
 @pass_app
-def replay(app: App, check: bool, fmt: str) -> None:
+def replay(app: App, check: bool, report: bool, fmt: str) -> None:
     """Rebuild every projection from the event log, then recover orphaned actions.
 
     Actions left executing by an owner that is gone are put back in the queue (to resume
@@ -62,6 +64,9 @@ def replay(app: App, check: bool, fmt: str) -> None:
     click.echo(f"rebuilt projections from {count} events")
     for r in recovered:
         click.echo(f"recovered {r.action_id}: {r.outcome} ({r.reason})")
+    if report:
+        click.echo(f"recovery: {len(recovered)} action(s) found executing without a live owner"
+                   + ("" if recovered else "; nothing to do"))
 
 
 @click.command()

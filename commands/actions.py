@@ -312,3 +312,9 @@ def restart(store: EventStore, action_id: str, from_step: int | None = None,
         new = machine.check_event(action_id, state, event)
         tx.append(action_id, [event], version)
         return new
+
+
+def failed_ids(store: EventStore) -> list[str]:
+    """Every action that failed for good, oldest first."""
+    return [str(r[0]) for r in store.query(
+        "SELECT action_id FROM actions WHERE state = 'failed' ORDER BY submitted_seq")]

@@ -80,3 +80,15 @@ class InvalidTransitionError(SpError):
     def __init__(self, action_id: str, state: str, trigger: str) -> None:
         super().__init__(f"action {action_id} is {state}: cannot {trigger} it")
         self.action_id, self.state, self.trigger = action_id, state, trigger
+
+
+class WaitTimeoutError(SpError):
+    """``sp wait --timeout`` ran out before the actions finished."""
+
+    exit_code = 75
+
+    def __init__(self, pending: list[str], timeout_s: float) -> None:
+        super().__init__(
+            f"still running after {timeout_s:g}s: {', '.join(pending[:5])}"
+            + (" ..." if len(pending) > 5 else "")
+        )

@@ -81,9 +81,10 @@ class Worker:
             self.stop_deadline = time.monotonic() + grace
 
     def run(self, until_idle: bool = False, max_seconds: float | None = None,
-            idle_poll_s: float = 1.0) -> WorkerSummary:
-        """Run until stopped; ``until_idle``: until nothing is running, ready or retrying;
-        ``max_seconds``: stop claiming then and interrupt what still runs (``sp tick``)."""
+            idle_poll_s: float = 1.0, wait_retries: bool = True) -> WorkerSummary:
+        """Run until stopped; ``until_idle``: until nothing is running, ready or (with
+        ``wait_retries``) waiting out a retry backoff; ``max_seconds``: stop claiming then and
+        interrupt what still runs (``sp tick``)."""
         waker = Waker(self.home.root)
         handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
         end = None if max_seconds is None else time.monotonic() + max_seconds
@@ -99,7 +100,7 @@ class Worker:
                 if not self.running:
                     if self.stopping:
                         break
-                    retry_at = execution.next_retry_ms(self.store)
+                    retry_at = execution.next_retry_ms(self.store) if wait_retries else None
                     if until_idle and retry_at is None and not self._ready_now():
                         break
                     wait = idle_poll_s

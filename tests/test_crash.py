@@ -177,3 +177,46 @@ def test_environment_of_an_action(sp: Sp, tmp_path: Path) -> None:
     assert sp.proc("worker", "--until-idle").returncode == 0
     assert out.read_text().split() == [a, str(sp.home.root), "1", "[]"]
     assert os.path.exists(sp.home.log_path(a))
+
+
+STEPS_AGENT = """
+id: research-001
+actions:
+  daily_arxiv_scan:
+    command:
+      - sh
+      - -c
+      - 'echo "$1 attempt $SP_ATTEMPT" >> {out}; [ "$1" != extract ] || [ -e {go} ] ||
+         exec sleep 120'
+      - step
+    steps: [fetch, extract, summarize]
+    retry: {{max_attempts: 2}}
+"""
+
+
+def test_kill_9_mid_steps_resumes_without_redoing_finished_steps(sp: Sp,
+                                                                 tmp_path: Path) -> None:
+    out, go = tmp_path / "ran.txt", tmp_path / "go"
+    agent = tmp_path / "agent.yaml"
+    agent.write_text(STEPS_AGENT.format(out=out, go=go))
+    assert sp.proc("agent", "apply", str(agent)).returncode == 0
+    p = sp.proc("action", "execute", "--agent", "research-001", "--task", "daily_arxiv_scan",
+                "--checkpoint-enabled", "--detach")
+    a = p.stdout.strip()
+    worker = sp.popen("worker")
+    _wait_for(lambda: out.exists() and "extract" in out.read_text())
+    worker.send_signal(signal.SIGKILL)
+    worker.wait()
+    go.touch()
+    p = sp.proc("replay", "--report")
+    assert f"recovered {a}: interrupted" in p.stdout and "1 action(s)" in p.stdout
+    assert sp.proc("worker", "--until-idle").returncode == 0
+    assert out.read_text().split("\n")[:-1] == [
+        "fetch attempt 1", "extract attempt 1",  # killed inside extract
+        "extract attempt 2", "summarize attempt 2",  # fetch was not redone
+    ]
+    events = [e["event"] for e in json.loads(
+        sp.proc("audit", a, "--format", "json").stdout)["events"]]
+    assert events.count("action.completed") == 1
+    assert events.count("action.interrupted") == 1
+    assert sp.proc("verify").returncode == 0
