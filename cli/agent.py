@@ -159,7 +159,7 @@ def action_execute(app: App, agent_id: str, task: str, timeout: str | None,
     Prints the action id first. Exit 0 when the task completed, 1 when it failed.
 
     \b
-    Example (crontab, the seed's line):
+    Example:
       0 9 * * * systemprompt-os action execute --agent research-001 \\
           --task daily_arxiv_scan --checkpoint-enabled --notify-on-completion
     """

@@ -54,8 +54,8 @@ def tick(app: App, max_seconds: float, concurrency: int) -> None:
     """The cron entry point: run ready work for at most --max-seconds, then exit.
 
     \b
-    Example (crontab):
-      * * * * * sp tick --max-seconds 55
+    Example:
+      * * * * * sp tick --max-seconds 55    # a crontab line
     """
     from runner.worker import Worker
 
