@@ -31,6 +31,7 @@ def apply(store: EventStore, path: str | Path, by: str = "") -> tuple[str, bool]
     """
     raw = load_document(path)
     agent = decode_agent(raw, str(path))
+    _check_limits(agent, str(path))
     document = msgspec.to_builtins(raw, enc_hook=_plain)
     digest = hashlib.sha256(msgspec.json.encode(document)).hexdigest()
     stream = stream_of(agent.id)
@@ -44,6 +45,25 @@ def apply(store: EventStore, path: str | Path, by: str = "") -> tuple[str, bool]
             sha256=digest,
         )], version)
     return agent.id, True
+
+
+def _check_limits(agent: AgentConfig, where: str) -> None:
+    """Values no kernel accepts (nice 40, io_weight 0) are refused before anything is written."""
+    from runner import limits
+
+    if agent.resources is not None:
+        _check_one(limits, agent.resources, f"{where}: $.resources")
+    for name, task in agent.all_tasks().items():
+        if task.resources is not None:
+            section = "actions" if name in agent.actions else "tasks"
+            _check_one(limits, task.resources, f"{where}: $.{section}.{name}.resources")
+
+
+def _check_one(limits: Any, resources: Any, where: str) -> None:
+    try:
+        limits.check(resources)
+    except UsageError as e:
+        raise UsageError(f"{where}: {e}") from None
 
 
 def _plain(obj: Any) -> Any:

@@ -39,6 +39,7 @@ class Claim(msgspec.Struct, frozen=True):
     resume_step: int | None
     limits: dict[str, Any] = {}  # what was enforced (also in the started event)
     prepared: Any = None  # runner.limits.Prepared when the action asks for limits
+    refused: str | None = None  # why the required limits cannot be enforced: do not run
 
 
 def backoff_ms(policy: str, attempt: int, cap_ms: int = BACKOFF_CAP_S * 1000,
@@ -140,6 +141,7 @@ def _start(tx: Transaction, action_id: str, owner: str, now: int) -> Claim:
     resume = _resume_step(history)
     prepared: Any = None
     enforced: dict[str, Any] = {}
+    refused: str | None = None
     if spec.resources:
         # The cgroup is made before `started` so that the event records what was enforced,
         # read back from the kernel; it is removed again if this transaction fails.
@@ -148,9 +150,15 @@ def _start(tx: Transaction, action_id: str, owner: str, now: int) -> Claim:
         from runner import limits
 
         resources = msgspec.convert(spec.resources, Resources, dec_hook=dec_hook)
-        prepared = limits.prepare(resources, f"{action_id}-{attempt}",
-                                  required=spec.limits_required)
-        enforced = {**prepared.enforced, "missing": prepared.missing}
+        try:
+            prepared = limits.prepare(resources, f"{action_id}-{attempt}",
+                                      required=spec.limits_required)
+            enforced = {**prepared.enforced, "missing": prepared.missing}
+        except limits.LimitsUnavailableError as e:
+            # `limits: required` and a limit cannot be enforced: the attempt is started and
+            # at once failed (not retried) without spawning anything: refused, on the record.
+            refused = str(e)
+            enforced = {"missing": list(e.missing), "refused": True}
     event = ev.ActionStarted(
         by=owner, attempt=attempt, owner=owner, pid=os.getpid(), host=tx.store.host,
         resume_step=resume, limits=enforced,
@@ -171,7 +179,8 @@ def _start(tx: Transaction, action_id: str, owner: str, now: int) -> Claim:
         (action_id, owner, pid, proc.start_time(pid), tx.store.host, now, now + LEASE_TTL_MS),
     )
     checkpoint = row[1] if resume is not None or spec.on_interrupt != "rerun" else None
-    return Claim(action_id, attempt, owner, spec, checkpoint, row[2], resume, enforced, prepared)
+    return Claim(action_id, attempt, owner, spec, checkpoint, row[2], resume, enforced, prepared,
+                 refused)
 
 
 def _resume_step(history: list[Any]) -> int | None:

@@ -7,6 +7,8 @@ to resume from its last checkpoint) when attempts remain, ``action.failed`` othe
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
 
 from ledger import events as ev
@@ -45,6 +47,7 @@ def recover(store: EventStore, by: str = "replay") -> list[Recovered]:
     now = store.clock.now_ms()
     done: list[Recovered] = []
     orphans: list[tuple[int, int]] = []
+    groups: list[dict[str, Any]] = []
     running = store.query("SELECT action_id FROM actions WHERE state = 'executing' "
                           "ORDER BY submitted_seq")
     for (action_id,) in running:
@@ -84,12 +87,27 @@ def recover(store: EventStore, by: str = "replay") -> list[Recovered]:
                                  (action_id,))
             if child and child[0]:
                 orphans.append((int(child[0]), int(child[1] or 0)))
+            started = [r.event for r in tx.read_stream(action_id)
+                       if isinstance(r.event, ev.ActionStarted)]
+            if started and started[-1].limits.get("cgroups"):
+                groups.append(started[-1].limits)
             tx.execute("DELETE FROM leases WHERE name = ?", (action_id,))
             if new in (ActionState.FAILED, ActionState.CANCELLED):
                 cascade(tx, action_id, f"dependency {action_id} {new.value}", by)
         done.append(Recovered(action_id, outcome, reason))
     # After the commit: stop process groups whose owner died, so a resumed attempt does not
     # run beside its orphaned predecessor.
-    for pid, started in orphans:
-        proc.kill_group(pid, started)
+    for pid, started_at in orphans:
+        proc.kill_group(pid, started_at)
+    if groups:
+        # Processes that left the process group are still in the attempt's cgroups.
+        import signal
+
+        from runner import limits
+
+        for enforced in groups:
+            prepared = limits.from_enforced(enforced)
+            if prepared is not None:
+                limits.kill_all(prepared, signal.SIGKILL)
+                limits.cleanup(prepared)
     return done

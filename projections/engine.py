@@ -86,7 +86,7 @@ class _Counting:
 
 
 # (action type, agent, index of the state change in _CHANGES)
-_Change = tuple[str, str | None, int]
+_Change = tuple[str, str | None, str | None, int]
 _COUNTS: dict[_Change, list[tuple[str, Any, int]]] = {}
 
 
@@ -100,10 +100,10 @@ def _counts_of(change: _Change) -> list[tuple[str, Any, int]]:
     found = _COUNTS.get(change)
     if found is None:
         counting = _Counting()
-        action_type, agent, index = change
+        action_type, agent, task, index = change
         old, new = _CHANGES[index]
-        metrics.on_state(counting, {"action_type": action_type, "agent": agent},  # type: ignore[arg-type]
-                         old, new)
+        metrics.on_state(counting,  # type: ignore[arg-type]
+                         {"action_type": action_type, "agent": agent, "task": task}, old, new)
         found = _COUNTS[change] = counting.added
     return found
 
@@ -131,7 +131,7 @@ def _count(rows: Rows, a: RowDict, change: int) -> None:
         old, new = _CHANGES[change]
         metrics.on_state(rows, a, old, new)
         return
-    key = (a["action_type"], a["agent"], change)
+    key = (a["action_type"], a["agent"], a["task"], change)
     changes[key] = changes.get(key, 0) + 1
 
 

@@ -5,7 +5,8 @@ Percentiles are nearest-rank: p = the value at rank ceil(p/100 * n) of the sorte
 
 from __future__ import annotations
 
-NAMES = ("v_events", "v_actions", "v_metrics", "v_failures", "v_retries", "v_rollback_plans")
+NAMES = ("v_events", "v_actions", "v_metrics", "v_failures", "v_resources", "v_retries",
+         "v_rollback_plans")
 
 DDL = """
 CREATE VIEW v_events AS
@@ -25,6 +26,8 @@ WITH dims AS (
     SELECT 'all' AS dim, '' AS key, outcome, duration_ms FROM metrics_attempts
     UNION ALL SELECT 'type', action_type, outcome, duration_ms FROM metrics_attempts
     UNION ALL SELECT 'agent', COALESCE(agent, ''), outcome, duration_ms FROM metrics_attempts
+    UNION ALL SELECT 'task', COALESCE(agent, '') || '/' || task, outcome, duration_ms
+              FROM metrics_attempts WHERE task IS NOT NULL
 ), ranked AS (
     SELECT dim, key, duration_ms,
            ROW_NUMBER() OVER (PARTITION BY dim, key ORDER BY duration_ms) AS rn,
@@ -65,6 +68,13 @@ SELECT action_type, COALESCE(agent, '') AS agent, error_kind, COUNT(*) AS failur
        MAX(finished_ms) AS last_ms
 FROM metrics_attempts WHERE outcome IN ('failed', 'skipped', 'retry', 'interrupted')
 GROUP BY action_type, COALESCE(agent, ''), error_kind;
+
+CREATE VIEW v_resources AS
+SELECT COALESCE(agent, '') AS agent, task, action_type, COUNT(*) AS attempts,
+       SUM(cpu_user_ms) AS cpu_user_ms, SUM(cpu_sys_ms) AS cpu_sys_ms,
+       MAX(peak_rss_bytes) AS peak_rss_bytes, SUM(io_read_bytes) AS io_read_bytes,
+       SUM(io_write_bytes) AS io_write_bytes
+FROM metrics_attempts GROUP BY COALESCE(agent, ''), task, action_type;
 
 CREATE VIEW v_retries AS
 SELECT action_id, name, action_type, agent, state, attempts, attempts - 1 AS retries

@@ -87,6 +87,9 @@ class Attempt:
 
     # -- lifecycle ------------------------------------------------------------------------------
     def start(self) -> None:
+        if self.claim.refused is not None:
+            self._done("limits_unavailable", self.claim.refused, retryable=False)
+            return
         if self.claim.prepared is not None:
             self.prepared = self.claim.prepared
         self._next_step()
@@ -154,6 +157,9 @@ class Attempt:
             reason = self._exhausted(code)
             if reason:
                 self._done("resource_exhaustion", reason)
+            elif self.prepared is not None and code == _shim_exit():
+                self._done("limits_unavailable", "the limits shim could not apply the limits",
+                           retryable=False)
             else:
                 retryable = code not in self.claim.spec.non_retryable_exit_codes
                 self._done("exit_code", f"exited with code {code}", retryable=retryable)
@@ -230,6 +236,12 @@ class Attempt:
             error_kind=kind, error=text, retryable=retryable, usage=usage,
             result=log_facts(self.log_path, self.offset),
         )
+
+
+def _shim_exit() -> int:
+    from runner import limits
+
+    return limits.SHIM_EXIT
 
 
 def log_facts(path: Path, offset: int) -> dict[str, Any]:
