@@ -321,3 +321,46 @@ def test_tick_runs_for_at_most_max_seconds(sp: Sp) -> None:
     row = json.loads(sp.proc("status", a, "--format", "json").stdout)
     assert row["state"] == "interrupted" and "max-seconds" in row["error"]
     assert json.loads(sp.proc("status", b, "--format", "json").stdout)["state"] == "queued"
+
+
+def test_notification_command_runs_after_the_outcome_and_is_recorded(
+        store: EventStore, home: Home, tmp_path: Path) -> None:
+    got = tmp_path / "notified.json"
+    spec = actions.SubmitSpec(command=["sh", "-c", "echo done"], name="nightly",
+                              notify={"on": ["completion"],
+                                      "command": ["sh", "-c", f"cat > {got}"]})
+    (aid,) = actions.submit(store, [spec])
+    Worker(store, home).run(until_idle=True)
+    body = json.loads(got.read_text())
+    assert body["action_id"] == aid and body["state"] == "completed"
+    assert body["result"]["tail"] == ["done"]
+    last = store.read_stream(aid)[-1]
+    assert last.type == "action.notified"
+    assert last.event.ok is True and last.event.channel == "command"  # type: ignore[union-attr]
+    assert queries.get_action(store, aid)["state"] == "completed"
+
+
+def test_restart_from_step(store: EventStore, home: Home, tmp_path: Path,
+                           clock: ManualClock) -> None:
+    out = tmp_path / "ran.txt"
+    spec = actions.SubmitSpec(command=["(steps)"], checkpoint_enabled=True, steps=[
+        {"name": n, "command": ["sh", "-c", f"echo {n} >> {out}"]} for n in ("a", "b", "c")])
+    (aid,) = actions.submit(store, [spec])
+    Worker(store, home).run(until_idle=True)
+    assert out.read_text().split() == ["a", "b", "c"]
+    actions.restart(store, aid, from_step=1)
+    Worker(store, home).run(until_idle=True)
+    assert out.read_text().split() == ["a", "b", "c", "b", "c"]
+    row = queries.get_action(store, aid)
+    assert row["state"] == "completed" and row["attempts"] == 2
+
+
+def test_logs_follow_streams_until_the_action_ends(sp: Sp) -> None:
+    a = sp.proc("submit", "--shell", "--",
+                "for i in 1 2 3; do echo line $i; sleep 0.2; done").stdout.strip()
+    worker = sp.popen("worker", "--until-idle")
+    follow = sp.proc("logs", a, "-f", timeout=30)
+    assert worker.wait(30) == 0
+    assert follow.returncode == 0
+    assert [ln for ln in follow.stdout.splitlines() if ln.startswith("line")] == [
+        "line 1", "line 2", "line 3"]
