@@ -8,22 +8,19 @@ sp() { "$SP" --home "$HOME_DIR" "$@"; }
 say() { printf '\n\033[1m$ sp %s\033[0m\n' "$*"; }
 
 say init; sp init
-say 'submit (a research task with steps, a dependent summary, a flaky job with retries)'
-scan=$(sp submit --name daily_arxiv_scan --agent research-001 --task daily_arxiv_scan \
-  --timeout 2h --shell -- \
-  'i=0; for s in fetch_new_papers extract_abstracts classify_relevance; do
-     i=$((i+1)); echo "step $i: $s"; sp progress $((i*33)) "$s" && sp checkpoint --step $i "{\"last\": \"$s\"}" >/dev/null
-   done')
+export PATH="$(dirname "$SP"):$PATH"
+say "agent apply examples/research-001.yaml"; sp agent apply examples/research-001.yaml
+say 'action execute --agent research-001 --task daily_arxiv_scan --checkpoint-enabled --notify-on-completion'
+scan=$(sp action execute --agent research-001 --task daily_arxiv_scan --checkpoint-enabled --notify-on-completion)
+say 'submit (a dependent summary, a flaky task with retries, a health check, bulk items)'
 summary=$(sp submit --name summarize_findings --agent research-001 --after "$scan" -- \
   sh -c 'echo "summary of $SP_ACTION_ID written"')
-flaky=$(sp submit --name flaky_sync --agent monitor-001 --retries 2 --backoff linear -- \
-  sh -c 'echo "attempt $SP_ATTEMPT"; [ "$SP_ATTEMPT" -ge 2 ]')
+flaky=$(sp action execute --agent research-001 --task flaky_sync --detach)
 sp submit --name health_check --agent monitor-001 --priority 10 -- uptime >/dev/null
 printf 'echo item-%s\n' 1 2 3 | sp submit --each - >/dev/null
-echo "submitted $scan $summary $flaky and 4 more"
-export PATH="$(dirname "$SP"):$PATH"
+echo "submitted $summary $flaky and 4 more"
 say status; sp status
-say 'worker --until-idle'; sp worker --until-idle
+say 'worker --concurrency 2 --until-idle'; sp worker --concurrency 2 --until-idle
 say status; sp status
 say "audit $scan"; sp audit "$scan"
 say "audit $flaky"; sp audit "$flaky"

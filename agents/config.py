@@ -31,7 +31,8 @@ from ledger.errors import UsageError
 from .units import Duration, Percent, Size, dec_hook
 
 
-class _Strict(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+class _Strict(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True,
+              omit_defaults=True):
     pass
 
 

@@ -24,7 +24,7 @@ from ledger.store import EventStore, Transaction
 from machines.states import FINAL, ActionState
 
 
-class SubmitSpec(msgspec.Struct, kw_only=True):
+class SubmitSpec(msgspec.Struct, kw_only=True, omit_defaults=True):
     """What a person (or a trigger) asks to run."""
 
     command: list[str]
