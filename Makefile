@@ -25,6 +25,7 @@ bench: $(VENV)/.installed
 	$(BIN)/python bench/append.py
 	$(BIN)/python bench/replay.py
 	$(BIN)/python bench/cli.py
+	$(BIN)/python bench/workers.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_HOME) build *.egg-info

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 
 from .main import App, pass_app
+
+if TYPE_CHECKING:
+    from ledger.store import EventStore
 
 
 def _summary(summary: object) -> str:
@@ -49,9 +54,16 @@ def worker(app: App, concurrency: int, until_idle: bool, grace: str) -> None:
               help="Run ready work for at most this long, then exit (what still runs is "
                    "interrupted and resumes on the next tick).")
 @click.option("-c", "--concurrency", type=click.IntRange(1, 256), default=1, show_default=True)
+@click.option("--no-schedules", is_flag=True,
+              help="Only run ready work; do not fire schedules (when cron or systemd runs "
+                   "the exported schedules instead).")
 @pass_app
-def tick(app: App, max_seconds: float, concurrency: int) -> None:
-    """The cron entry point: run ready work for at most --max-seconds, then exit.
+def tick(app: App, max_seconds: float, concurrency: int, no_schedules: bool) -> None:
+    """The cron entry point: fire due schedules, then run ready work for at most
+    --max-seconds, then exit.
+
+    Each due slot of each schedule fires exactly once, even when ticks overlap or run late;
+    every fire and skip is an event (sp schedule show NAME).
 
     \b
     Example:
@@ -60,9 +72,26 @@ def tick(app: App, max_seconds: float, concurrency: int) -> None:
     from runner.worker import Worker
 
     store = app.store()
+    if not no_schedules:
+        _fire_schedules(store)
     w = Worker(store, app.home, concurrency=concurrency, grace_s=0)
     summary = w.run(until_idle=True, max_seconds=max_seconds)
     click.echo(_summary(summary), err=True)
+
+
+def _fire_schedules(store: EventStore) -> None:
+    from projections.schedules import any_enabled
+
+    if not any_enabled(store):  # spares a cron tick loading the schedule code
+        return
+    from commands import schedules
+
+    report = schedules.fire_due(store)
+    for error in report.errors:
+        click.echo(f"warning: {error}", err=True)
+    if report.fired or report.skipped:
+        skipped = sum(s["count"] for s in report.skipped)
+        click.echo(f"schedules: fired {len(report.fired)}, skipped {skipped}", err=True)
 
 
 @click.command()

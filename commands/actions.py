@@ -243,6 +243,9 @@ def cancel(store: EventStore, action_id: str, reason: str = "", by: str = "") ->
         new = machine.check_event(action_id, state, event)
         tx.append(action_id, [event], version)
         cascade(tx, action_id, f"dependency {action_id} was cancelled", by)
+        from plans import reactor  # a plan (or its rollback) decides its next event
+
+        reactor.on_action_finished(tx, action_id, new)
         return new
 
 

@@ -44,6 +44,10 @@ def apply(store: EventStore, path: str | Path, by: str = "") -> tuple[str, bool]
             by=by, agent_id=agent.id, config=document, source=str(Path(path).resolve()),
             sha256=digest,
         )], version)
+        # A task's `schedule:` becomes the schedule <agent>/<task>, in the same transaction.
+        from .schedules import sync_agent_in
+
+        sync_agent_in(tx, agent, by, str(path))
     return agent.id, True
 
 

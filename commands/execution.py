@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import os
 import random
+from collections.abc import Sequence
 from typing import Any
 
 import msgspec
 
+from ledger import codec
 from ledger import events as ev
+from ledger.errors import ActionNotFoundError
 from ledger.store import EventStore, Transaction
 from machines import action as machine
 from machines.action import ActionState
@@ -66,27 +69,63 @@ def claim_many(store: EventStore, owner: str, n: int,
     """
     if n <= 0 or "" in paused:
         return []
-    now = store.clock.now_ms()
-    claims: list[Claim] = []
     with store.transaction() as tx:
-        if paused:
-            marks = ", ".join("?" for _ in paused)
-            rows = tx.query(
-                "SELECT q.action_id FROM queue q JOIN actions a USING (action_id)"
-                " WHERE q.unmet_deps = 0 AND (q.not_before_ms IS NULL OR q.not_before_ms <= ?)"
-                f" AND (a.agent IS NULL OR a.agent NOT IN ({marks}))"
-                " ORDER BY q.priority DESC, q.submitted_seq LIMIT ?",
-                (now, *sorted(paused), n),
-            )
-        else:
-            rows = tx.query(READY_SQL, (now, n))
-        try:
-            for (action_id,) in rows:
-                claims.append(_start(tx, str(action_id), owner, now))
-        except BaseException:
-            _release(claims)
-            raise
+        return _claim_in(tx, owner, n, paused, store.clock.now_ms())
+
+
+def _claim_in(tx: Transaction, owner: str, n: int, paused: frozenset[str],
+              now: int) -> list[Claim]:
+    """:func:`claim_many` inside a transaction the caller holds."""
+    if n <= 0 or "" in paused:
+        return []
+    if paused:
+        marks = ", ".join("?" for _ in paused)
+        rows = tx.query(
+            "SELECT q.action_id FROM queue q JOIN actions a USING (action_id)"
+            " WHERE q.unmet_deps = 0 AND (q.not_before_ms IS NULL OR q.not_before_ms <= ?)"
+            f" AND (a.agent IS NULL OR a.agent NOT IN ({marks}))"
+            " ORDER BY q.priority DESC, q.submitted_seq LIMIT ?",
+            (now, *sorted(paused), n),
+        )
+    else:
+        rows = tx.query(READY_SQL, (now, n))
+    claims: list[Claim] = []
+    try:
+        for (action_id,) in rows:
+            claims.append(_start(tx, str(action_id), owner, now))
+    except BaseException:
+        _release(claims)
+        raise
     return claims
+
+
+def finish_and_claim(store: EventStore, owner: str, ended: list[tuple[Claim, Outcome]],
+                     n: int, paused: frozenset[str] = frozenset(),
+                     children: Sequence[tuple[str, int, int]] = (),
+                     rng: random.Random | None = None,
+                     ) -> tuple[list[ActionState | None], list[Claim]]:
+    """One turn of a worker in one transaction (one fsync): record the attempts that ended
+    (:func:`finish_many`), note spawned children in their leases (:func:`record_children`) and
+    claim up to ``n`` ready actions (:func:`claim_many`).
+
+    The claims commit before anything is spawned for them, as with :func:`claim_many`. If the
+    transaction fails, nothing of it is written and the prepared claims are released.
+    """
+    rng = rng or random.Random()
+    states: list[ActionState | None] = []
+    claims: list[Claim] = []
+    try:
+        with store.transaction() as tx:
+            now = store.clock.now_ms()
+            if children:
+                _record_children_in(tx, owner, children)
+            for claim_, outcome in ended:
+                states.append(_finish(tx, claim_, outcome, now, rng))
+            claims = _claim_in(tx, owner, n, paused, now)
+    except BaseException:
+        _release(claims)
+        raise
+    return states, claims
 
 
 def _release(claims: list[Claim]) -> None:
@@ -128,17 +167,15 @@ def claim(store: EventStore, action_id: str, owner: str) -> Claim:
 
 
 def _start(tx: Transaction, action_id: str, owner: str, now: int) -> Claim:
-    state, version = state_of(tx, action_id)
     row = tx.query_one(
-        "SELECT attempts, checkpoint, checkpoint_step FROM actions WHERE action_id = ?",
-        (action_id,),
+        "SELECT state, version, attempts, checkpoint, checkpoint_step FROM actions"
+        " WHERE action_id = ?", (action_id,),
     )
-    assert row is not None
-    attempt = int(row[0]) + 1
-    history = tx.read_stream(action_id)
-    spec = history[0].event
-    assert isinstance(spec, ev.ActionSubmitted)
-    resume = _resume_step(history)
+    if row is None:
+        raise ActionNotFoundError(action_id)
+    state, version = ActionState(row[0]), int(row[1])
+    attempt = int(row[2]) + 1
+    spec, resume = _spec_and_resume(tx, action_id)
     prepared: Any = None
     enforced: dict[str, Any] = {}
     refused: str | None = None
@@ -172,22 +209,52 @@ def _start(tx: Transaction, action_id: str, owner: str, now: int) -> Claim:
 
             limits.cleanup(prepared)
         raise
-    pid = os.getpid()
+    pid, pid_start = _own_identity()
     tx.execute(
         "INSERT OR REPLACE INTO leases (name, owner, pid, pid_start, host, heartbeat_ms,"
         " expires_ms) VALUES (?, ?, ?, ?, ?, ?, ?)",
-        (action_id, owner, pid, proc.start_time(pid), tx.store.host, now, now + LEASE_TTL_MS),
+        (action_id, owner, pid, pid_start, tx.store.host, now, now + LEASE_TTL_MS),
     )
-    checkpoint = row[1] if resume is not None or spec.on_interrupt != "rerun" else None
-    return Claim(action_id, attempt, owner, spec, checkpoint, row[2], resume, enforced, prepared,
+    checkpoint = row[3] if resume is not None or spec.on_interrupt != "rerun" else None
+    return Claim(action_id, attempt, owner, spec, checkpoint, row[4], resume, enforced, prepared,
                  refused)
 
 
-def _resume_step(history: list[Any]) -> int | None:
+# The events that decide where an attempt resumes (see _resume_step), by type tag.
+_RESUME_TYPES = tuple(ev.tag_of(t) for t in (
+    ev.ActionCheckpointed, ev.ActionRestarted, ev.ActionInterrupted))
+
+
+def _spec_and_resume(tx: Transaction, action_id: str) -> tuple[ev.ActionSubmitted, int | None]:
+    """The action's submitted spec and its resume step, decoding only the events that matter
+    (the first, and those :func:`_resume_step` looks at), not the whole stream."""
+    marks = ", ".join("?" for _ in _RESUME_TYPES)
+    rows = tx.query(
+        "SELECT seq, data FROM events WHERE stream = ? AND (version = 1"
+        f" OR type IN ({marks})) ORDER BY version", (action_id, *_RESUME_TYPES),
+    )
+    events = [codec.decode(data, seq) for seq, data in rows]
+    spec = events[0] if events else None
+    assert isinstance(spec, ev.ActionSubmitted)
+    return spec, _resume_step(events)
+
+
+_identity: tuple[int, int] | None = None
+
+
+def _own_identity() -> tuple[int, int]:
+    """This process's pid and start time (read once per process: it cannot change)."""
+    global _identity
+    pid = os.getpid()
+    if _identity is None or _identity[0] != pid:  # after a fork, another process
+        _identity = (pid, proc.start_time(pid))
+    return _identity
+
+
+def _resume_step(events: list[Any]) -> int | None:
     """A restart --from-step wins; otherwise resume after the last checkpointed step."""
     step: int | None = None
-    for rec in history:
-        e = rec.event
+    for e in events:
         if isinstance(e, ev.ActionCheckpointed) and e.step is not None:
             step = e.step + 1
         elif isinstance(e, ev.ActionRestarted):
@@ -199,11 +266,22 @@ def _resume_step(history: list[Any]) -> int | None:
 
 def record_child(store: EventStore, action_id: str, owner: str, pid: int) -> None:
     """Note the spawned process in the lease (ephemeral), for recovery to find orphans."""
+    record_children(store, owner, [(action_id, pid, proc.start_time(pid))])
+
+
+def record_children(store: EventStore, owner: str,
+                    children: Sequence[tuple[str, int, int]]) -> None:
+    """:func:`record_child` for several ``(action_id, pid, pid_start)`` in one transaction."""
     with store.transaction() as tx:
-        tx.execute(
-            "UPDATE leases SET child_pid = ?, child_start = ? WHERE name = ? AND owner = ?",
-            (pid, proc.start_time(pid), action_id, owner),
-        )
+        _record_children_in(tx, owner, children)
+
+
+def _record_children_in(tx: Transaction, owner: str,
+                        children: Sequence[tuple[str, int, int]]) -> None:
+    tx.executemany(
+        "UPDATE leases SET child_pid = ?, child_start = ? WHERE name = ? AND owner = ?",
+        [(pid, start, action_id, owner) for action_id, pid, start in children],
+    )
 
 
 def heartbeat(store: EventStore, action_ids: list[str], owner: str) -> None:
@@ -286,13 +364,14 @@ def _finish(tx: Transaction, claim_: Claim, outcome: Outcome, now: int,
             rng: random.Random) -> ActionState | None:
     aid = claim_.action_id
     spec = claim_.spec
-    state, version = state_of(tx, aid)
     row = tx.query_one(
-        "SELECT owner, attempts, max_attempts, cancel_requested FROM actions"
+        "SELECT state, version, owner, attempts, max_attempts, cancel_requested FROM actions"
         " WHERE action_id = ?", (aid,),
     )
-    assert row is not None
-    owner, attempts, max_attempts, cancel_req = row
+    if row is None:
+        raise ActionNotFoundError(aid)
+    state, version = ActionState(row[0]), int(row[1])
+    owner, attempts, max_attempts, cancel_req = row[2:]
     if state is not ActionState.EXECUTING or owner != claim_.owner or attempts != claim_.attempt:
         return None
     by = claim_.owner
@@ -329,6 +408,10 @@ def _finish(tx: Transaction, claim_: Claim, outcome: Outcome, now: int,
     tx.execute("DELETE FROM leases WHERE name = ? AND owner = ?", (aid, claim_.owner))
     if new is ActionState.CANCELLED or (new is ActionState.FAILED and spec.recovery != "fallback"):
         cascade(tx, aid, f"dependency {aid} {new.value}", claim_.owner)
+    if spec.group is not None:  # a plan (or its rollback) decides its next event
+        from plans import reactor
+
+        reactor.on_action_finished(tx, aid, new)
     return new
 
 

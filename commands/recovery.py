@@ -94,6 +94,9 @@ def recover(store: EventStore, by: str = "replay") -> list[Recovered]:
             tx.execute("DELETE FROM leases WHERE name = ?", (action_id,))
             if new in (ActionState.FAILED, ActionState.CANCELLED):
                 cascade(tx, action_id, f"dependency {action_id} {new.value}", by)
+                from plans import reactor  # a plan (or its rollback) decides its next event
+
+                reactor.on_action_finished(tx, action_id, new)
         done.append(Recovered(action_id, outcome, reason))
     # After the commit: stop process groups whose owner died, so a resumed attempt does not
     # run beside its orphaned predecessor.

@@ -40,3 +40,7 @@ class ManualClock:
     def advance(self, ms: int) -> None:
         self._now += ms
         self._mono += ms
+
+    def jump(self, ms: int) -> None:
+        """Move the wall clock only, as a suspend (the monotonic clock stops) or a clock step."""
+        self._now += ms

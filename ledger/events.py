@@ -207,6 +207,149 @@ class AgentConfigured(Event, frozen=True, tag="agent.configured"):
     sha256: str = ""
 
 
+# -- time-based schedules: stream "schedule:<name>" ----------------------------------------------
+
+
+class ScheduleDefined(Event, frozen=True, tag="schedule.defined"):
+    """A schedule was added, or redefined (``--replace``, or an agent file's ``schedule:``).
+
+    Slots (the times the cron expression names) are counted from this event's time on.
+    ``missed`` is the missed-run policy: skip | run_once | backfill (at most ``backfill_max``)
+    | catchup (only within ``catchup_window_ms``); ``--persistent`` is run_once. ``overlap`` is
+    what a fire does while the previous run still goes: skip | queue | allow.
+    """
+
+    name: str
+    cron: str
+    agent: str
+    task: str
+    timezone: str = "UTC"
+    jitter_ms: int = 0
+    missed: str = "skip"
+    backfill_max: int = 0
+    catchup_window_ms: int = 0
+    overlap: str = "skip"
+    source: str = ""  # "" typed by a person; "agent:<id>" from an agent file
+    enabled: bool = True
+
+
+class ScheduleRemoved(Event, frozen=True, tag="schedule.removed"):
+    reason: str = ""
+
+
+class ScheduleEnabled(Event, frozen=True, tag="schedule.enabled"):
+    """Slots count again from this event's time on (those while disabled are not missed)."""
+
+
+class ScheduleDisabled(Event, frozen=True, tag="schedule.disabled"):
+    reason: str = ""
+
+
+class ScheduleFired(Event, frozen=True, tag="schedule.fired"):
+    """One slot fired; its action was submitted in the same transaction (key
+    ``schedule:<name>:<slot_ms>``)."""
+
+    slot_ms: int  # the scheduled time this run is for, epoch ms UTC
+    action_id: str
+    late_ms: int = 0  # how long after the slot the tick ran
+    jitter_ms: int = 0  # the RandomizedDelaySec drawn: not before slot_ms + jitter_ms
+    missed: bool = False  # a catch-up run of a missed slot (the missed-run policy)
+    cause: str = ""  # why it was missed: no_tick | suspended | restarted
+    running: str | None = None  # overlap queue/allow: the previous run, still going
+
+
+class ScheduleSkipped(Event, frozen=True, tag="schedule.skipped"):
+    """Slots that did not fire, and why: ``missed`` (policy skip), ``backfill_limit``,
+    ``outside_window``, ``overlap`` (the previous run ``running`` still goes), ``error``."""
+
+    slot_ms: int  # the first slot skipped
+    reason: str
+    last_slot_ms: int | None = None  # the last one, when several
+    count: int = 1
+    more: bool = False  # count is a lower bound (too many slots to count in one tick)
+    cause: str = ""
+    detail: str = ""
+    running: str | None = None
+
+
+# -- plans: stream "plan:<id>" ----------------------------------------------------------------
+
+
+class PlanApplied(Event, frozen=True, tag="plan.applied"):
+    """A plan file was validated and recorded: its resolved graph.
+
+    ``steps`` are the flattened actions (sub-plans expanded) in a topological order, each a
+    ``plans.model.Step`` as builtins; everything a rollback needs later is in them.
+    """
+
+    plan_id: str
+    name: str
+    source: str = ""
+    sha256: str = ""
+    description: str = ""
+    on_failure: str = "stop"  # rollback | stop | continue
+    rollback_order: str = "reverse"  # reverse | forward
+    rollback_strategy: str = "all-or-nothing"  # all-or-nothing | best-effort
+    steps: list[dict[str, Any]] = []
+
+
+class PlanStarted(Event, frozen=True, tag="plan.started"):
+    """The plan's actions were submitted (same transaction): step id -> action id."""
+
+    actions: dict[str, str] = {}
+
+
+class PlanStopRequested(Event, frozen=True, tag="plan.stop_requested"):
+    """An action failed for good and ``on_failure`` is stop or rollback: the rest is cancelled
+    (running ones are asked to stop); ``then`` says what follows once nothing runs."""
+
+    action_id: str
+    step: str = ""
+    error: str = ""
+    then: str = "stop"  # stop | rollback
+    cancelled: list[str] = []
+
+
+class PlanCompleted(Event, frozen=True, tag="plan.completed"):
+    """Every action of the plan completed (or was skipped by its recovery strategy)."""
+
+
+class PlanFailed(Event, frozen=True, tag="plan.failed"):
+    """Every action finished and not all completed (failed, cancelled, or never ran)."""
+
+    reason: str = ""
+    failed: list[str] = []
+    cancelled: list[str] = []
+
+
+class PlanRollbackStarted(Event, frozen=True, tag="plan.rollback_started"):
+    """A rollback run began: its compensating actions were submitted, chained in ``steps``
+    order (each ``{"action_id", "step", "compensation_id"}``); ``without`` lists completed
+    actions that have no compensation (left as they are)."""
+
+    run: int
+    order: str = "reverse"
+    strategy: str = "all-or-nothing"
+    reason: str = ""  # on_failure | manual
+    steps: list[dict[str, Any]] = []
+    without: list[str] = []
+
+
+class PlanRolledBack(Event, frozen=True, tag="plan.rolled_back"):
+    run: int
+    rolled_back: list[str] = []
+
+
+class PlanRollbackFailed(Event, frozen=True, tag="plan.rollback_failed"):
+    """A compensation failed: ``failed`` (their originals are ``rollback_failed``);
+    ``not_attempted`` stayed completed (all-or-nothing stopped before them)."""
+
+    run: int
+    rolled_back: list[str] = []
+    failed: list[str] = []
+    not_attempted: list[str] = []
+
+
 AnyEvent = (
     ActionSubmitted
     | ActionValidationStarted
@@ -230,6 +373,20 @@ AnyEvent = (
     | WorkPaused
     | WorkResumed
     | AgentConfigured
+    | PlanApplied
+    | PlanStarted
+    | PlanStopRequested
+    | PlanCompleted
+    | PlanFailed
+    | PlanRollbackStarted
+    | PlanRolledBack
+    | PlanRollbackFailed
+    | ScheduleDefined
+    | ScheduleRemoved
+    | ScheduleEnabled
+    | ScheduleDisabled
+    | ScheduleFired
+    | ScheduleSkipped
 )
 
 EVENT_TYPES: tuple[type[Event], ...] = AnyEvent.__args__  # type: ignore[attr-defined]

@@ -14,17 +14,17 @@ from ledger.errors import CorruptEventError
 from ledger.store import EventStore, Recorded, Transaction, _split_sql
 from machines.action import FOLD, ActionState
 
-from . import actions, checkpoints, control, metrics, queue, rollback, views
+from . import actions, checkpoints, control, metrics, plans, queue, rollback, schedules, views
 from .rows import RowDict, Rows, Table
 from .version import PROJECTION_VERSION
 
 TABLES: dict[str, Table] = {
     t.name: t
     for t in (actions.TABLE, *queue.TABLES, *metrics.TABLES, *rollback.TABLES,
-              *checkpoints.TABLES, *control.TABLES)
+              *checkpoints.TABLES, *control.TABLES, *schedules.TABLES, *plans.TABLES)
 }
 DDL = "\n".join([actions.DDL, queue.DDL, metrics.DDL, rollback.DDL, checkpoints.DDL,
-                 control.DDL])
+                 control.DDL, schedules.DDL, plans.DDL])
 TRACKING_DDL = (
     "CREATE TABLE IF NOT EXISTS projection_tracking (name TEXT PRIMARY KEY, seq INTEGER NOT NULL)"
     " WITHOUT ROWID"
@@ -42,6 +42,11 @@ _EXECUTING = ActionState.EXECUTING
 _PENDING = ActionState.PENDING
 
 Handler = Callable[[RowDict, Recorded, Any], None]
+
+# Events that are not about one action, by type.
+_OTHER: dict[str, Callable[[Rows, Recorded], None]] = {
+    **control.HANDLERS, **schedules.HANDLERS, **plans.HANDLERS,
+}
 
 
 class _Step(NamedTuple):
@@ -143,7 +148,7 @@ def apply_event(rows: Rows, rec: Recorded) -> None:
     """
     type_ = rec.type
     stream = rec.stream
-    other = control.HANDLERS.get(type_)
+    other = _OTHER.get(type_)
     if other is not None:
         other(rows, rec)
         return

@@ -22,9 +22,11 @@ from commands import actions, execution
 from commands.execution import Claim, Outcome
 from commands.home import Home
 from ledger.store import EventStore
+from runner import proc as proc_identity
 
 KILL_GRACE_S = 5.0
 TAIL_LINES = 20
+_pidfd_open = getattr(os, "pidfd_open", None)  # Linux 5.3+
 
 
 class Step:
@@ -50,8 +52,13 @@ def steps_of(claim: Claim) -> list[Step]:
 class Attempt:
     """A claimed attempt in progress. Create, then :meth:`start`, then :meth:`poll` until done."""
 
-    def __init__(self, store: EventStore, home: Home, claim: Claim, owner: str) -> None:
+    def __init__(self, store: EventStore, home: Home, claim: Claim, owner: str,
+                 note_children: bool = True) -> None:
+        """``note_children``: note each spawned process in the lease at once, in a transaction
+        of its own; the worker passes False and notes them in batches (:attr:`child_pending`).
+        """
         self.store, self.home, self.claim, self.owner = store, home, claim, owner
+        self.note_children = note_children
         self.action_id = claim.action_id
         self.steps = steps_of(claim)
         # Steps sp runs itself are skipped when done; a plain command gets $SP_RESUME_STEP and
@@ -63,7 +70,8 @@ class Attempt:
         timeout_ms = claim.spec.timeout_ms
         self.deadline = None if timeout_ms is None else self.started + timeout_ms / 1000
         self.log_path = home.log_path(self.action_id)
-        self.log: IO[bytes] = open(self.log_path, "ab")  # noqa: SIM115 - closed in _done
+        # Read back too (log_facts at the end) through this same handle: no second open.
+        self.log: IO[bytes] = open(self.log_path, "a+b")  # noqa: SIM115 - closed in _done
         self.log.write(f"--- sp: attempt {claim.attempt} of {self.action_id}\n".encode())
         if first:
             self.log.write(f"--- sp: resuming at step {first}\n".encode())
@@ -78,6 +86,12 @@ class Attempt:
         self.prepared: Any = None
         self.limits: dict[str, Any] = claim.limits
         self.proc: subprocess.Popen[bytes] | None = None
+        # The running step's process as a file descriptor that turns readable when it exits:
+        # the worker sleeps on it instead of polling (None where the kernel has no pidfd).
+        self.pidfd: int | None = None
+        # A spawned child not yet noted in the lease (the worker writes it with its next
+        # transaction, not one of its own per spawn), and when it was spawned.
+        self.child_pending: tuple[int, float] | None = None
         self.rusage: Any = None
         self.returncode: int | None = None
         self.stop_kind: str | None = None
@@ -94,13 +108,24 @@ class Attempt:
             self.prepared = self.claim.prepared
         self._next_step()
 
-    def _env(self, step: Step) -> dict[str, str]:
+    def _env(self, step: Step) -> dict[bytes, bytes]:
+        """The step's environment, as bytes: the worker's, the action's, and sp's variables.
+
+        Bytes because the worker's environment is copied as it is held (``os.environ``'s
+        own bytes mapping, one C-level dict copy) and ``Popen`` does not encode it again.
+        """
         c = self.claim
-        return {**os.environ, **c.spec.env,
-                "SP_ACTION_ID": c.action_id, "SP_HOME": str(self.home.root),
-                "SP_ATTEMPT": str(c.attempt), "SP_CHECKPOINT": c.checkpoint or "",
-                "SP_RESUME_STEP": "" if c.resume_step is None else str(c.resume_step),
-                "SP_STEP": str(step.index), "SP_STEP_NAME": step.name}
+        env = _environ_bytes()
+        enc = os.fsencode
+        for k, v in c.spec.env.items():
+            env[enc(k)] = enc(v)
+        env.update({
+            b"SP_ACTION_ID": enc(c.action_id), b"SP_HOME": enc(str(self.home.root)),
+            b"SP_ATTEMPT": str(c.attempt).encode(), b"SP_CHECKPOINT": enc(c.checkpoint or ""),
+            b"SP_RESUME_STEP": b"" if c.resume_step is None else str(c.resume_step).encode(),
+            b"SP_STEP": str(step.index).encode(), b"SP_STEP_NAME": enc(step.name),
+        })
+        return env
 
     def _next_step(self) -> None:
         if not self.pending:
@@ -123,7 +148,29 @@ class Attempt:
         except OSError as e:
             self._done("spawn", f"cannot run {step.argv[0]!r}: {e.strerror}", retryable=False)
             return
-        execution.record_child(self.store, self.action_id, self.owner, self.proc.pid)
+        if self.note_children:
+            execution.record_child(self.store, self.action_id, self.owner, self.proc.pid)
+        else:
+            self.child_pending = (self.proc.pid, time.monotonic())
+        if _pidfd_open is not None:
+            try:
+                self.pidfd = _pidfd_open(self.proc.pid)
+            except OSError:
+                self.pidfd = None
+
+    def child_to_record(self) -> tuple[str, int, int] | None:
+        """``(action_id, pid, pid_start)`` of the running step's process if the lease does not
+        name it yet (see :func:`commands.execution.record_children`)."""
+        if self.child_pending is None or self.outcome is not None:
+            return None
+        pid = self.child_pending[0]
+        return (self.action_id, pid, proc_identity.start_time(pid))
+
+    def _close_pidfd(self) -> None:
+        if self.pidfd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self.pidfd)
+            self.pidfd = None
 
     def poll(self, now: float) -> bool:
         """Advance: reap, scan output, enforce the timeout. True once the attempt is over."""
@@ -146,6 +193,8 @@ class Attempt:
             pid, status, rusage = proc.pid, 0, None
         if pid == 0:
             return False
+        self._close_pidfd()
+        self.child_pending = None  # gone: nothing for recovery to find
         code = os.waitstatus_to_exitcode(status) if rusage is not None else proc.poll()
         proc.returncode = code
         self.returncode = code
@@ -230,11 +279,15 @@ class Attempt:
                      "peak_rss_bytes": int(r.ru_maxrss) * 1024,
                      "io_read_bytes": int(r.ru_inblock) * 512,
                      "io_write_bytes": int(r.ru_oublock) * 512}
-        self.log.close()
+        self._close_pidfd()
+        self.child_pending = None
+        try:
+            facts = _facts(self.log, self.offset)
+        finally:
+            self.log.close()
         self.outcome = Outcome(
             exit_code=self.returncode, duration_ms=int((time.monotonic() - self.started) * 1000),
-            error_kind=kind, error=text, retryable=retryable, usage=usage,
-            result=log_facts(self.log_path, self.offset),
+            error_kind=kind, error=text, retryable=retryable, usage=usage, result=facts,
         )
 
 
@@ -246,17 +299,29 @@ def _shim_exit() -> int:
 
 def log_facts(path: Path, offset: int) -> dict[str, Any]:
     """Size, SHA-256 and last lines of this attempt's output."""
+    with open(path, "rb") as f:
+        return _facts(f, offset)
+
+
+def _facts(f: IO[bytes], offset: int) -> dict[str, Any]:
     h = hashlib.sha256()
     tail: deque[bytes] = deque(maxlen=TAIL_LINES)
     size = 0
-    with open(path, "rb") as f:
-        f.seek(offset)
-        for line in f:
-            h.update(line)
-            size += len(line)
-            tail.append(line)
+    f.seek(offset)
+    for line in f:
+        h.update(line)
+        size += len(line)
+        tail.append(line)
     return {
         "log_bytes": size,
         "log_sha256": h.hexdigest(),
         "tail": [ln.decode(errors="replace").rstrip("\n") for ln in tail],
     }
+
+
+def _environ_bytes() -> dict[bytes, bytes]:
+    """A copy of this process's environment as bytes (``os.environ``'s own mapping)."""
+    data = getattr(os.environ, "_data", None)
+    if isinstance(data, dict):
+        return dict(data)
+    return {os.fsencode(k): os.fsencode(v) for k, v in os.environ.items()}

@@ -1,10 +1,12 @@
 """The worker: claim ready actions and run up to N at once, in one process, without threads.
 
-One loop does everything: claim into free slots (one transaction for the batch), poll the
-running attempts (reap, timeouts, output patterns), check cancel requests and renew leases for
-all of them at once, record the attempts that ended (one transaction for the batch), and sleep
-in ``select`` on the wake-up pipe so that a submit starts work at once. No thread means no
-``preexec_fn`` hazard and no lock juggling; the state lives in the ledger, not in the worker.
+One loop does everything: poll the running attempts (reap, timeouts, output patterns), then in
+one transaction (one fsync) record the attempts that ended, note newly spawned children in their
+leases and claim into the free slots; spawn what was claimed (after that commit: write-ahead);
+check cancel requests and renew leases for all of them at once; and sleep in ``poll`` on the
+children's pidfds and the wake-up pipe, so that a child's exit or a submit is acted on at once.
+No thread means no ``preexec_fn`` hazard and no lock juggling; the state lives in the ledger,
+not in the worker.
 
 Shutdown (SIGTERM/SIGINT): stop claiming, let running attempts finish for the grace period,
 then stop them and record ``action.interrupted`` (resumable, per the task's ``on_interrupt``).
@@ -24,6 +26,7 @@ from typing import Any
 import msgspec
 
 from commands import execution
+from commands.execution import Claim, Outcome
 from commands.home import Home
 from ledger.errors import SpError
 from ledger.store import EventStore
@@ -32,7 +35,11 @@ from machines.states import ActionState
 from .attempt import Attempt
 from .wake import Waker
 
-POLL_S = 0.02  # reap/timeout cadence while attempts run
+POLL_S = 0.02  # timeouts, output patterns and free slots are checked at least this often
+# A spawned child is noted in its lease with the next transaction the worker makes anyway, or
+# after this long: a short action ends (and its lease goes) before it costs a commit of its own.
+CHILD_RECORD_S = POLL_S
+LINGER_S = 0.002
 HEARTBEAT_S = 5.0
 CANCEL_CHECK_S = 0.25
 PAUSE_CHECK_S = 1.0
@@ -69,6 +76,8 @@ class Worker:
         self.summary = WorkerSummary()
         self._paused: frozenset[str] = frozenset()
         self._next_pause_check = 0.0
+        self._batch = 0
+        self._batch_of: dict[str, int] = {}
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         self.request_stop()
@@ -95,8 +104,7 @@ class Worker:
                 now = time.monotonic()
                 if end is not None and now >= end:
                     self.request_stop(grace_s=0.0)
-                if not self.stopping:
-                    self._fill_slots()
+                self._turn(now)
                 if not self.running:
                     if self.stopping:
                         break
@@ -110,7 +118,6 @@ class Worker:
                         wait = min(wait, max(0.0, end - now))
                     _wait_for(waker, wait)
                     continue
-                self._poll_all(time.monotonic())
                 now = time.monotonic()
                 if now >= next_cancel:
                     next_cancel = now + CANCEL_CHECK_S
@@ -121,27 +128,68 @@ class Worker:
                 if self.stopping and self.stop_deadline is not None and now >= self.stop_deadline:
                     self._interrupt_all("worker stopped (signal)" if end is None or now < end
                                         else f"sp tick reached --max-seconds {max_seconds:g}")
-                if (self.running and len(self.running) >= self.concurrency) or self.stopping:
-                    _wait_for(None, POLL_S)
-                else:
-                    _wait_for(waker, POLL_S)
+                full = len(self.running) >= self.concurrency or self.stopping
+                self._sleep(None if full else waker, now)
         finally:
             for s, handler in handlers.items():
                 signal.signal(s, handler)
             waker.close()
         return self.summary
 
-    # -- claiming -------------------------------------------------------------------------------
-    def _fill_slots(self) -> None:
-        free = self.concurrency - len(self.running)
-        if free <= 0:
-            return
-        now = time.monotonic()
-        if now >= self._next_pause_check:
+    # -- one turn: reap, then record, note children and claim in one transaction -----------
+    def _turn(self, now: float) -> None:
+        ended = [a for a in self.running.values() if a.poll(now)]
+        if ended and LINGER_S > 0:
+            # Attempts claimed together tend to end together: give the rest of a batch that
+            # just ended a moment, so that one commit records them all.
+            batches = {self._batch_of.get(a.action_id) for a in ended}
+            mates = [a for a in self.running.values() if a.outcome is None
+                     and a.pidfd is not None and self._batch_of.get(a.action_id) in batches]
+            if mates:
+                _wait_for(None, LINGER_S, [a.pidfd for a in mates if a.pidfd is not None])
+                now = time.monotonic()
+                ended += [a for a in mates if a.poll(now)]
+        free = 0 if self.stopping else self.concurrency - len(self.running) + len(ended)
+        if free > 0 and now >= self._next_pause_check:
             self._next_pause_check = now + PAUSE_CHECK_S
             self._paused = execution.paused_agents(self.store)
-        for claim in execution.claim_many(self.store, self.owner, free, self._paused):
-            attempt = Attempt(self.store, self.home, claim, self.owner)
+        if "" in self._paused:
+            free = 0
+        # Children still running CHILD_RECORD_S after their spawn are noted in their leases:
+        # with this turn's transaction, or one of their own if nothing else is written.
+        waiting = [a for a in self.running.values() if a.child_pending and a.outcome is None
+                   and now - a.child_pending[1] >= CHILD_RECORD_S]
+        if not ended and free <= 0 and not waiting:
+            return
+        children = [c for c in (a.child_to_record() for a in waiting) if c is not None]
+        pairs: list[tuple[Claim, Outcome]] = []
+        for a in ended:
+            assert a.outcome is not None  # poll() is True once there is one
+            pairs.append((a.claim, a.outcome))
+        try:
+            states, claims = execution.finish_and_claim(
+                self.store, self.owner, pairs, free, self._paused, children)
+        except Exception:
+            if not pairs and not children:
+                raise
+            # Claiming failed: what ended is still recorded (and the children noted) on its
+            # own, then the claim is tried once more, alone, and raises what it raises.
+            states = execution.finish_many(self.store, pairs)
+            if children:
+                execution.record_children(self.store, self.owner, children)
+            claims = execution.claim_many(self.store, self.owner, free, self._paused)
+        for a in waiting:
+            a.child_pending = None
+        self._batch += 1
+        for attempt, state in zip(ended, states, strict=True):
+            del self.running[attempt.action_id]
+            self._batch_of.pop(attempt.action_id, None)
+            self._count(state)
+            if state is not None:
+                self._notify(attempt, state)
+        for claim in claims:
+            attempt = Attempt(self.store, self.home, claim, self.owner, note_children=False)
+            self._batch_of[claim.action_id] = self._batch
             self.running[claim.action_id] = attempt
             self.summary.ran += 1
             attempt.start()
@@ -152,20 +200,18 @@ class Worker:
             return False
         return execution.ready_count(self.store, self._paused) > 0
 
-    # -- supervising ----------------------------------------------------------------------------
-    def _poll_all(self, now: float) -> None:
-        ended = [a for a in self.running.values() if a.poll(now)]
-        if ended:
-            self._record(ended)
-
-    def _record(self, ended: list[Attempt]) -> None:
-        pairs = [(a.claim, a.outcome) for a in ended if a.outcome is not None]
-        states = execution.finish_many(self.store, pairs)  # type: ignore[arg-type]
-        for attempt, state in zip(ended, states, strict=True):
-            del self.running[attempt.action_id]
-            self._count(state)
-            if state is not None:
-                self._notify(attempt, state)
+    def _sleep(self, waker: Waker | None, now: float) -> None:
+        """Until a child exits, a submit wakes us (``waker``), or the next check is due."""
+        timeout = POLL_S
+        fds: list[int] = []
+        for a in self.running.values():
+            if a.outcome is not None:  # e.g. refused or not spawned: record it at once
+                return
+            if a.pidfd is not None:
+                fds.append(a.pidfd)
+            if a.child_pending is not None:
+                timeout = min(timeout, a.child_pending[1] + CHILD_RECORD_S - now)
+        _wait_for(waker, timeout, fds)
 
     def _count(self, state: ActionState | None) -> None:
         s = self.summary
@@ -216,12 +262,20 @@ class Worker:
         notifications.deliver(self.store, attempt, state, notify, self.owner)
 
 
-def _wait_for(waker: Waker | None, timeout_s: float) -> None:
-    """Sleep up to ``timeout_s``, waking early when a submit writes to the pipe."""
-    if waker is None:
+def _wait_for(waker: Waker | None, timeout_s: float, fds: list[int] | None = None) -> None:
+    """Sleep up to ``timeout_s``, waking early when a submit writes to the pipe or one of
+    ``fds`` (children's pidfds) turns readable."""
+    timeout_s = max(0.0, timeout_s)
+    if waker is None and not fds:
         time.sleep(timeout_s)
         return
+    poller = select.poll()
+    for fd in fds or ():
+        poller.register(fd, select.POLLIN)
+    if waker is not None:
+        poller.register(waker.fileno(), select.POLLIN)
+    ready: list[tuple[int, int]] = []
     with contextlib.suppress(InterruptedError):
-        ready, _, _ = select.select([waker], [], [], max(0.0, timeout_s))
-        if ready:
-            waker.drain()
+        ready = poller.poll(timeout_s * 1000)
+    if waker is not None and any(fd == waker.fileno() for fd, _ in ready):
+        waker.drain()

@@ -1,0 +1,97 @@
+"""Built-in action types: what a plan's ``type:`` means.
+
+A type is registered once, under its name, with
+
+* ``payload``: the msgspec Struct its ``payload:`` decodes into (errors name their path);
+* ``rollback``: the Struct its ``rollback:`` decodes into, or ``None`` when the type cannot be
+  undone by a command;
+* ``command(payload)``: the :class:`Command` that performs it (argv, shell, cwd, env);
+* ``compensation(payload, rollback)``: the :class:`Command` that undoes it, or ``None``;
+* ``requires(payload, rollback)``: the programs it needs on this machine (the seed's
+  ``check_prerequisites``), each with the path in the plan that names it;
+* ``check(payload, rollback)``: problems decoding cannot see (an empty command), each with
+  its path below the step.
+
+Only ``shell`` exists today (:mod:`actions.shell`); ``modify_files``, ``clone_template``,
+``run_tests`` and the others plug in the same way, by calling :func:`register`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+
+class Command(msgspec.Struct, frozen=True, kw_only=True):
+    """A process to run: ``argv`` (or, with ``shell``, one line for ``/bin/sh -c``)."""
+
+    argv: list[str]
+    shell: bool = False
+    cwd: str | None = None
+    env: dict[str, str] = {}
+
+    def as_argv(self) -> list[str]:
+        """The argv that runs it, with the shell spelled out (a compensation is plain argv)."""
+        return ["/bin/sh", "-c", " ".join(self.argv)] if self.shell else list(self.argv)
+
+
+class Requirement(msgspec.Struct, frozen=True):
+    """A program an action needs: ``where`` is its path below the step (``payload.command[0]``)."""
+
+    where: str
+    program: str
+    cwd: str | None = None
+    env: dict[str, str] = {}
+
+
+@dataclass(frozen=True)
+class ActionType:
+    name: str
+    payload: type[msgspec.Struct]
+    rollback: type[msgspec.Struct] | None
+    command: Callable[[Any], Command]
+    compensation: Callable[[Any, Any], Command | None]
+    requires: Callable[[Any, Any], list[Requirement]]
+    check: Callable[[Any, Any], list[tuple[str, str]]]
+
+
+_TYPES: dict[str, ActionType] = {}
+
+
+def register(action_type: ActionType) -> ActionType:
+    """Add a type (a later registration of the same name replaces the earlier one)."""
+    _TYPES[action_type.name] = action_type
+    return action_type
+
+
+def get(name: str) -> ActionType | None:
+    _load_builtins()
+    return _TYPES.get(name)
+
+
+def known() -> list[str]:
+    _load_builtins()
+    return sorted(_TYPES)
+
+
+def _load_builtins() -> None:
+    if "shell" not in _TYPES:
+        from . import shell  # noqa: F401  (registers itself)
+
+
+def find_program(program: str, cwd: str | None = None, env: dict[str, str] | None = None) -> bool:
+    """Whether ``program`` can be executed here: a path (relative to ``cwd``) that is an
+    executable file, or a name found on ``PATH`` (the action's own ``PATH`` when it sets one)."""
+    if "/" in program:
+        path = Path(program)
+        if not path.is_absolute() and cwd:
+            path = Path(cwd) / path
+        return path.is_file() and os.access(path, os.X_OK)
+    search = (env or {}).get("PATH", os.environ.get("PATH", os.defpath))
+    return shutil.which(program, path=search) is not None

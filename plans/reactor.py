@@ -1,0 +1,132 @@
+"""The plan reactor: after each action outcome, decide the plan's next event.
+
+Called inside the transaction that records the outcome (the worker's finish, a cancel, crash
+recovery), so that the plan's events commit with the action's, or not at all. Everything is
+decided from the projections of events already in the ledger, never from memory, so running
+it again decides nothing new (it is idempotent) and it stays right after ``sp replay``.
+
+* An action of the plan failed for good (no fallback took its place) and ``on_failure`` is
+  ``stop`` or ``rollback``: every unfinished action of the plan is cancelled (running ones are
+  asked to stop) and ``plan.stop_requested`` is recorded. With ``continue`` the ordinary
+  dependency cascade already cancelled what depended on it; independent branches go on.
+* Once no action of the plan is unfinished: ``plan.completed`` if all completed (or were
+  skipped), else the rollback run (``on_failure: rollback``, after a stop) or ``plan.failed``.
+* A compensating action ended: see :func:`plans.rollback.on_compensation_finished`.
+"""
+
+from __future__ import annotations
+
+from commands.actions import cascade, state_of
+from ledger import events as ev
+from ledger.store import Transaction
+from machines import action as action_machine
+from machines import plan as plan_machine
+from machines.plan import PlanState
+from machines.states import FINAL, ActionState
+from projections.plans import stream_of
+
+from . import rollback
+
+_A = ActionState
+
+
+def on_action_finished(tx: Transaction, action_id: str, new_state: ActionState) -> None:
+    """React to an action's outcome, if it belongs to a plan or to a plan's rollback."""
+    if new_state not in FINAL:
+        return
+    row = tx.query_one("SELECT group_id FROM actions WHERE action_id = ?", (action_id,))
+    if row is None or row[0] is None:
+        return
+    group = str(row[0])
+    by = f"plan reactor (after {action_id} {new_state.value})"
+    if group.startswith(rollback.ROLLBACK_GROUP):
+        rollback.on_compensation_finished(tx, action_id, new_state, by)
+        return
+    plan = tx.query_one("SELECT state, version, on_failure FROM plans WHERE plan_id = ?",
+                        (group,))
+    if plan is None:  # a plain `sp submit --group`, not a plan
+        return
+    state, version, on_failure = PlanState(plan[0]), int(plan[1]), str(plan[2])
+    if (new_state is _A.FAILED and state is PlanState.RUNNING
+            and on_failure in ("stop", "rollback") and not _replaced(tx, action_id)):
+        step = tx.query_one("SELECT step_id FROM plan_steps WHERE plan_id = ? AND action_id = ?",
+                            (group, action_id))
+        error = tx.query_one("SELECT error FROM actions WHERE action_id = ?", (action_id,))
+        name = str(step[0]) if step else action_id
+        cancelled = _cancel_rest(tx, group, f"plan {group} stopped: {name} failed", by)
+        event = ev.PlanStopRequested(by=by, action_id=action_id, step=name,
+                                     error=str(error[0] or "") if error else "",
+                                     then=on_failure, cancelled=cancelled)
+        plan_machine.check_event(group, state, event)
+        tx.append(stream_of(group), [event], version)
+    settle(tx, group, by)
+
+
+def settle(tx: Transaction, plan_id: str, by: str) -> None:
+    """Record the plan's outcome if its actions (or its rollback run) have all ended."""
+    plan = tx.query_one("SELECT state, version, on_failure FROM plans WHERE plan_id = ?",
+                        (plan_id,))
+    if plan is None:
+        return
+    state, version, on_failure = PlanState(plan[0]), int(plan[1]), str(plan[2])
+    if state is PlanState.ROLLING_BACK:
+        rollback.settle_run(tx, plan_id, by)
+        return
+    if state not in (PlanState.RUNNING, PlanState.STOPPING):
+        return
+    rows = tx.query(
+        "SELECT a.action_id, a.state, s.step_id FROM actions a LEFT JOIN plan_steps s"
+        " ON s.plan_id = a.group_id AND s.action_id = a.action_id"
+        " WHERE a.group_id = ? ORDER BY a.submitted_seq", (plan_id,),
+    )
+    if any(ActionState(s) not in FINAL for _, s, _ in rows):
+        return
+    failed = [str(step or a) for a, s, step in rows
+              if s == _A.FAILED.value and not _replaced(tx, a)]
+    cancelled = [str(step or a) for a, s, step in rows if s == _A.CANCELLED.value]
+    event: ev.Event
+    if state is PlanState.RUNNING and not failed and not cancelled:
+        event = ev.PlanCompleted(by=by)
+    elif state is PlanState.STOPPING and on_failure == "rollback":
+        rollback.start(tx, plan_id, "on_failure", by)
+        return
+    else:
+        parts = [f"failed: {', '.join(failed)}" if failed else "",
+                 f"cancelled: {', '.join(cancelled)}" if cancelled else ""]
+        event = ev.PlanFailed(by=by, reason="; ".join(p for p in parts if p),
+                              failed=failed, cancelled=cancelled)
+    plan_machine.check_event(plan_id, state, event)
+    tx.append(stream_of(plan_id), [event], version)
+
+
+def _replaced(tx: Transaction, action_id: str) -> bool:
+    """Whether a fallback took the failed action's place (its dependents wait for that)."""
+    row = tx.query_one(
+        "SELECT json_extract(data, '$.fallback') FROM events WHERE stream = ?"
+        " AND type = 'action.failed' ORDER BY version DESC LIMIT 1", (action_id,),
+    )
+    return row is not None and row[0] is not None
+
+
+def _cancel_rest(tx: Transaction, plan_id: str, reason: str, by: str) -> list[str]:
+    """Cancel every unfinished action of the plan; running ones are asked to stop."""
+    touched: list[str] = []
+    ids = [str(r[0]) for r in tx.query(
+        "SELECT action_id FROM actions WHERE group_id = ? ORDER BY submitted_seq", (plan_id,))]
+    for action_id in ids:
+        state, version = state_of(tx, action_id)
+        if state in FINAL:
+            continue
+        if state is _A.EXECUTING:
+            asked = tx.query_one("SELECT cancel_requested FROM actions WHERE action_id = ?",
+                                 (action_id,))
+            if not (asked and asked[0]):
+                tx.append(action_id, [ev.ActionCancelRequested(by=by, reason=reason)], version)
+            touched.append(action_id)
+            continue
+        event = ev.ActionCancelled(by=by, reason=reason)
+        action_machine.check_event(action_id, state, event)
+        tx.append(action_id, [event], version)
+        touched.append(action_id)
+        touched += cascade(tx, action_id, f"dependency {action_id} was cancelled", by)
+    return touched
