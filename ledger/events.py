@@ -350,6 +350,26 @@ class PlanRollbackFailed(Event, frozen=True, tag="plan.rollback_failed"):
     not_attempted: list[str] = []
 
 
+class TriggersApplied(Event, frozen=True, tag="trigger.applied"):
+    """A trigger file was applied: the document as written (it replaces the previous one)."""
+
+    config: dict[str, Any]
+    source: str = ""
+    sha256: str = ""
+
+
+class TriggerFired(Event, frozen=True, tag="trigger.fired"):
+    """A trigger saw something and submitted an action for it (stream ``trigger:<name>``)."""
+
+    trigger: str
+    kind: str  # filesystem | webhook | serial | condition | continuous
+    action_id: str
+    agent: str
+    task: str
+    payload: dict[str, Any] = {}
+    detail: str = ""
+
+
 AnyEvent = (
     ActionSubmitted
     | ActionValidationStarted
@@ -373,6 +393,8 @@ AnyEvent = (
     | WorkPaused
     | WorkResumed
     | AgentConfigured
+    | TriggersApplied
+    | TriggerFired
     | PlanApplied
     | PlanStarted
     | PlanStopRequested

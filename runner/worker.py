@@ -39,7 +39,6 @@ POLL_S = 0.02  # timeouts, output patterns and free slots are checked at least t
 # A spawned child is noted in its lease with the next transaction the worker makes anyway, or
 # after this long: a short action ends (and its lease goes) before it costs a commit of its own.
 CHILD_RECORD_S = POLL_S
-LINGER_S = 0.002
 HEARTBEAT_S = 5.0
 CANCEL_CHECK_S = 0.25
 PAUSE_CHECK_S = 1.0
@@ -76,8 +75,6 @@ class Worker:
         self.summary = WorkerSummary()
         self._paused: frozenset[str] = frozenset()
         self._next_pause_check = 0.0
-        self._batch = 0
-        self._batch_of: dict[str, int] = {}
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         self.request_stop()
@@ -139,16 +136,6 @@ class Worker:
     # -- one turn: reap, then record, note children and claim in one transaction -----------
     def _turn(self, now: float) -> None:
         ended = [a for a in self.running.values() if a.poll(now)]
-        if ended and LINGER_S > 0:
-            # Attempts claimed together tend to end together: give the rest of a batch that
-            # just ended a moment, so that one commit records them all.
-            batches = {self._batch_of.get(a.action_id) for a in ended}
-            mates = [a for a in self.running.values() if a.outcome is None
-                     and a.pidfd is not None and self._batch_of.get(a.action_id) in batches]
-            if mates:
-                _wait_for(None, LINGER_S, [a.pidfd for a in mates if a.pidfd is not None])
-                now = time.monotonic()
-                ended += [a for a in mates if a.poll(now)]
         free = 0 if self.stopping else self.concurrency - len(self.running) + len(ended)
         if free > 0 and now >= self._next_pause_check:
             self._next_pause_check = now + PAUSE_CHECK_S
@@ -180,16 +167,13 @@ class Worker:
             claims = execution.claim_many(self.store, self.owner, free, self._paused)
         for a in waiting:
             a.child_pending = None
-        self._batch += 1
         for attempt, state in zip(ended, states, strict=True):
             del self.running[attempt.action_id]
-            self._batch_of.pop(attempt.action_id, None)
             self._count(state)
             if state is not None:
                 self._notify(attempt, state)
         for claim in claims:
             attempt = Attempt(self.store, self.home, claim, self.owner, note_children=False)
-            self._batch_of[claim.action_id] = self._batch
             self.running[claim.action_id] = attempt
             self.summary.ran += 1
             attempt.start()

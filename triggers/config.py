@@ -1,0 +1,154 @@
+"""The trigger file, in the seed's shape, decoded into msgspec Structs (errors name paths).
+
+```yaml
+agent: iot-001                    # default agent for `action:` names without one
+triggers:
+  filesystem:
+    - path: /data/incoming
+      events: [create, modify]
+      action: process_new_file    # a task of `agent`, or "agent/task"
+      glob: "*.csv"
+      debounce: 2s
+  network:
+    - port: 8080
+      protocol: webhook
+      name: github                # POST /hooks/github
+      action: handle_webhook
+      secret_env: GITHUB_SECRET   # or secret: ..., with auth: token | hmac
+  hardware:
+    - device: /dev/ttyUSB0
+      event: data_available
+      baud: 9600
+      pattern: 'TEMP=(?P<celsius>\\d+)'
+      action: read_sensor_data
+conditions:
+  disk_space_low:
+    trigger: disk_usage > 90%
+    action: cleanup_old_files
+    cooldown: 1h
+continuous:
+  monitor_temperature_sensor:
+    interval: 5s
+    action: check_temperature
+```
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import msgspec
+
+from agents.config import _rename_path, load_document
+from agents.units import Duration, Size, dec_hook
+from ledger.errors import UsageError
+
+
+class _Strict(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True,
+              omit_defaults=True):
+    pass
+
+
+class FileTrigger(_Strict, frozen=True):
+    path: str
+    action: str
+    events: list[Literal["create", "modify", "delete", "close_write", "moved_to"]] = (
+        msgspec.field(default_factory=lambda: ["create", "close_write"]))
+    glob: str = "*"
+    recursive: bool = False
+    debounce: Duration = Duration(1000)
+    name: str | None = None
+
+
+class WebhookTrigger(_Strict, frozen=True):
+    port: int
+    action: str
+    protocol: Literal["webhook"] = "webhook"
+    name: str | None = None          # the path is /hooks/<name>
+    host: str = "127.0.0.1"
+    auth: Literal["token", "hmac"] = "token"
+    secret: str | None = None
+    secret_env: str | None = None
+    max_body: Size = Size(1 << 20)
+
+
+class SerialTrigger(_Strict, frozen=True):
+    device: str
+    action: str
+    event: Literal["data_available", "line"] = "data_available"
+    baud: int = 9600
+    pattern: str = ".*"
+    name: str | None = None
+    reopen: Duration = Duration(1000)
+
+
+class Triggers(_Strict, frozen=True):
+    filesystem: list[FileTrigger] = []
+    network: list[WebhookTrigger] = []
+    hardware: list[SerialTrigger] = []
+
+
+class Condition(_Strict, frozen=True):
+    trigger: str                      # "disk_usage > 90%", "cpu_temp > 80C", "internet_connected"
+    action: str
+    cooldown: Duration = Duration(300_000)
+    interval: Duration = Duration(30_000)
+    command: list[str] | None = None  # for "command_succeeds" / "command_fails"
+
+
+class Continuous(_Strict, frozen=True):
+    interval: Duration
+    action: str | None = None         # a task to submit each interval
+    python: str | None = None         # or "module:function" called with a context
+
+
+class TriggerFile(_Strict, frozen=True):
+    agent: str | None = None
+    triggers: Triggers = Triggers()
+    conditions: dict[str, Condition] = {}
+    continuous: dict[str, Continuous] = {}
+
+
+def decode_triggers(raw: Any, source: str) -> TriggerFile:
+    """:raises UsageError: the first problem, with its path."""
+    if not isinstance(raw, dict):
+        raise UsageError(f"{source}: $: expected a mapping with triggers:, conditions: or "
+                         "continuous:")
+    try:
+        doc = msgspec.convert(raw, TriggerFile, dec_hook=dec_hook)
+    except msgspec.ValidationError as e:
+        raise UsageError(_rename_path(str(e), f"{source}: $")) from None
+    sections: list[tuple[str, list[FileTrigger] | list[WebhookTrigger] | list[SerialTrigger]]] = [
+        ("filesystem", doc.triggers.filesystem), ("network", doc.triggers.network),
+        ("hardware", doc.triggers.hardware)]
+    for kind, items in sections:
+        for i, item in enumerate(items):
+            _check_action(doc, item.action, f"{source}: $.triggers.{kind}[{i}].action")
+    for name, cond in doc.conditions.items():
+        _check_action(doc, cond.action, f"{source}: $.conditions.{name}.action")
+    for name, cont in doc.continuous.items():
+        if (cont.action is None) == (cont.python is None):
+            raise UsageError(f"{source}: $.continuous.{name}: needs exactly one of action or "
+                             "python")
+        if cont.action:
+            _check_action(doc, cont.action, f"{source}: $.continuous.{name}.action")
+    return doc
+
+
+def _check_action(doc: TriggerFile, action: str, where: str) -> None:
+    if "/" not in action and not doc.agent:
+        raise UsageError(f"{where}: {action!r} names no agent: write agent/task or set agent:")
+
+
+def split_action(doc_agent: str | None, action: str) -> tuple[str, str]:
+    """``agent/task`` or ``task`` (of the file's agent) -> (agent, task)."""
+    if "/" in action:
+        agent, _, task = action.partition("/")
+        return agent, task
+    assert doc_agent is not None
+    return doc_agent, action
+
+
+def load_triggers(path: str) -> tuple[TriggerFile, Any]:
+    raw = load_document(path)
+    return decode_triggers(raw, path), raw

@@ -1,0 +1,48 @@
+"""Turning a trigger's observation into an action: one transaction records ``trigger.fired``
+(what was seen, and why it fired) and submits the agent's task with the observation as payload,
+so ``sp audit`` says why an action ran and nothing fires without its record."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from commands import agents
+from commands.actions import submit_in
+from ledger import events as ev
+from ledger.store import EventStore
+
+
+def stream_of(trigger: str) -> str:
+    return f"trigger:{trigger}"
+
+
+def fire(store: EventStore, trigger: str, kind: str, agent: str, task: str,
+         payload: dict[str, Any], *, detail: str = "", key: str | None = None,
+         by: str = "") -> str | None:
+    """Record the fire and submit the task; returns the action id (None if ``key`` was seen).
+
+    ``key`` makes a fire idempotent (a repeated delivery returns the existing action).
+    :raises UsageError: the agent or task is unknown (nothing written).
+    """
+    import msgspec
+
+    config = agents.get(store, agent)
+    spec = agents.task_spec(config, task)
+    spec = msgspec.structs.replace(spec, payload=payload, key=key)
+    with store.transaction() as tx:
+        if key is not None:
+            row = tx.query_one("SELECT action_id FROM actions WHERE idem_key = ?", (key,))
+            if row is not None:
+                return None
+        (action_id,) = submit_in(tx, [spec], by or f"trigger:{trigger}", [f"trigger {trigger}"],
+                                 store.clock.now_ms())
+        version = tx.stream_version(stream_of(trigger))
+        tx.append(stream_of(trigger), [ev.TriggerFired(
+            by=by or f"trigger:{trigger}", trigger=trigger, kind=kind, action_id=action_id,
+            agent=agent, task=task, payload=payload, detail=detail,
+        )], version)
+    from runner.wake import signal_workers
+
+    signal_workers(Path(store.path).parent)
+    return action_id
