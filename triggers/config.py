@@ -118,12 +118,13 @@ def decode_triggers(raw: Any, source: str) -> TriggerFile:
         doc = msgspec.convert(raw, TriggerFile, dec_hook=dec_hook)
     except msgspec.ValidationError as e:
         raise UsageError(_rename_path(str(e), f"{source}: $")) from None
-    sections: list[tuple[str, list[FileTrigger] | list[WebhookTrigger] | list[SerialTrigger]]] = [
-        ("filesystem", doc.triggers.filesystem), ("network", doc.triggers.network),
-        ("hardware", doc.triggers.hardware)]
-    for kind, items in sections:
-        for i, item in enumerate(items):
-            _check_action(doc, item.action, f"{source}: $.triggers.{kind}[{i}].action")
+    named: list[tuple[str, int, str]] = [
+        *(("filesystem", i, t.action) for i, t in enumerate(doc.triggers.filesystem)),
+        *(("network", i, t.action) for i, t in enumerate(doc.triggers.network)),
+        *(("hardware", i, t.action) for i, t in enumerate(doc.triggers.hardware)),
+    ]
+    for kind, i, action in named:
+        _check_action(doc, action, f"{source}: $.triggers.{kind}[{i}].action")
     for name, cond in doc.conditions.items():
         _check_action(doc, cond.action, f"{source}: $.conditions.{name}.action")
     for name, cont in doc.continuous.items():
