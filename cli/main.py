@@ -165,9 +165,9 @@ def warn(message: str) -> None:
 
 
 def _register() -> None:
-    from . import action, agent, ledger_cmds, plan, schedule, worker
+    from . import action, agent, ledger_cmds, plan, schedule, trigger, worker
 
-    for module in (action, agent, ledger_cmds, worker, schedule, plan):
+    for module in (action, agent, ledger_cmds, worker, schedule, plan, trigger):
         for command in module.COMMANDS:
             cli.add_command(command)
 

@@ -36,9 +36,15 @@ def schedule() -> None:
 
 @schedule.command("add")
 @click.argument("name")
-@click.option("--cron", "cron", required=True,
+@click.option("--cron", "cron",
               help='Five fields (minute hour day month weekday) or @hourly/@daily/...; '
                    'e.g. "0 9 * * *", "*/15 8-18 * * mon-fri".')
+@click.option("--window", help='With --adaptive: the daily window it may run in, local time, '
+                               'e.g. "01:00-05:00".')
+@click.option("--adaptive", is_flag=True,
+              help="Instead of --cron: once a day inside --window, at the minute of lowest "
+                   "recorded machine load (learnt from the daemon's load samples; the "
+                   "window's start without any).")
 @click.option("--agent", "agent_id", required=True, help="The agent (applied first).")
 @click.option("--task", required=True, help="The agent's task to run.")
 @click.option("--timezone", "tz", help="IANA zone the expression is read in (default: this "
@@ -56,9 +62,10 @@ def schedule() -> None:
 @click.option("--disabled", is_flag=True, help="Define it disabled (sp schedule enable NAME).")
 @click.option("--replace", is_flag=True, help="Redefine an existing schedule of that name.")
 @pass_app
-def schedule_add(app: App, name: str, cron: str, agent_id: str, task: str, tz: str | None,
-                 jitter: str | None, persistent: bool, missed: str | None, overlap: str,
-                 disabled: bool, replace: bool) -> None:
+def schedule_add(app: App, name: str, cron: str | None, window: str | None, adaptive: bool,
+                 agent_id: str, task: str, tz: str | None, jitter: str | None,
+                 persistent: bool, missed: str | None, overlap: str, disabled: bool,
+                 replace: bool) -> None:
     """Add a schedule (an audited event); a bad expression or zone is refused with the reason.
 
     Slots count from now on: a slot before the schedule existed never fires.
@@ -68,6 +75,7 @@ def schedule_add(app: App, name: str, cron: str, agent_id: str, task: str, tz: s
       sp schedule add health --cron "*/5 * * * *" --agent monitor-001 --task health_check
       sp schedule add backup --cron "0 2 * * *" --agent backup-001 --task daily_backup \\
           --timezone Europe/Paris --missed catchup:6h --overlap skip
+      sp schedule add reindex --window 01:00-05:00 --adaptive --agent db-001 --task reindex
     """
     from commands import actions, schedules
     from commands.durations import parse_duration_ms
@@ -76,10 +84,11 @@ def schedule_add(app: App, name: str, cron: str, agent_id: str, task: str, tz: s
     event = schedules.define(
         app.store(), name, cron, agent_id, task, timezone=tz, jitter_ms=jitter_ms,
         persistent=persistent, missed=missed, overlap=overlap, enabled=not disabled,
-        replace=replace, by=actions.who(),
+        replace=replace, by=actions.who(), window=window, adaptive=adaptive,
     )
+    when = f"adaptive in {event.window}" if event.adaptive else event.cron
     click.echo(name)
-    click.echo(f"schedule {name}: {event.cron} ({event.timezone}) runs {event.agent}/"
+    click.echo(f"schedule {name}: {when} ({event.timezone}) runs {event.agent}/"
                f"{event.task}{'' if event.enabled else '; disabled'}", err=True)
 
 
@@ -106,7 +115,8 @@ def schedule_list(app: App, fmt: str) -> None:
     echo_table(
         ["name", "cron", "timezone", "task", "enabled", "missed", "overlap", "next", "last",
          "fired", "skipped"],
-        [(r["name"], r["cron"], r["timezone"], f"{r['agent']}/{r['task']}",
+        [(r["name"], f"adaptive {r['run_window']}" if r["adaptive"] else r["cron"],
+          r["timezone"], f"{r['agent']}/{r['task']}",
           "yes" if r["enabled"] else "no", r["missed_policy"], r["overlap"],
           _iso(r["next_slot_ms"]), _iso(r["last_slot_ms"]), r["fired"], r["skipped"])
          for r in rows],
@@ -128,7 +138,6 @@ def schedule_show(app: App, name: str, fmt: str) -> None:
     """
     from commands import schedules
     from ledger.errors import UsageError
-    from triggers import cron as cronlib
 
     store = app.store(write=False)
     history = schedules.history(store, name)
@@ -138,7 +147,7 @@ def schedule_show(app: App, name: str, fmt: str) -> None:
         row = None
     upcoming: list[int] = []
     if row is not None:
-        cron = cronlib.parse(row["cron"], row["timezone"])
+        cron = schedules.slots_of(store.query, row)
         upcoming = cron.upcoming(max(row["cursor_ms"], store.clock.now_ms()), 5)
     if fmt == "json":
         echo_json({"schedule": None if row is None else _row_json(row),
@@ -147,7 +156,9 @@ def schedule_show(app: App, name: str, fmt: str) -> None:
     if row is None:
         click.echo(f"schedule {name}: removed")
     else:
-        for key in ("name", "cron", "timezone", "agent", "task", "enabled", "missed_policy",
+        adaptive = ("run_window", "adaptive") if row["adaptive"] else ()
+        for key in ("name", "cron", *adaptive, "timezone", "agent", "task", "enabled",
+                    "missed_policy",
                     "overlap", "jitter_ms", "source", "fired", "skipped", "last_action_id"):
             click.echo(f"{key + ':':16} {row[key]}")
         click.echo(f"{'next:':16} {', '.join(str(_iso(ms)) for ms in upcoming) or '-'}")

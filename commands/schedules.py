@@ -25,6 +25,7 @@ from machines.states import FINAL, ActionState
 from projections.schedules import STREAM_PREFIX, any_enabled
 from triggers import clockwatch
 from triggers import cron as cronlib
+from triggers.adaptive import AdaptiveDaily
 from triggers.plan import Fire, Gap, MissedPolicy, Skip, parse_missed, parse_overlap, plan
 
 from . import actions
@@ -35,8 +36,9 @@ if TYPE_CHECKING:
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@/-]{0,99}")
 COLUMNS = ("name", "cron", "timezone", "agent", "task", "jitter_ms", "missed", "backfill_max",
-           "catchup_window_ms", "overlap", "source", "enabled", "cursor_ms", "defined_ms",
-           "updated_ms", "fired", "skipped", "last_slot_ms", "last_action_id", "version", "seq")
+           "catchup_window_ms", "overlap", "run_window", "adaptive", "source", "enabled",
+           "cursor_ms", "defined_ms", "updated_ms", "fired", "skipped", "last_slot_ms",
+           "last_action_id", "version", "seq")
 _SELECT = f"SELECT {', '.join(COLUMNS)} FROM schedules"
 MAX_JITTER_MS = 7 * 86_400_000
 
@@ -62,18 +64,34 @@ def check_name(name: str) -> str:
 def _row(values: tuple[Any, ...]) -> dict[str, Any]:
     row = dict(zip(COLUMNS, values, strict=True))
     row["enabled"] = bool(row["enabled"])
+    row["adaptive"] = bool(row["adaptive"])
     return row
+
+
+def slots_of(query: Any, row: dict[str, Any]) -> cronlib.Cron:
+    """The schedule's slots: its cron expression, or (adaptive) the quietest minute of its
+    window each day, learnt from the load samples ``query`` reads.
+
+    :raises UsageError: the expression, zone or window is no longer valid.
+    """
+    from triggers.adaptive import slots_of as slots
+
+    return slots(row["cron"], row["timezone"], row["run_window"], row["adaptive"], query)
 
 
 def policy_of(row: dict[str, Any]) -> MissedPolicy:
     return MissedPolicy(row["missed"], row["backfill_max"], row["catchup_window_ms"])
 
 
-def define(store: EventStore, name: str, cron: str, agent: str, task: str, *,
+def define(store: EventStore, name: str, cron: str | None, agent: str, task: str, *,
            timezone: str | None = None, jitter_ms: int = 0, persistent: bool = False,
            missed: str | None = None, overlap: str = "skip", enabled: bool = True,
-           replace: bool = False, by: str = "") -> ev.ScheduleDefined:
+           replace: bool = False, by: str = "", window: str | None = None,
+           adaptive: bool = False) -> ev.ScheduleDefined:
     """Add a schedule (or redefine one with ``replace``); everything is checked first.
+
+    A ``cron`` expression names its times; or ``window`` with ``adaptive`` runs it once a
+    day inside the window at the minute of lowest recorded load (:mod:`triggers.adaptive`).
 
     :raises UsageError: a bad name, cron expression, zone, jitter or policy; an unknown agent
         or task; the schedule exists and ``replace`` is not set. Nothing is written.
@@ -81,6 +99,7 @@ def define(store: EventStore, name: str, cron: str, agent: str, task: str, *,
     from . import agents
 
     check_name(name)
+    cron, window = _adaptive_cron(cron, window, adaptive)
     zone = timezone if timezone is not None else cronlib.local_zone_name()
     now = store.clock.now_ms()
     cronlib.parse(cron, zone, now_ms=now)
@@ -93,6 +112,7 @@ def define(store: EventStore, name: str, cron: str, agent: str, task: str, *,
         by=by, name=name, cron=" ".join(cron.split()), agent=agent, task=task, timezone=zone,
         jitter_ms=jitter_ms, missed=policy.kind, backfill_max=policy.backfill_max,
         catchup_window_ms=policy.catchup_window_ms, overlap=overlap, enabled=enabled,
+        window=window, adaptive=adaptive,
     )
     with store.transaction() as tx:
         found = tx.query_one("SELECT source FROM schedules WHERE name = ?", (name,))
@@ -100,6 +120,27 @@ def define(store: EventStore, name: str, cron: str, agent: str, task: str, *,
             raise UsageError(f"schedule {name!r} exists; sp schedule add --replace redefines it")
         tx.append(stream_of(name), [event], tx.stream_version(stream_of(name)))
     return event
+
+
+def _adaptive_cron(cron: str | None, window: str | None, adaptive: bool) -> tuple[str, str]:
+    """(cron, window text): an adaptive schedule's cron is its window's start, daily.
+
+    :raises UsageError: neither or both of a cron expression and an adaptive window.
+    """
+    if window is None and not adaptive:
+        if cron is None:
+            raise UsageError("give --cron EXPR, or --window HH:MM-HH:MM --adaptive")
+        return cron, ""
+    if window is None:
+        raise UsageError("--adaptive needs --window HH:MM-HH:MM (where it may run)")
+    if not adaptive:
+        raise UsageError("--window goes with --adaptive (run at the quietest minute in it)")
+    if cron is not None:
+        raise UsageError("--adaptive picks the time inside --window itself: leave out --cron")
+    from triggers.adaptive import parse_window
+
+    parsed = parse_window(window)
+    return parsed.daily_cron(), parsed.text()
 
 
 def _change(store: EventStore, name: str, make: Callable[[], ev.Event],
@@ -139,18 +180,18 @@ def get(store: EventStore, name: str) -> dict[str, Any]:
     found = store.query_one(f"{_SELECT} WHERE name = ?", (name,))
     if found is None:
         raise ScheduleNotFoundError(name)
-    return _with_next(_row(found))
+    return _with_next(_row(found), store)
 
 
 def listing(store: EventStore) -> list[dict[str, Any]]:
-    return [_with_next(_row(r)) for r in store.query(f"{_SELECT} ORDER BY name")]
+    return [_with_next(_row(r), store) for r in store.query(f"{_SELECT} ORDER BY name")]
 
 
-def _with_next(row: dict[str, Any]) -> dict[str, Any]:
+def _with_next(row: dict[str, Any], store: EventStore) -> dict[str, Any]:
     """Add ``next_slot_ms`` (the first slot after the cursor: due when already past) and the
     missed policy as written."""
     try:
-        cron = cronlib.parse(row["cron"], row["timezone"])
+        cron = slots_of(store.query, row)
         row["next_slot_ms"] = cron.next_after(row["cursor_ms"])
     except UsageError:
         row["next_slot_ms"] = None
@@ -243,7 +284,7 @@ def _fire_one(store: EventStore, tx: Transaction, row: dict[str, Any], now: int,
               report: TickReport) -> None:
     name = row["name"]
     try:
-        cron = cronlib.parse(row["cron"], row["timezone"])
+        cron = slots_of(tx.query, row)
     except UsageError as e:  # e.g. the zone vanished from an updated tzdata
         report.errors.append(f"schedule {name}: {e}")
         return
@@ -264,6 +305,8 @@ def _fire_one(store: EventStore, tx: Transaction, row: dict[str, Any], now: int,
                                    "reason": item.reason})
             continue
         fired = _fire(store, tx, row, item, now, running, draw, by, configs)
+        if isinstance(fired, ev.ScheduleFired) and isinstance(cron, AdaptiveDaily):
+            fired = msgspec.structs.replace(fired, adaptive=cron.explain(item.slot_ms))
         events.append(fired)
         if isinstance(fired, ev.ScheduleFired):
             report.fired.append({"name": name, "slot_ms": item.slot_ms,

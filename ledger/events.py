@@ -231,6 +231,11 @@ class ScheduleDefined(Event, frozen=True, tag="schedule.defined"):
     overlap: str = "skip"
     source: str = ""  # "" typed by a person; "agent:<id>" from an agent file
     enabled: bool = True
+    # Adaptive (``--window 01:00-05:00 --adaptive``): once a day inside the window (local
+    # time in ``timezone``), at the minute of lowest recorded load; ``cron`` is then the
+    # window's start, daily (the fallback, and what exports run).
+    window: str = ""
+    adaptive: bool = False
 
 
 class ScheduleRemoved(Event, frozen=True, tag="schedule.removed"):
@@ -256,6 +261,9 @@ class ScheduleFired(Event, frozen=True, tag="schedule.fired"):
     missed: bool = False  # a catch-up run of a missed slot (the missed-run policy)
     cause: str = ""  # why it was missed: no_tick | suspended | restarted
     running: str | None = None  # overlap queue/allow: the previous run, still going
+    # An adaptive schedule's choice of slot_ms: {"basis": "load_history" | "window_start",
+    # "minute", "load1", "cpu_pct", "samples", "days", "window"}
+    adaptive: dict[str, Any] = {}
 
 
 class ScheduleSkipped(Event, frozen=True, tag="schedule.skipped"):
@@ -370,6 +378,16 @@ class TriggerFired(Event, frozen=True, tag="trigger.fired"):
     detail: str = ""
 
 
+class AlertSent(Event, frozen=True, tag="alert.sent"):
+    """``send_alert(message)`` from a continuous action or an action's Python code
+    (stream ``alerts``)."""
+
+    message: str
+    level: str = "warning"  # info | warning | error | critical
+    source: str = ""  # "continuous:<name>", "action:<id>", ...
+    agent: str = ""
+
+
 AnyEvent = (
     ActionSubmitted
     | ActionValidationStarted
@@ -395,6 +413,7 @@ AnyEvent = (
     | AgentConfigured
     | TriggersApplied
     | TriggerFired
+    | AlertSent
     | PlanApplied
     | PlanStarted
     | PlanStopRequested

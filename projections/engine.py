@@ -14,17 +14,30 @@ from ledger.errors import CorruptEventError
 from ledger.store import EventStore, Recorded, Transaction, _split_sql
 from machines.action import FOLD, ActionState
 
-from . import actions, checkpoints, control, metrics, plans, queue, rollback, schedules, views
+from . import (
+    actions,
+    alerts,
+    checkpoints,
+    control,
+    metrics,
+    plans,
+    queue,
+    rollback,
+    schedules,
+    triggers,
+    views,
+)
 from .rows import RowDict, Rows, Table
 from .version import PROJECTION_VERSION
 
 TABLES: dict[str, Table] = {
     t.name: t
     for t in (actions.TABLE, *queue.TABLES, *metrics.TABLES, *rollback.TABLES,
-              *checkpoints.TABLES, *control.TABLES, *schedules.TABLES, *plans.TABLES)
+              *checkpoints.TABLES, *control.TABLES, *schedules.TABLES, *plans.TABLES,
+              *triggers.TABLES, *alerts.TABLES)
 }
 DDL = "\n".join([actions.DDL, queue.DDL, metrics.DDL, rollback.DDL, checkpoints.DDL,
-                 control.DDL, schedules.DDL, plans.DDL])
+                 control.DDL, schedules.DDL, plans.DDL, triggers.DDL, alerts.DDL])
 TRACKING_DDL = (
     "CREATE TABLE IF NOT EXISTS projection_tracking (name TEXT PRIMARY KEY, seq INTEGER NOT NULL)"
     " WITHOUT ROWID"
@@ -45,7 +58,8 @@ Handler = Callable[[RowDict, Recorded, Any], None]
 
 # Events that are not about one action, by type.
 _OTHER: dict[str, Callable[[Rows, Recorded], None]] = {
-    **control.HANDLERS, **schedules.HANDLERS, **plans.HANDLERS,
+    **control.HANDLERS, **schedules.HANDLERS, **plans.HANDLERS, **triggers.HANDLERS,
+    **alerts.HANDLERS,
 }
 
 

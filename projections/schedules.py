@@ -29,6 +29,8 @@ CREATE TABLE schedules (
     backfill_max      INTEGER NOT NULL,
     catchup_window_ms INTEGER NOT NULL,
     overlap           TEXT NOT NULL,     -- skip | queue | allow
+    run_window        TEXT NOT NULL,     -- adaptive: 'HH:MM-HH:MM' local time ('' if not)
+    adaptive          INTEGER NOT NULL,  -- 1: once a day in run_window, at the quietest minute
     source            TEXT NOT NULL,     -- '' typed by a person, 'agent:<id>' from its file
     enabled           INTEGER NOT NULL,
     cursor_ms         INTEGER NOT NULL,  -- slots after this one are still to come
@@ -58,8 +60,9 @@ CREATE INDEX schedule_runs_by_slot ON schedule_runs (name, slot_ms);
 TABLES = (
     Table("schedules", (
         "name", "cron", "timezone", "agent", "task", "jitter_ms", "missed", "backfill_max",
-        "catchup_window_ms", "overlap", "source", "enabled", "cursor_ms", "defined_ms",
-        "updated_ms", "fired", "skipped", "last_slot_ms", "last_action_id", "version", "seq",
+        "catchup_window_ms", "overlap", "run_window", "adaptive", "source", "enabled",
+        "cursor_ms", "defined_ms", "updated_ms", "fired", "skipped", "last_slot_ms",
+        "last_action_id", "version", "seq",
     ), ("name",)),
     Table("schedule_runs", ("seq", "name", "slot_ms", "last_slot_ms", "outcome", "count",
                             "reason", "action_id", "ts"), ("seq",)),
@@ -94,7 +97,8 @@ def _defined(rows: Rows, rec: Recorded) -> None:
         "name": name, "cron": e.cron, "timezone": e.timezone, "agent": e.agent,
         "task": e.task, "jitter_ms": e.jitter_ms, "missed": e.missed,
         "backfill_max": e.backfill_max, "catchup_window_ms": e.catchup_window_ms,
-        "overlap": e.overlap, "source": e.source, "enabled": int(e.enabled),
+        "overlap": e.overlap, "run_window": e.window, "adaptive": int(e.adaptive),
+        "source": e.source, "enabled": int(e.enabled),
         "cursor_ms": max(rec.ts, prev["cursor_ms"]) if prev else rec.ts,
         "defined_ms": prev["defined_ms"] if prev else rec.ts, "updated_ms": rec.ts,
         "fired": prev["fired"] if prev else 0, "skipped": prev["skipped"] if prev else 0,

@@ -88,7 +88,7 @@ def test_every_event_type_has_a_distinct_explicit_tag() -> None:
     assert len(set(tags)) == len(tags) == len(ev.EVENT_TYPES)
     for cls, tag in zip(ev.EVENT_TYPES, tags, strict=True):
         noun, _, verb = tag.partition(".")
-        assert noun in {"action", "agent", "control", "schedule", "plan", "trigger"}
+        assert noun in {"action", "agent", "control", "schedule", "plan", "trigger", "alert"}
         assert verb and tag != cls.__name__
 
 

@@ -35,6 +35,7 @@ continuous:
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 import msgspec
@@ -97,9 +98,10 @@ class Condition(_Strict, frozen=True):
 
 
 class Continuous(_Strict, frozen=True):
-    interval: Duration
+    interval: Duration | None = None  # required with action:; python: may take the decorator's
     action: str | None = None         # a task to submit each interval
     python: str | None = None         # or "module:function" called with a context
+    settings: dict[str, Any] = {}     # what the function reads as context.<key>
 
 
 class TriggerFile(_Strict, frozen=True):
@@ -107,6 +109,7 @@ class TriggerFile(_Strict, frozen=True):
     triggers: Triggers = Triggers()
     conditions: dict[str, Condition] = {}
     continuous: dict[str, Continuous] = {}
+    load_samples: bool = True         # the daemon records load for adaptive schedules
 
 
 def decode_triggers(raw: Any, source: str) -> TriggerFile:
@@ -125,14 +128,31 @@ def decode_triggers(raw: Any, source: str) -> TriggerFile:
     ]
     for kind, i, action in named:
         _check_action(doc, action, f"{source}: $.triggers.{kind}[{i}].action")
+    for i, serial in enumerate(doc.triggers.hardware):
+        try:
+            re.compile(serial.pattern)
+        except re.error as e:
+            raise UsageError(f"{source}: $.triggers.hardware[{i}].pattern: not a regular "
+                             f"expression: {e}") from None
+    from .conditions import parse_condition
+
     for name, cond in doc.conditions.items():
         _check_action(doc, cond.action, f"{source}: $.conditions.{name}.action")
+        parse_condition(cond, f"{source}: $.conditions.{name}")
     for name, cont in doc.continuous.items():
         if (cont.action is None) == (cont.python is None):
             raise UsageError(f"{source}: $.continuous.{name}: needs exactly one of action or "
                              "python")
         if cont.action:
             _check_action(doc, cont.action, f"{source}: $.continuous.{name}.action")
+            if cont.interval is None:
+                raise UsageError(f"{source}: $.continuous.{name}.interval: required with action")
+        if cont.python is not None:
+            from .continuous import check_python
+
+            check_python(doc, cont.python, f"{source}: $.continuous.{name}")
+        if cont.interval is not None and cont.interval <= 0:
+            raise UsageError(f"{source}: $.continuous.{name}.interval: must be positive")
     return doc
 
 

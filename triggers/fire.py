@@ -17,6 +17,27 @@ def stream_of(trigger: str) -> str:
     return f"trigger:{trigger}"
 
 
+# Environment strings longer than 128 KiB make exec fail (Linux MAX_ARG_STRLEN): a bigger
+# payload is left out of $SP_PAYLOAD (it is in the action's submitted event: sp audit ID).
+PAYLOAD_ENV_MAX = 32 * 1024
+
+
+def trigger_env(trigger: str, kind: str, payload: dict[str, Any]) -> dict[str, str]:
+    """What a triggered action's process sees: ``$SP_TRIGGER``, ``$SP_TRIGGER_KIND``,
+    ``$SP_PAYLOAD`` (the payload as JSON, when it is at most 32 KiB) and, for files,
+    ``$SP_TRIGGER_PATH``."""
+    import msgspec
+
+    env = {"SP_TRIGGER": trigger, "SP_TRIGGER_KIND": kind}
+    text = msgspec.json.encode(payload).decode()
+    if len(text) <= PAYLOAD_ENV_MAX:
+        env["SP_PAYLOAD"] = text
+    path = payload.get("path")
+    if kind == "filesystem" and isinstance(path, str):
+        env["SP_TRIGGER_PATH"] = path
+    return env
+
+
 def fire(store: EventStore, trigger: str, kind: str, agent: str, task: str,
          payload: dict[str, Any], *, detail: str = "", key: str | None = None,
          by: str = "") -> str | None:
@@ -29,7 +50,8 @@ def fire(store: EventStore, trigger: str, kind: str, agent: str, task: str,
 
     config = agents.get(store, agent)
     spec = agents.task_spec(config, task)
-    spec = msgspec.structs.replace(spec, payload=payload, key=key)
+    spec = msgspec.structs.replace(spec, payload=payload, key=key,
+                                   env={**spec.env, **trigger_env(trigger, kind, payload)})
     with store.transaction() as tx:
         if key is not None:
             row = tx.query_one("SELECT action_id FROM actions WHERE idem_key = ?", (key,))

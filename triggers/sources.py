@@ -24,9 +24,10 @@ class SourceContext:
     """What a source may use: its own ledger connection, the clock, fire() and a log line."""
 
     def __init__(self, home: Home, doc: TriggerFile, clock: Clock | None = None,
-                 log: Callable[[str], None] | None = None) -> None:
+                 log: Callable[[str], None] | None = None, source: str | None = None) -> None:
         self.home = home
         self.doc = doc
+        self.source = source  # the trigger file's path: relative paths in it start there
         self.clock: Clock = clock or SystemClock()
         self._log = log or (lambda _msg: None)
         self._local = threading.local()
