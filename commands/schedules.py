@@ -76,7 +76,8 @@ def slots_of(query: Any, row: dict[str, Any]) -> cronlib.Cron:
     """
     from triggers.adaptive import slots_of as slots
 
-    return slots(row["cron"], row["timezone"], row["run_window"], row["adaptive"], query)
+    return slots(row["cron"], row["timezone"], row["run_window"], row["adaptive"], query,
+                 row["last_slot_ms"])
 
 
 def policy_of(row: dict[str, Any]) -> MissedPolicy:

@@ -176,6 +176,21 @@ def test_without_history_it_runs_at_the_windows_start(store: EventStore, clock: 
                               "minute": "01:00", "samples": 0, "days": adaptive.LEARN_DAYS}
 
 
+def test_samples_arriving_late_never_fire_a_day_twice(store: EventStore, clock: ManualClock,
+                                                     agent: None) -> None:
+    schedules.define(store, "quiet", None, "db-001", "reindex", timezone="UTC",
+                     window="01:00-05:00", adaptive=True)
+    move_to(clock, at("01:00"))
+    assert tick(store) == [at("01:00")]  # no history: the window's start
+    cancel_runs(store)
+    add_samples(store, 0, {"03:00": 0.0})  # yesterday's samples, recorded only now
+    for hhmm in ("02:59", "03:00", "03:01", "04:59"):
+        move_to(clock, at(hhmm))
+        assert tick(store) == []
+    move_to(clock, at("03:00", 2))
+    assert tick(store) == [at("03:00", 2)]  # the next day learns from them
+
+
 def test_a_day_missed_follows_the_missed_run_policy(store: EventStore, clock: ManualClock,
                                                     agent: None) -> None:
     schedules.define(store, "quiet", None, "db-001", "reindex", timezone="UTC",

@@ -12,7 +12,9 @@ Because a day's choice reads only samples recorded *before* its window opens, it
 the time it can fire: a tick late in the window sees the same slot as one early in it, so the
 schedule fires once a day, exactly once, with the usual missed-run and overlap policies. It is
 deterministic given the samples; the choice (and what it rested on) is recorded in
-``schedule.fired`` (``adaptive``).
+``schedule.fired`` (``adaptive``). Should a sample still arrive late (a clock stepped back), a
+day whose window already holds the schedule's last fire keeps that fire as its slot: never a
+second run the same day.
 
 :class:`AdaptiveDaily` offers the slots through :class:`triggers.cron.Cron`'s interface, so
 that :func:`triggers.plan.plan` and the tick treat it like any schedule.
@@ -138,12 +140,25 @@ class AdaptiveDaily(Cron):
     samples of the :data:`LEARN_DAYS` days before the day's window opens."""
 
     def __init__(self, window: Window, tz_name: str, query: Query,
-                 learn_days: int = LEARN_DAYS) -> None:
+                 learn_days: int = LEARN_DAYS, last_fired_ms: int | None = None) -> None:
         super().__init__(window.daily_cron(), zone(tz_name))
         self.window = window
         self.learn_days = learn_days
+        self.last_fired_ms = last_fired_ms
         self._query = query
         self._choices: dict[date, Choice] = {}
+
+    def slot_of(self, day: date) -> int:
+        """The day's slot: its choice, or the schedule's last fire if that fell in the day's
+        window (a day runs once, whatever samples arrived since)."""
+        fired = self.last_fired_ms
+        if fired is not None and window_start_ms(self.window, day, self.tz) <= fired < \
+                self._window_end_ms(day):
+            return fired
+        return self.choice(day).slot_ms
+
+    def _window_end_ms(self, day: date) -> int:
+        return _local_ms(day, self.window.start_min + self.window.length_min, self.tz)
 
     def choice(self, day: date) -> Choice:
         found = self._choices.get(day)
@@ -160,7 +175,7 @@ class AdaptiveDaily(Cron):
         # The window of the day before may still be open (it may cross midnight).
         day = self._day_of(ms) - timedelta(days=1)
         for i in range(4):
-            slot = self.choice(day + timedelta(days=i)).slot_ms
+            slot = self.slot_of(day + timedelta(days=i))
             if slot > ms:
                 return slot
         return None  # unreachable: every day has a slot
@@ -169,10 +184,9 @@ class AdaptiveDaily(Cron):
         out: list[int] = []
         day = self._day_of(now_ms) + timedelta(days=1)
         while True:
-            opens = window_start_ms(self.window, day, self.tz)
-            if opens + self.window.length_min * 60_000 <= after_ms:
+            if self._window_end_ms(day) <= after_ms:
                 return out, False  # this day's slot, and every earlier one, is not after it
-            slot = self.choice(day).slot_ms
+            slot = self.slot_of(day)
             if after_ms < slot <= now_ms and (not out or slot < out[-1]):
                 if len(out) == limit:
                     return out, True
@@ -189,13 +203,16 @@ class AdaptiveDaily(Cron):
         return {"window": self.window.text()}
 
 
-def slots_of(cron: str, timezone: str, window: str, adaptive: bool, query: Query) -> Cron:
-    """A schedule's slots: its cron expression, or the adaptive choice within its window.
+def slots_of(cron: str, timezone: str, window: str, adaptive: bool, query: Query,
+             last_fired_ms: int | None = None) -> Cron:
+    """A schedule's slots: its cron expression, or the adaptive choice within its window
+    (``last_fired_ms``: the slot of its last fire).
 
     :raises UsageError: the expression, zone or window is not (or no longer) valid.
     """
     from .cron import parse
 
     if adaptive:
-        return AdaptiveDaily(parse_window(window), timezone, query)
+        return AdaptiveDaily(parse_window(window), timezone, query,
+                             last_fired_ms=last_fired_ms)
     return parse(cron, timezone)
