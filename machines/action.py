@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from ledger import events as ev
 from ledger.errors import InvalidTransitionError
 
+from .lifecycle import Lifecycle
 from .states import ACTIVE, FINAL, WAITING, ActionState
 
 __all__ = ["ACTIVE", "FINAL", "WAITING", "ActionState"]
@@ -88,74 +89,21 @@ TRIGGER_OF: dict[type[ev.Event], str] = {
 INITIAL_EVENT = ev.ActionSubmitted
 
 
-def _declared() -> dict[tuple[ActionState, str], ActionState]:
-    """(state, trigger) -> destination, read from the TRANSITIONS rows (as Machine reads them)."""
-    table: dict[tuple[ActionState, str], ActionState] = {}
-    for row in TRANSITIONS:
-        sources = row["source"] if isinstance(row["source"], list) else [row["source"]]
-        for src in sources:
-            table.setdefault((src, row["trigger"]), src if row["dest"] is None else row["dest"])
-    return table
-
-
-def _compile(machine: Machine) -> dict[tuple[ActionState, str], ActionState]:
-    table: dict[tuple[ActionState, str], ActionState] = {}
-    for trigger, event in machine.events.items():
-        for source, transitions in event.transitions.items():
-            src = ActionState[source]
-            dest = transitions[0].dest
-            table[(src, trigger)] = src if dest is None else ActionState[dest]
-    return table
-
-
-# (state, trigger) -> destination; absent pairs are illegal.
-TABLE: dict[tuple[ActionState, str], ActionState] = _declared()
-TRIGGERS: tuple[str, ...] = tuple(dict.fromkeys(row["trigger"] for row in TRANSITIONS))
-# For replay: (state, event tag) -> destination, skipping even the trigger lookup.
-FOLD: dict[tuple[ActionState, str], ActionState] = {
-    (state, ev.tag_of(cls)): dest
-    for cls, trig in TRIGGER_OF.items()
-    for (state, t), dest in TABLE.items()
-    if t == trig
-}
-
-
-class _Model:
-    """A model pinned to one state: only ever asked ``may_<trigger>()``, never triggered."""
-
-    state: ActionState
-
-
-# One model per state, attached once; asking may_<trigger>() does not move it.
-_MODELS: dict[ActionState, _Model] = {}
-_MACHINE: list[Machine] = []
-
-
-def _machine() -> Machine:
-    """The ``transitions`` Machine of the lifecycle, built on first use."""
-    if not _MACHINE:
-        from transitions import Machine
-
-        machine = Machine(
-            model=None,
-            states=ActionState,
-            transitions=TRANSITIONS,
-            initial=S.PENDING,
-            auto_transitions=False,
-            ignore_invalid_triggers=False,
-        )
-        if _compile(machine) != TABLE or tuple(machine.events) != TRIGGERS:
-            raise RuntimeError("the lifecycle Machine and its compiled table disagree")
-        for state in ActionState:
-            _MODELS[state] = _Model()
-            machine.add_model(_MODELS[state], initial=state)
-        _MACHINE.append(machine)
-    return _MACHINE[0]
+LIFECYCLE: Lifecycle[ActionState] = Lifecycle(
+    "action", ActionState, TRANSITIONS, S.PENDING, TRIGGER_OF,
+    lambda action_id, state, trigger: InvalidTransitionError(action_id, state.value, trigger),
+)
+TABLE = LIFECYCLE.table
+TRIGGERS = LIFECYCLE.triggers
+FOLD = LIFECYCLE.fold
+check = LIFECYCLE.check
+check_event = LIFECYCLE.check_event
+is_legal = LIFECYCLE.is_legal
 
 
 def __getattr__(name: str) -> Any:
     if name == "MACHINE":
-        return _machine()
+        return LIFECYCLE.machine
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -163,25 +111,3 @@ if TYPE_CHECKING:
     from transitions import Machine
 
     MACHINE: Machine
-
-
-def check(action_id: str, state: ActionState, trigger: str) -> ActionState:
-    """Ask the live Machine whether ``trigger`` is legal in ``state``; return the destination.
-
-    :raises InvalidTransitionError: the transition is not in the table.
-    """
-    if not _MODELS:
-        _machine()
-    may = getattr(_MODELS[state], f"may_{trigger}", None)
-    if may is None or not may():
-        raise InvalidTransitionError(action_id, state.value, trigger)
-    return TABLE[(state, trigger)]
-
-
-def check_event(action_id: str, state: ActionState, event: ev.Event) -> ActionState:
-    """:func:`check` for the trigger that ``event`` names."""
-    return check(action_id, state, TRIGGER_OF[type(event)])
-
-
-def is_legal(state: ActionState, trigger: str) -> bool:
-    return (state, trigger) in TABLE

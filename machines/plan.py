@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Any
 from ledger import events as ev
 from ledger.errors import InvalidTransitionError, SpError
 
+from .lifecycle import Lifecycle
+
 
 class PlanState(Enum):
     PENDING = "pending"
@@ -73,64 +75,21 @@ INITIAL_EVENT = ev.PlanApplied
 SETTLED = frozenset({P.COMPLETED, P.FAILED, P.ROLLED_BACK, P.ROLLBACK_FAILED})
 
 
-def _declared() -> dict[tuple[PlanState, str], PlanState]:
-    table: dict[tuple[PlanState, str], PlanState] = {}
-    for row in TRANSITIONS:
-        sources = row["source"] if isinstance(row["source"], list) else [row["source"]]
-        for src in sources:
-            table.setdefault((src, row["trigger"]), src if row["dest"] is None else row["dest"])
-    return table
-
-
-# (state, trigger) -> destination; absent pairs are illegal.
-TABLE: dict[tuple[PlanState, str], PlanState] = _declared()
-TRIGGERS: tuple[str, ...] = tuple(dict.fromkeys(row["trigger"] for row in TRANSITIONS))
-# For replay: (state, event tag) -> destination.
-FOLD: dict[tuple[PlanState, str], PlanState] = {
-    (state, ev.tag_of(cls)): dest
-    for cls, trig in TRIGGER_OF.items()
-    for (state, t), dest in TABLE.items()
-    if t == trig
-}
-
-
-class _Model:
-    """A model pinned to one state: only ever asked ``may_<trigger>()``, never triggered."""
-
-    state: PlanState
-
-
-_MODELS: dict[PlanState, _Model] = {}
-_MACHINE: list[Machine] = []
-
-
-def _machine() -> Machine:
-    """The ``transitions`` Machine of the plan lifecycle, built on first use."""
-    if not _MACHINE:
-        from transitions import Machine
-
-        machine = Machine(
-            model=None, states=PlanState, transitions=TRANSITIONS, initial=P.PENDING,
-            auto_transitions=False, ignore_invalid_triggers=False,
-        )
-        compiled: dict[tuple[PlanState, str], PlanState] = {}
-        for trigger, event in machine.events.items():
-            for source, transitions in event.transitions.items():
-                dest = transitions[0].dest
-                compiled[(PlanState[source], trigger)] = (
-                    PlanState[source] if dest is None else PlanState[dest])
-        if compiled != TABLE or tuple(machine.events) != TRIGGERS:
-            raise RuntimeError("the plan Machine and its compiled table disagree")
-        for state in PlanState:
-            _MODELS[state] = _Model()
-            machine.add_model(_MODELS[state], initial=state)
-        _MACHINE.append(machine)
-    return _MACHINE[0]
+LIFECYCLE: Lifecycle[PlanState] = Lifecycle(
+    "plan", PlanState, TRANSITIONS, P.PENDING, TRIGGER_OF,
+    lambda plan_id, state, trigger: PlanTransitionError(plan_id, state.value, trigger),
+)
+TABLE = LIFECYCLE.table
+TRIGGERS = LIFECYCLE.triggers
+FOLD = LIFECYCLE.fold
+check = LIFECYCLE.check
+check_event = LIFECYCLE.check_event
+is_legal = LIFECYCLE.is_legal
 
 
 def __getattr__(name: str) -> Any:
     if name == "MACHINE":
-        return _machine()
+        return LIFECYCLE.machine
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -138,25 +97,3 @@ if TYPE_CHECKING:
     from transitions import Machine
 
     MACHINE: Machine
-
-
-def check(plan_id: str, state: PlanState, trigger: str) -> PlanState:
-    """Ask the live Machine whether ``trigger`` is legal in ``state``; return the destination.
-
-    :raises PlanTransitionError: the transition is not in the table.
-    """
-    if not _MODELS:
-        _machine()
-    may = getattr(_MODELS[state], f"may_{trigger}", None)
-    if may is None or not may():
-        raise PlanTransitionError(plan_id, state.value, trigger)
-    return TABLE[(state, trigger)]
-
-
-def check_event(plan_id: str, state: PlanState, event: ev.Event) -> PlanState:
-    """:func:`check` for the trigger that ``event`` names."""
-    return check(plan_id, state, TRIGGER_OF[type(event)])
-
-
-def is_legal(state: PlanState, trigger: str) -> bool:
-    return (state, trigger) in TABLE
