@@ -83,6 +83,15 @@ def known() -> list[str]:
 def _load_builtins() -> None:
     if "shell" not in _TYPES:
         from . import shell  # noqa: F401  (registers itself)
+    if "run_tests" not in _TYPES:
+        from . import tests_type  # noqa: F401  (registers itself)
+    if "deploy" not in _TYPES:
+        from . import preview  # noqa: F401  (registers deploy and generate_preview)
+    if "modify_files" not in _TYPES:
+        from . import files, template, tooling  # noqa: F401  (register themselves)
+    from . import custom
+
+    custom.load_entry_points()  # other packages' types (sp.action_types), once
 
 
 def find_program(program: str, cwd: str | None = None, env: dict[str, str] | None = None) -> bool:

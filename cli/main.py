@@ -165,9 +165,22 @@ def warn(message: str) -> None:
 
 
 def _register() -> None:
-    from . import action, agent, ledger_cmds, plan, schedule, trigger, worker
+    from . import (
+        action,
+        agent,
+        deploy,
+        ledger_cmds,
+        live,
+        monitor,
+        plan,
+        report,
+        schedule,
+        trigger,
+        worker,
+    )
 
-    for module in (action, agent, ledger_cmds, worker, schedule, plan, trigger):
+    for module in (action, agent, ledger_cmds, worker, schedule, plan, trigger, deploy, monitor,
+                   live, report):
         for command in module.COMMANDS:
             cli.add_command(command)
 

@@ -117,19 +117,34 @@ def plan_list(app: App, limit: int, fmt: str) -> None:
 
 @plan.command("status")
 @click.argument("plan_id")
+@click.option("--timeline", is_flag=True,
+              help="A text Gantt chart of the actions (waiting, running, retries) from events.")
 @format_option()
 @pass_app
-def plan_status(app: App, plan_id: str, fmt: str) -> None:
+def plan_status(app: App, plan_id: str, fmt: str, timeline: bool) -> None:
     """Show a plan's state and its graph: each action's state, dependencies and outcome.
 
     \b
     Example:
       sp plan status 3f2a
+      sp plan status 3f2a --timeline
     """
     from commands import plans
 
     store = app.store(write=False)
     doc = plans.status(store, plans.resolve(store, plan_id))
+    if timeline:
+        from cli.monitor import render_timeline
+        from projections.monitoring import timeline as plan_timeline
+
+        tl = plan_timeline(store, [(s["step"], s["action_id"]) for s in doc["actions"]])
+        if fmt == "json":
+            echo_json(tl)
+        else:
+            click.echo(f"plan {doc['plan_id']} {doc['name']}: {doc['state']}")
+            for line in render_timeline(tl):
+                click.echo(line)
+        return
     if fmt == "json":
         echo_json(doc)
         return

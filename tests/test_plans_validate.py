@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+import actions
 from plans import graph
 from plans.load import check_plan
 from plans.model import MAX_DEPTH
@@ -67,7 +68,8 @@ def test_validate_reports_every_problem_with_its_path(sp: Sp, tmp_path: Path) ->
     f = str(path)
     expected = [
         f"{f}: $.on_failure: expected one of rollback, stop, continue, got 'maybe'",
-        f"{f}: $.actions[0].type: unknown action type 'shel' (known: shell)",
+        f"{f}: $.actions[0].type: unknown action type 'shel' "
+        f"(known: {', '.join(actions.known())})",
         f"{f}: $.actions[1].dependson: unknown field (did you mean 'depends_on'?)",
         f'{f}: $.actions[1].timeout: expected a duration like "30s", "10m" or "2h", got \'7x\'',
         f"{f}: $.actions[1].payload.cwd: Expected `str | null`, got `int`",
@@ -159,7 +161,8 @@ actions:
   - {id: c, plan: loop.yaml}
 """))
     assert [str(p) for p in problems] == [
-        f"{tmp_path}/inc.yaml: $.actions[0].type: unknown action type 'nope' (known: shell)",
+        f"{tmp_path}/inc.yaml: $.actions[0].type: unknown action type 'nope' "
+        f"(known: {', '.join(actions.known())})",
         f"{tmp_path}/plan.yaml: $.actions[1].plan: {tmp_path}/missing.yaml: cannot read: "
         "No such file or directory",
         f"{tmp_path}/loop.yaml: $.actions[0].plan: the plan includes itself: "

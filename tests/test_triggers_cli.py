@@ -209,7 +209,7 @@ triggers:
              config], stdout=subprocess.DEVNULL, stderr=stderr, cwd=REPO,
             env={**os.environ, "SP_TEST_TOKEN": "tok"})
     try:
-        wait_for(lambda: "listening" in err.read_text(), timeout=10)
+        wait_for(lambda: "listening" in err.read_text(), timeout=45)
         (incoming / "a.csv").write_text("1,2\n")
         (incoming / "skip.txt").write_text("no\n")
 
@@ -217,7 +217,7 @@ triggers:
             rows = json.loads(sp("status", "--format", "json").stdout)["actions"]
             return [r for r in rows if r["state"] == "completed"]
 
-        ((row,),) = [wait_for(done, timeout=10)]
+        ((row,),) = [wait_for(done, timeout=45)]
         assert row["task"] == "process_new_file"
         assert row["result"]["tail"] == [f"got {incoming / 'a.csv'}"]
 
@@ -225,7 +225,7 @@ triggers:
                                      data=b'{"v": 2}', headers={"X-SP-Token": "tok"})
         with urllib.request.urlopen(req, timeout=5) as resp:
             action_id = json.loads(resp.read())["action_id"]
-        wait_for(lambda: len(done()) == 2, timeout=10)
+        wait_for(lambda: len(done()) == 2, timeout=45)
         (hook,) = [r for r in done() if r["action_id"] == action_id]
         assert hook["result"]["tail"] == ['hook {"v":2}']
 
@@ -238,7 +238,7 @@ triggers:
     - {{port: {port2}, name: v2, secret: tok2, action: handle_webhook}}
 """, "v2.yaml"))
         proc.send_signal(signal.SIGHUP)
-        wait_for(lambda: "reloaded: webhook:127.0.0.1:" in err.read_text(), timeout=10)
+        wait_for(lambda: "reloaded: webhook:127.0.0.1:" in err.read_text(), timeout=45)
         req = urllib.request.Request(f"http://127.0.0.1:{port2}/hooks/v2", data=b"{}",
                                      headers={"Authorization": "Bearer tok2"})
         with urllib.request.urlopen(req, timeout=5) as resp:
@@ -249,7 +249,7 @@ triggers:
 
         start = time.monotonic()
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=10) == 0
+        assert proc.wait(timeout=45) == 0
         assert time.monotonic() - start < 5
     finally:
         if proc.poll() is None:
