@@ -226,3 +226,25 @@ def test_home_from_environment(tmp_path: Path) -> None:
                        cwd=Path(__file__).resolve().parent.parent)
     assert p.returncode == 0, p.stderr
     assert (home / "ledger.db").exists() and (home / "logs").is_dir()
+
+
+@pytest.mark.parametrize("shell", ["bash", "zsh", "fish"])
+def test_shell_completion_scripts(shell: str) -> None:
+    import os
+    import subprocess
+    import sys
+
+    p = subprocess.run([sys.executable, "-m", "cli"], capture_output=True, text=True,
+                       env={**os.environ, "_SP_COMPLETE": f"{shell}_source"})
+    assert p.returncode == 0 and "_sp_completion" in p.stdout
+
+
+def test_shell_completion_completes_commands() -> None:
+    import os
+    import subprocess
+    import sys
+
+    p = subprocess.run([sys.executable, "-m", "cli"], capture_output=True, text=True,
+                       env={**os.environ, "_SP_COMPLETE": "bash_complete",
+                            "COMP_WORDS": "sp sta", "COMP_CWORD": "1"})
+    assert "plain,status" in p.stdout.splitlines()

@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from commands.home import Home
 from ledger.clock import ManualClock
 from projections.monitoring import metrics
@@ -247,3 +249,30 @@ def test_html_report_is_self_contained(sp: Sp, tmp_path: Path) -> None:
     assert "timeline" in check.ids and check.external == [] and "script" not in check.tags
     assert text.count("<rect") >= 2 and "good" in text and bad in text
     assert "last-words-here" in text and "Failing actions" in text
+
+
+@pytest.mark.slow
+def test_html_report_opens_in_headless_chromium(sp: Sp, tmp_path: Path) -> None:
+    import shutil
+    import subprocess
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("Debian's chromium is not installed (.ci/run installs it)")
+    sp("submit", "--agent", "a1", "--name", "good", "--", "true")
+    sp("submit", "--agent", "a1", "--name", "bad", "--", "sh", "-c", "echo boom; exit 4")
+    sp("worker", "--until-idle")
+    out = tmp_path / "r.html"
+    sp("report", "--html", str(out), "--since", "7d")
+    p = subprocess.run(
+        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+         "--no-first-run", "--disable-background-networking", "--disable-component-update",
+         "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}", "--enable-logging=stderr",
+         "--v=0", "--dump-dom", out.as_uri()],
+        capture_output=True, text=True, timeout=90,
+    )
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "id=\"timeline\"" in p.stdout or "id='timeline'" in p.stdout
+    assert "boom" in p.stdout  # the failing action's last log line is shown
+    console = [ln for ln in p.stderr.splitlines() if "CONSOLE" in ln or "Uncaught" in ln]
+    assert console == []
