@@ -276,3 +276,61 @@ def test_html_report_opens_in_headless_chromium(sp: Sp, tmp_path: Path) -> None:
     assert "boom" in p.stdout  # the failing action's last log line is shown
     console = [ln for ln in p.stderr.splitlines() if "CONSOLE" in ln or "Uncaught" in ln]
     assert console == []
+
+
+def test_live_monitor_redraws_at_the_new_size_after_a_resize(sp: Sp) -> None:
+    import fcntl
+    import pty
+    import re
+    import signal
+    import struct
+    import subprocess
+    import termios
+
+    def winsize(fd: int, rows: int, cols: int) -> None:
+        fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+
+    def widest(text: str) -> int:
+        # Cursor moves start a new line on screen; other escapes draw nothing.
+        moved = re.sub(r"\x1b\[[0-9;]*[HfABEFG]", "\n", text)
+        plain = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b[()][A-Z0-9]|\x1b[=>]", "", moved)
+        return max((len(line) for line in re.split(r"[\r\n]", plain)), default=0)
+
+    sp("submit", "--agent", "wide", "--task", "t", "--", "sleep", "30")
+    worker = sp.popen("worker", "--grace", "0")
+    master, slave = pty.openpty()
+    winsize(slave, 30, 160)
+    env = {k: v for k, v in os.environ.items() if k not in ("NO_COLOR", "COLUMNS", "LINES")}
+    mon = subprocess.Popen(
+        [sys.executable, "-m", "cli", "--home", str(sp.home.root), "monitor", "--live"],
+        stdin=slave, stdout=slave, stderr=slave, cwd=Path(__file__).resolve().parent.parent,
+        env={**env, "TERM": "xterm"}, close_fds=True,
+    )
+
+    def read_for(seconds: float) -> str:
+        out = ""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            sel = selectors.DefaultSelector()
+            sel.register(master, selectors.EVENT_READ)
+            if sel.select(timeout=0.1):
+                out += os.read(master, 65536).decode(errors="replace")
+        return out
+
+    try:
+        first = read_for(3.0)
+        assert widest(first) > 80  # drawn for 160 columns
+        winsize(slave, 20, 60)
+        mon.send_signal(signal.SIGWINCH)
+        read_for(0.5)  # the frame in flight when the size changed
+        after = read_for(2.5)
+        assert after and widest(after) <= 60  # redrawn for the new width, nothing wider
+        os.write(master, b"q")
+        assert mon.wait(timeout=15) == 0
+    finally:
+        if mon.poll() is None:
+            mon.kill()
+        worker.terminate()
+        worker.wait(timeout=30)
+        os.close(master)
+        os.close(slave)
