@@ -89,6 +89,12 @@ def _load_builtins() -> None:
         from . import preview  # noqa: F401  (registers deploy and generate_preview)
     if "modify_files" not in _TYPES:
         from . import files, template, tooling  # noqa: F401  (register themselves)
+    if "compress" not in _TYPES:
+        from . import archive  # noqa: F401  (registers compress and decompress)
+    if "http_request" not in _TYPES:
+        from . import http  # noqa: F401  (registers itself)
+    if "sqlite_query" not in _TYPES:
+        from . import sqlitedb  # noqa: F401  (registers itself)
     from . import custom
 
     custom.load_entry_points()  # other packages' types (sp.action_types), once

@@ -20,7 +20,8 @@ import msgspec
 
 from ledger.errors import UsageError
 
-TYPES = ("modify_files", "configure_tooling", "clone_template")
+TYPES = ("modify_files", "configure_tooling", "clone_template", "compress", "decompress",
+         "http_request", "sqlite_query")
 
 
 def argv_for(type_name: str, verb: str, payload: msgspec.Struct) -> list[str]:
@@ -39,6 +40,15 @@ def _module(type_name: str) -> Any:
     if type_name == "clone_template":
         from . import template
         return template
+    if type_name in ("compress", "decompress"):
+        from . import archive
+        return archive.RUNNERS[type_name]
+    if type_name == "http_request":
+        from . import http
+        return http
+    if type_name == "sqlite_query":
+        from . import sqlitedb
+        return sqlitedb
     raise UsageError(f"unknown built-in type {type_name!r} (known: {', '.join(TYPES)})")
 
 

@@ -180,7 +180,8 @@ def test_concurrency_n_is_respected_and_used(store: EventStore, home: Home,
 @pytest.mark.slow
 def test_two_workers_racing_never_run_one_action_twice(sp: Sp, tmp_path: Path) -> None:
     out = tmp_path / "ran.txt"
-    lines = "".join(f"echo {i} >> {out}\n" for i in range(60))
+    # Each takes a moment, so that both workers are still claiming when the other starts.
+    lines = "".join(f"sleep 0.05; echo {i} >> {out}\n" for i in range(60))
     ids = sp("submit", "--each", "-", input=lines).stdout.split()
     workers = [sp.popen("worker", "--until-idle", "-c", "2") for _ in range(2)]
     for w in workers:
