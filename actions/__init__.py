@@ -12,8 +12,10 @@ A type is registered once, under its name, with
 * ``check(payload, rollback)``: problems decoding cannot see (an empty command), each with
   its path below the step.
 
-Only ``shell`` exists today (:mod:`actions.shell`); ``modify_files``, ``clone_template``,
-``run_tests`` and the others plug in the same way, by calling :func:`register`.
+Built in: ``shell``, ``modify_files``, ``configure_tooling``, ``clone_template``, ``run_tests``,
+``deploy``/``generate_preview``, ``compress``/``decompress``, ``http_request``, ``sqlite_query``;
+other packages add theirs through :func:`register`, ``@action_type`` or the ``sp.action_types``
+entry point group (:mod:`actions.custom`).
 """
 
 from __future__ import annotations
