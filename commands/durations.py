@@ -2,31 +2,19 @@
 
 from __future__ import annotations
 
-import re
-
+from agents import units
 from ledger.errors import UsageError
-
-_UNITS_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
-_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
 
 
 def parse_duration_ms(text: str, where: str = "duration") -> int:
-    """Milliseconds in ``text``; a bare number means seconds.
+    """Milliseconds in ``text``; a bare number means seconds (the agents' own parser).
 
-    :raises UsageError: not a duration.
+    :raises UsageError: not a duration, naming ``where``.
     """
-    s = str(text).strip().lower().replace(" ", "")
-    if re.fullmatch(r"\d+(\.\d+)?", s):
-        return int(float(s) * 1000)
-    pos, total = 0, 0.0
-    for m in _PART.finditer(s):
-        if m.start() != pos:
-            break
-        total += float(m.group(1)) * _UNITS_MS[m.group(2)]
-        pos = m.end()
-    if pos != len(s) or not s:
-        raise UsageError(f'{where}: expected a duration like "30s", "10m" or "2h", got {text!r}')
-    return int(total)
+    try:
+        return units.parse_duration_ms(text)
+    except ValueError as e:
+        raise UsageError(f"{where}: {e}") from None
 
 
 def format_ms(ms: int | None) -> str:

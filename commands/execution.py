@@ -294,10 +294,6 @@ def heartbeat(store: EventStore, action_ids: list[str], owner: str) -> None:
         )
 
 
-def cancel_requested(store: EventStore, action_id: str) -> bool:
-    return bool(cancel_requests(store, [action_id]))
-
-
 def cancel_requests(store: EventStore, action_ids: list[str]) -> list[str]:
     """Which of these running actions a person asked to cancel (one query for all)."""
     if not action_ids:

@@ -84,6 +84,17 @@ def _retry_locked(fn: Callable[[], Any], path: str) -> Any:
             delay = min(delay * 2, 0.05)
 
 
+def _execute_locked(conn: sqlite3.Connection, sql: str, path: str) -> None:
+    """Run ``sql``, retrying while the database is locked (no closure on the first try: this
+    is on every transaction's path)."""
+    try:
+        conn.execute(sql)
+    except sqlite3.OperationalError as e:
+        if not _is_busy(e):
+            raise
+        _retry_locked(lambda: conn.execute(sql), path)
+
+
 def _is_busy(e: sqlite3.Error) -> bool:
     msg = str(e)
     return "locked" in msg or "busy" in msg
@@ -289,7 +300,7 @@ class EventStore:
         conn = self._conn
         start = time.monotonic()
         try:
-            _retry_locked(lambda: conn.execute("BEGIN IMMEDIATE"), self.path)
+            _execute_locked(conn, "BEGIN IMMEDIATE", self.path)
         except sqlite3.Error as e:
             raise LedgerError(f"cannot begin a transaction on {self.path}: {e}") from e
         try:
@@ -299,7 +310,7 @@ class EventStore:
                 conn.execute("ROLLBACK")
             raise
         try:
-            _retry_locked(lambda: conn.execute("COMMIT"), self.path)
+            _execute_locked(conn, "COMMIT", self.path)
         except LedgerBusyError:
             conn.execute("ROLLBACK")
             raise LedgerBusyError(self.path, time.monotonic() - start) from None
@@ -383,12 +394,7 @@ class _TransactionScope:
         conn = store._conn
         self.start = time.monotonic()
         try:
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-            except sqlite3.OperationalError as e:
-                if not _is_busy(e):
-                    raise
-                _retry_locked(lambda: conn.execute("BEGIN IMMEDIATE"), store.path)
+            _execute_locked(conn, "BEGIN IMMEDIATE", store.path)
         except sqlite3.Error as e:
             raise LedgerError(f"cannot begin a transaction on {store.path}: {e}") from e
         return Transaction(store, conn)
@@ -407,12 +413,7 @@ class _TransactionScope:
                 raise LedgerError(f"ledger {store.path}: {exc}") from exc
             return
         try:
-            try:
-                conn.execute("COMMIT")
-            except sqlite3.OperationalError as e:
-                if not _is_busy(e):
-                    raise
-                _retry_locked(lambda: conn.execute("COMMIT"), store.path)
+            _execute_locked(conn, "COMMIT", store.path)
         except LedgerBusyError:
             conn.execute("ROLLBACK")
             raise LedgerBusyError(store.path, time.monotonic() - self.start) from None
