@@ -13,7 +13,8 @@ A type is registered once, under its name, with
   its path below the step.
 
 Built in: ``shell``, ``modify_files``, ``configure_tooling``, ``clone_template``, ``run_tests``,
-``deploy``/``generate_preview``, ``compress``/``decompress``, ``http_request``, ``sqlite_query``;
+``deploy``/``generate_preview``, ``compress``/``decompress``, ``http_request``, ``sqlite_query``,
+``install_dependencies``;
 other packages add theirs through :func:`register`, ``@action_type`` or the ``sp.action_types``
 entry point group (:mod:`actions.custom`).
 """
@@ -97,6 +98,8 @@ def _load_builtins() -> None:
         from . import http  # noqa: F401  (registers itself)
     if "sqlite_query" not in _TYPES:
         from . import sqlitedb  # noqa: F401  (registers itself)
+    if "install_dependencies" not in _TYPES:
+        from . import deps  # noqa: F401  (registers itself)
     from . import custom
 
     custom.load_entry_points()  # other packages' types (sp.action_types), once

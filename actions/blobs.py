@@ -29,7 +29,9 @@ def put_blob(data: bytes) -> str:
     """Store ``data`` under ``$SP_HOME/blobs/<sha256>`` (once) and return its hash."""
     sha = hashlib.sha256(data).hexdigest()
     target = home_root() / "blobs" / sha
-    if not target.exists():
+    try:  # reused: fresh again, so that sp gc leaves it until this action records it
+        os.utime(target)
+    except FileNotFoundError:
         atomic_write(target, data, 0o600)
     return sha
 

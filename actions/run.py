@@ -21,7 +21,7 @@ import msgspec
 from ledger.errors import UsageError
 
 TYPES = ("modify_files", "configure_tooling", "clone_template", "compress", "decompress",
-         "http_request", "sqlite_query")
+         "http_request", "sqlite_query", "install_dependencies")
 
 
 def argv_for(type_name: str, verb: str, payload: msgspec.Struct) -> list[str]:
@@ -49,6 +49,9 @@ def _module(type_name: str) -> Any:
     if type_name == "sqlite_query":
         from . import sqlitedb
         return sqlitedb
+    if type_name == "install_dependencies":
+        from . import deps
+        return deps
     raise UsageError(f"unknown built-in type {type_name!r} (known: {', '.join(TYPES)})")
 
 

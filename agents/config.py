@@ -19,15 +19,17 @@ Every error names its path: ``$.actions.daily_arxiv_scan.timeout: expected a dur
 
 from __future__ import annotations
 
+import re
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 import yaml
 
 from ledger.errors import UsageError
 
+from . import documents
 from .units import Duration, Percent, Size, dec_hook
 
 
@@ -81,7 +83,7 @@ class Task(_Strict, frozen=True):
     steps: list[Step | str] = []
     schedule: str | None = None
     timeout: Duration | None = None
-    priority: int = 0
+    priority: Annotated[int, msgspec.Meta(ge=-(2**31), le=2**31 - 1)] = 0
     cwd: str | None = None
     env: dict[str, str] = {}
     resources: Resources | None = None
@@ -93,10 +95,45 @@ class Task(_Strict, frozen=True):
     checkpoint_enabled: bool = True
 
 
+class Quotas(_Strict, frozen=True):
+    """The seed's storage quotas: space an agent's actions may use (None: unlimited)."""
+
+    temp_space: Size | None = None
+    output_space: Size | None = None
+    log_space: Size | None = None
+
+
+class Cleanup(_Strict, frozen=True):
+    """The seed's retention: how long ``sp gc`` keeps things (temp 24h, completed 7d, failed
+    30d)."""
+
+    temp_files: Duration = Duration(86_400_000)
+    completed_actions: Duration = Duration(7 * 86_400_000)
+    failed_actions: Duration = Duration(30 * 86_400_000)
+
+
+class Storage(_Strict, frozen=True):
+    quotas: Quotas | None = None
+    cleanup: Cleanup | None = None
+    # Folders whose growth counts against output_space (besides the action's cwd when set).
+    output_dirs: list[str] = []
+
+
+class Capabilities(_Strict, frozen=True):
+    """The seed's capability policy: ``allowed`` / ``denied`` lists of single-key mappings,
+    ``- read: [paths]``, ``- write: [paths]``, ``- network: [urls or host:port]``,
+    ``- execute: [names or paths]``. Normalised and checked by :mod:`security.policy`."""
+
+    allowed: list[dict[str, Any]] | None = None
+    denied: list[dict[str, Any]] = []
+
+
 class AgentConfig(_Strict, frozen=True):
     id: str
     description: str = ""
     resources: Resources | None = None
+    capabilities: Capabilities | None = None
+    storage: Storage | None = None
     limits: Literal["required", "best_effort"] = "best_effort"
     actions: dict[str, Task] = {}
     tasks: dict[str, Task] = {}
@@ -167,7 +204,43 @@ def decode_agent(raw: Any, source: str = "agent") -> AgentConfig:
     return agent
 
 
+def _exec_texts(task: Task, where: str) -> list[tuple[str, str]]:
+    """Every text that reaches exec (argv, environment, directory), with its path."""
+    def argv(command: list[str] | str | None, at: str) -> list[tuple[str, str]]:
+        if isinstance(command, str):
+            return [(at, command)]
+        return [(f"{at}[{i}]", a) for i, a in enumerate(command or [])]
+
+    found = argv(task.command, f"{where}.command")
+    for i, step in enumerate(task.steps):
+        if isinstance(step, Step):
+            found += argv(step.command, f"{where}.steps[{i}].command")
+    if task.notify is not None:
+        found += argv(task.notify.command, f"{where}.notify.command")
+    found += [(f"{where}.env.{k}", f"{k}={v}") for k, v in task.env.items()]
+    if task.cwd is not None:
+        found.append((f"{where}.cwd", task.cwd))
+    return found
+
+
 def _check_task(task: Task, where: str, siblings: dict[str, Any]) -> None:
+    for at, text in _exec_texts(task, where):
+        if "\x00" in text:
+            raise UsageError(f"{at}: contains a NUL character (no program can be given one)")
+    for name in task.env:
+        if not name or "=" in name:
+            raise UsageError(f"{where}.env: {name!r} cannot be an environment variable name")
+    for at, command in [(f"{where}.command", task.command), *(
+            (f"{where}.steps[{i}].command", s.command) for i, s in enumerate(task.steps)
+            if isinstance(s, Step))]:
+        if command is not None and not (command[0] if command else "").strip():
+            raise UsageError(f"{at}: the command is empty")
+    for i, pattern in enumerate(task.failure_patterns):
+        try:
+            re.compile(pattern)
+        except re.error as e:
+            raise UsageError(f"{where}.failure_patterns[{i}]: not a regular expression: {e}"
+                             ) from None
     if task.command is None and not task.steps:
         raise UsageError(f"{where}: needs a command or steps")
     for i, step in enumerate(task.steps):
@@ -202,15 +275,26 @@ def load_document(path: str | Path) -> Any:
         raise UsageError(f"{p}: cannot read: {e.strerror}") from None
     if p.suffix.lower() == ".toml":
         try:
-            return tomllib.loads(text.decode())
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+            body = text.decode()
+            return tomllib.loads(body)
+        except UnicodeDecodeError as e:
+            raise UsageError(f"{p}: not valid TOML: not UTF-8 at byte {e.start}") from None
+        except tomllib.TOMLDecodeError as e:
             raise UsageError(f"{p}: not valid TOML: {e}") from None
+        except RecursionError:  # tomllib recurses once per nesting level
+            line = documents.toml_deep_line(body)
+            where = f" at line {line}" if line else ""
+            raise UsageError(f"{p}: not valid TOML{where}: nested too deeply") from None
     try:
-        return _yaml_keys(yaml.safe_load(text))
+        return _yaml_keys(documents.safe_load(text))
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(e, "problem", None) or str(e)
+        if isinstance(e, yaml.reader.ReaderError):  # bad encoding or a control character
+            where, problem = f" at position {e.position}", e.reason
+        else:
+            problem = getattr(e, "problem", None) or str(e)
+        problem = " ".join(str(problem).split())
         raise UsageError(f"{p}: not valid YAML{where}: {problem}") from None
 
 

@@ -63,17 +63,30 @@ def parse_percent(value: Any) -> float:
         number = float(text[:-1] if text.endswith("%") else text)
     except ValueError:
         raise ValueError(f'expected a percentage like "50%", got {value!r}') from None
-    if number <= 0:
+    if not number > 0 or number == float("inf"):  # NaN fails the first test
         raise ValueError(f"expected a positive percentage, got {value!r}")
     return number
 
 
+# The ledger stores integers as SQLite INTEGERs (signed 64 bits): larger ones cannot be kept.
+MAX_INT = 2**63 - 1
+
+
+def _fits(n: int, obj: Any) -> int:
+    if n > MAX_INT:
+        raise ValueError(f"{obj!r} is too large (at most {MAX_INT})")
+    return n
+
+
 def dec_hook(tp: type, obj: Any) -> Any:
     """msgspec decode hook for the unit types; its ValueErrors carry the field's path."""
-    if tp is Duration:
-        return Duration(parse_duration_ms(obj))
-    if tp is Size:
-        return Size(parse_size(obj))
+    try:
+        if tp is Duration:
+            return Duration(_fits(parse_duration_ms(obj), obj))
+        if tp is Size:
+            return Size(_fits(parse_size(obj), obj))
+    except OverflowError:  # int(float("inf")): "1e999", "9999...9h"
+        raise ValueError(f"{obj!r} is too large (at most {MAX_INT})") from None
     if tp is Percent:
         return Percent(parse_percent(obj))
     raise NotImplementedError(tp)

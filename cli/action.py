@@ -38,6 +38,8 @@ def _when(ms: int | None) -> str:
 @click.option("--compensate", help="Command that undoes this action (for its rollback plan).")
 @click.option("--shell", "use_shell", is_flag=True, help="Run the command through /bin/sh -c.")
 @click.option("--cwd", type=click.Path(file_okay=False), help="Working directory.")
+@click.option("--allow-unsandboxed", is_flag=True,
+              help="Run even where the machine cannot enforce all of the agent's policy.")
 @click.option("--each", "each", type=click.File("r"),
               help="Submit one shell action per line of FILE ('-' for stdin).")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
@@ -45,7 +47,8 @@ def _when(ms: int | None) -> str:
 def submit(app: App, name: str | None, agent: str | None, task: str | None, priority: int,
            timeout: str | None, retries: int, backoff: str, after: tuple[str, ...],
            delay: str | None, key: str | None, group: str | None, compensate: str | None,
-           use_shell: bool, cwd: str | None, each: Any, command: tuple[str, ...]) -> None:
+           use_shell: bool, cwd: str | None, allow_unsandboxed: bool, each: Any,
+           command: tuple[str, ...]) -> None:
     """Queue an action; print its id (one per line with --each).
 
     \b
@@ -69,12 +72,17 @@ def submit(app: App, name: str | None, agent: str | None, task: str | None, prio
     common: dict[str, Any] = dict(
         agent=agent, task=task, priority=priority, timeout_ms=timeout_ms, retries=retries,
         backoff=backoff, depends_on=deps, delay_ms=delay_ms, group=group,
-        compensation=compensation, cwd=cwd,
+        compensation=compensation, cwd=cwd, allow_unsandboxed=allow_unsandboxed,
     )
     if each is not None:
         if command:
             raise UsageError("give either --each FILE or a command, not both")
-        lines = [(i + 1, ln.strip()) for i, ln in enumerate(each.read().splitlines())]
+        try:
+            text = each.read()
+        except UnicodeDecodeError as e:
+            raise UsageError(f"--each {getattr(each, 'name', 'input')}: not UTF-8 text "
+                             f"(byte {e.start})") from None
+        lines = [(i + 1, ln.strip()) for i, ln in enumerate(text.split("\n"))]
         lines = [(n, ln) for n, ln in lines if ln and not ln.startswith("#")]
         specs = [actions.SubmitSpec(command=[ln], shell=True, name=name, **common,
                                     key=None if key is None else f"{key}:{n}")
@@ -120,6 +128,7 @@ def status(app: App, action: str | None, everything: bool, agent: str | None, re
             return
         for k, v in row.items():
             click.echo(f"{k:17} {'-' if v is None else v}")
+        _log_line(app, store, row["action_id"])
         return
     rows = queries.list_actions(store, everything=everything, recent=recent, agent=agent)
     counts = queries.counts(store)
@@ -134,6 +143,20 @@ def status(app: App, action: str | None, everything: bool, agent: str | None, re
               r["agent"], _when(r["submitted_ms"]), format_ms(r["duration_ms"]),
               r["exit_code"], r["error"] or r["progress_msg"]) for r in rows],
         )
+
+
+def _log_line(app: App, store: Any, action_id: str) -> None:
+    """Where the action's log is, or that sp gc collected it."""
+    path = app.home.log_path(action_id)
+    if path.exists():
+        click.echo(f"{'log':17} {path}")
+        return
+    from security.retention import log_collected
+
+    collected = log_collected(store, action_id)
+    if collected is not None:
+        click.echo(f"{'log':17} collected by sp gc at {_when(collected[1])} "
+                   f"(maintenance.gc_completed at seq {collected[0]})")
 
 
 @click.command()
@@ -167,6 +190,9 @@ def cancel(app: App, action: str, reason: str) -> None:
 def restart(app: App, action: str | None, all_failed: bool, from_step: int | None) -> None:
     """Queue a failed, cancelled, interrupted or completed action for one more attempt.
 
+    For an action of a plan, its cancelled dependents are queued again with it, and a plan
+    that had finished (failed, completed, cancelled) runs again (``plan.reopened``).
+
     \b
     Example:
       sp restart 3f2a --from-step 2
@@ -180,8 +206,10 @@ def restart(app: App, action: str | None, all_failed: bool, from_step: int | Non
     store = app.store()
     ids = actions.failed_ids(store) if all_failed else [actions.resolve(store, action or "")]
     for action_id in ids:
-        state = actions.restart(store, action_id, from_step, by=actions.who())
+        state, requeued = actions.restart_with(store, action_id, from_step, by=actions.who())
         click.echo(f"{action_id}: {state.value}", err=True)
+        for other in requeued:
+            click.echo(f"{other}: {state.value} (waited on {action_id})", err=True)
     if all_failed:
         click.echo(f"restarted {len(ids)} failed action(s)", err=True)
 
@@ -235,22 +263,40 @@ def wait(app: App, action_ids: tuple[str, ...], timeout: str | None, fmt: str) -
 def audit(app: App, action: str, fmt: str) -> None:
     """Every event of an action, in order: time, event, from-state, to-state, details.
 
+    Any other stream is shown the same way by its name: ``policy:<agent>`` (policy changes),
+    ``agent:<id>``, ``plan:<id>``, ``schedule:<name>``.
+
     \b
     Example:
       sp audit 3f2a
       sp audit 3f2a --format json | jq '.events[].event'
+      sp audit policy:research-001
     """
     import msgspec
 
     from commands.actions import resolve
+    from commands.retention import ActionArchivedError, audit_archived
     from projections import queries
 
     store = app.store(write=False)
-    action_id = resolve(store, action)
-    entries = queries.audit(store, action_id)
+    archived_to = None
+    if ":" in action:
+        action_id = action
+        entries = queries.audit_stream(store, action)
+    else:
+        try:
+            action_id = resolve(store, action)
+            entries = queries.audit(store, action_id)
+        except ActionArchivedError as e:  # moved by sp archive: read it from there
+            action_id, archived_to = e.action_id, e.file
+            entries = audit_archived(store, e)
     if fmt == "json":
-        echo_json({"action_id": action_id, "events": entries})
+        echo_json({"action_id": action_id, "events": entries}
+                  | ({"archived_to": archived_to} if archived_to else {}))
         return
+    if archived_to:
+        click.echo(f"{action_id} was archived to {archived_to}; its events are read from there",
+                   err=True)
     echo_table(
         ["seq", "time", "event", "from", "to", "by", "details"],
         [(e.seq, _when(e.ts), e.event, e.from_state, e.to_state, e.by,
@@ -278,6 +324,14 @@ def logs(app: App, action: str, follow: bool) -> None:
     store = app.store(write=False)
     action_id = resolve(store, action)
     path = app.home.log_path(action_id)
+    if not path.exists():
+        from security.retention import log_collected
+
+        collected = log_collected(store, action_id)
+        if collected is not None:
+            click.echo(f"{action_id}: the log was collected by sp gc at {_when(collected[1])}"
+                       f" (maintenance.gc_completed at seq {collected[0]})", err=True)
+            return
     offset = 0
     while True:
         if path.exists():
@@ -319,15 +373,14 @@ def checkpoint(app: App, data: str, step: int | None, action: str | None) -> Non
     Example:
       sp checkpoint --step 2 '{"cursor": 4180}'
     """
-    import msgspec
-
     from commands import actions
+    from ledger import jsoninput
     from ledger.errors import UsageError
 
     try:
-        value = msgspec.json.decode(data)
-    except msgspec.DecodeError as e:
-        raise UsageError(f"checkpoint data: not JSON: {e}") from None
+        value = jsoninput.decode(data)
+    except UsageError as e:
+        raise UsageError(f"checkpoint data: {e}") from None
     store = app.store()
     action_id = actions.resolve(store, _current_action(action))
     seq = actions.checkpoint(store, action_id, value, step, by=actions.who("action"))

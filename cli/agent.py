@@ -87,6 +87,64 @@ def agent_show(app: App, agent_id: str, fmt: str) -> None:
         click.echo(yaml.safe_dump(doc, sort_keys=False).rstrip())
 
 
+@agent.command("policy")
+@click.argument("agent_id")
+@click.option("--set", "policy_file", type=click.Path(dir_okay=False),
+              help="Record this policy file (the seed's capabilities/storage shape).")
+@click.option("--clear", is_flag=True, help="Remove the agent's policy (an audited event).")
+@format_option()
+@pass_app
+def agent_policy(app: App, agent_id: str, policy_file: str | None, clear: bool,
+                 fmt: str) -> None:
+    """Show an agent's effective capability policy and quotas, and what this machine enforces.
+
+    With --set, record a policy file first (nothing is recorded when it is unchanged).
+
+    \b
+    Example:
+      sp agent policy research-001
+      sp agent policy research-001 --set policies/research.yaml
+    """
+    from pathlib import Path
+
+    from commands import actions, policies
+    from ledger.errors import UsageError
+
+    if policy_file and clear:
+        raise UsageError("--set and --clear: choose one")
+    if policy_file or clear:
+        store = app.store()
+        policy = None if clear else policies.decode_file(policy_file or "", agent_id)
+        source = "cleared" if clear else f"policy file {Path(policy_file or '').resolve()}"
+        changed = policies.set_policy(store, agent_id, policy, source, by=actions.who())
+        click.echo(f"agent {agent_id}: policy {'recorded' if changed else 'unchanged'}",
+                   err=True)
+    info = policies.describe(app.store(write=False), agent_id)
+    if fmt == "json":
+        echo_json(info)
+        return
+    if info.get("policy", True) is None:
+        click.echo(f"{agent_id}: {info['note']}")
+        return
+    click.echo(f"agent {agent_id}: policy v{info['version']} from {info['source']}"
+               f" (unlisted categories: {info['default']})")
+    rows = []
+    for cat, rule in info["categories"].items():
+        allowed = rule["allowed"]
+        rows.append((cat, allowed if isinstance(allowed, str) else ", ".join(allowed) or "none",
+                     ", ".join(rule["denied"]) or "-"))
+    echo_table(("capability", "allowed", "denied"), rows, wide=("denied",))
+    for name, value in info["quotas"].items():
+        click.echo(f"quota {name}: {value} bytes")
+    enforcement = info.get("enforcement") or {}
+    for line in enforcement.get("missing") or []:
+        click.echo(f"not enforceable here: {line}")
+    if enforcement.get("enforced"):
+        import msgspec
+
+        click.echo("enforced here: " + msgspec.json.encode(enforcement["enforced"]).decode())
+
+
 @click.group()
 def action() -> None:
     """Run an agent's task (the seed's cron lines), and watch actions.
@@ -98,7 +156,7 @@ def action() -> None:
 
 
 def _execute(app: App, agent_id: str, task: str, timeout: str | None, checkpoint_enabled: bool,
-             notify_on_completion: bool, detach: bool) -> None:
+             notify_on_completion: bool, detach: bool, allow_unsandboxed: bool = False) -> None:
     from commands import actions, agents, execution
     from commands.durations import parse_duration_ms
     from machines.states import ActionState
@@ -109,6 +167,10 @@ def _execute(app: App, agent_id: str, task: str, timeout: str | None, checkpoint
     config = agents.get(store, agent_id)
     spec = agents.task_spec(config, task, timeout_ms=timeout_ms,
                             checkpoint_enabled=checkpoint_enabled)
+    if allow_unsandboxed:
+        import msgspec
+
+        spec = msgspec.structs.replace(spec, allow_unsandboxed=True)
     by = actions.who()
     if detach:
         (action_id,) = actions.submit(store, [spec], by=by, wheres=["task"])
@@ -137,6 +199,9 @@ _EXECUTE_OPTIONS = [
                  help="Report the outcome on stderr (and through the task's notify: settings)."),
     click.option("--detach", is_flag=True,
                  help="Queue the task for a worker and return at once, printing its id."),
+    click.option("--allow-unsandboxed", is_flag=True,
+                 help="Run even where the machine cannot enforce all of the agent's policy"
+                 " (the started event records what was and was not enforced)."),
 ]
 
 
@@ -153,7 +218,8 @@ def _with_options(f: F) -> F:
 @_with_options
 @pass_app
 def action_execute(app: App, agent_id: str, task: str, timeout: str | None,
-                   checkpoint_enabled: bool, notify_on_completion: bool, detach: bool) -> None:
+                   checkpoint_enabled: bool, notify_on_completion: bool, detach: bool,
+                   allow_unsandboxed: bool) -> None:
     """Run an agent's task in the foreground, record everything, exit with its outcome.
 
     Prints the action id first. Exit 0 when the task completed, 1 when it failed.
@@ -163,21 +229,24 @@ def action_execute(app: App, agent_id: str, task: str, timeout: str | None,
       0 9 * * * systemprompt-os action execute --agent research-001 \\
           --task daily_arxiv_scan --checkpoint-enabled --notify-on-completion
     """
-    _execute(app, agent_id, task, timeout, checkpoint_enabled, notify_on_completion, detach)
+    _execute(app, agent_id, task, timeout, checkpoint_enabled, notify_on_completion, detach,
+             allow_unsandboxed)
 
 
 @action.command("run")
 @_with_options
 @pass_app
 def action_run(app: App, agent_id: str, task: str, timeout: str | None,
-               checkpoint_enabled: bool, notify_on_completion: bool, detach: bool) -> None:
+               checkpoint_enabled: bool, notify_on_completion: bool, detach: bool,
+               allow_unsandboxed: bool) -> None:
     """Same as ``sp action execute`` (the seed uses both spellings).
 
     \b
     Example:
       */5 * * * * systemprompt-os action run --agent monitor-001 --task health_check
     """
-    _execute(app, agent_id, task, timeout, checkpoint_enabled, notify_on_completion, detach)
+    _execute(app, agent_id, task, timeout, checkpoint_enabled, notify_on_completion, detach,
+             allow_unsandboxed)
 
 
 COMMANDS = [agent, action]

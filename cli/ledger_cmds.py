@@ -70,23 +70,33 @@ def replay(app: App, check: bool, report: bool, fmt: str) -> None:
 
 
 @click.command()
+@click.option("--archive", "archives", multiple=True, type=click.Path(dir_okay=False),
+              help="An archive file of sp archive to re-check (default: the recorded paths).")
 @format_option()
 @pass_app
-def verify(app: App, fmt: str) -> None:
+def verify(app: App, archives: tuple[str, ...], fmt: str) -> None:
     """Walk the hash chain: prove no event was edited, deleted or reordered.
 
-    Prints ``ok: N events`` and exits 0, or names the first bad seq and exits 1.
+    Prints ``ok: N events`` and exits 0, or names the first bad seq and exits 1. Seqs that
+    sp archive moved out are accepted only as ledger.archived accounts for them; their rows
+    are re-checked, linked into the chain, when the archive file is reachable.
 
     \b
     Example:
       sp verify
+      sp verify --archive /srv/sp/archive-2025.db
     """
     from ledger.verify import verify as walk
 
     store = app.store(write=False)
-    result = walk(store)
+    result = walk(store, archives)
     if fmt == "json":
         echo_json(result)
+    elif result.ok and result.archived:
+        unreachable = (f"; not reachable, links checked only: {', '.join(result.unreachable)}"
+                       if result.unreachable else "")
+        click.echo(f"ok: {result.events} events, {result.archived} archived "
+                   f"({result.archive_checked} re-checked from the archive{unreachable})")
     elif result.ok:
         click.echo(f"ok: {result.events} events")
     else:

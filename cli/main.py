@@ -28,11 +28,23 @@ F = TypeVar("F", bound=Callable[..., Any])
 EXIT_CODES = {"ok": 0, "failed": 1, "usage": 2, "internal": 70, "temporary": 75}
 
 
+# Control characters a hostile file or argument may carry into a message (a newline would make
+# two lines of one error; an ESC would drive the terminal): shown escaped, as \n or \x1b.
+_CONTROL = {c: f"\\x{c:02x}" for c in [*range(0x20), *range(0x7F, 0xA0)] if c != 0x09}
+_CONTROL.update({c: f"\\u{c:04x}" for c in (0x2028, 0x2029)})
+_CONTROL.update({0x0A: "\\n", 0x0D: "\\r"})
+
+
+def one_line(message: str) -> str:
+    """A message as one printable line (control characters escaped)."""
+    return message.translate(_CONTROL)
+
+
 class SpClickError(click.ClickException):
     """An :class:`SpError` on its way to the user: click prints ``Error: <message>``."""
 
     def __init__(self, message: str, exit_code: int) -> None:
-        super().__init__(message)
+        super().__init__(one_line(message))
         self.exit_code = exit_code  # type: ignore[misc]
 
 
@@ -76,6 +88,13 @@ class SpGroup(click.Group):
             return super().invoke(ctx)
         except SpError as e:
             raise SpClickError(str(e), _exit_code_for(e)) from None
+        except click.exceptions.NoArgsIsHelpError:
+            raise
+        except click.UsageError as e:
+            # One line, like every other error (click would add its usage and a hint).
+            where = f"{e.ctx.command_path}: " if e.ctx is not None else ""
+            raise SpClickError(f"{where}{e.format_message()} (see --help)", e.exit_code
+                               ) from None
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
         except KeyboardInterrupt:
@@ -174,13 +193,14 @@ def _register() -> None:
         monitor,
         plan,
         report,
+        retention,
         schedule,
         trigger,
         worker,
     )
 
     for module in (action, agent, ledger_cmds, worker, schedule, plan, trigger, deploy, monitor,
-                   live, report):
+                   live, report, retention):
         for command in module.COMMANDS:
             cli.add_command(command)
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from .main import App, echo_json, echo_table, format_option, pass_app
+from .main import App, echo_json, echo_table, format_option, one_line, pass_app
 
 
 def _invalid(err: Any, fmt: str) -> None:
@@ -17,7 +17,7 @@ def _invalid(err: Any, fmt: str) -> None:
         echo_json({"valid": False, "problems": [
             {"file": p.file, "path": p.path, "message": p.message} for p in err.problems]})
     for problem in err.problems:
-        click.echo(f"Error: {problem}", err=True)
+        click.echo(f"Error: {one_line(str(problem))}", err=True)
     sys.exit(2)
 
 
@@ -206,6 +206,39 @@ def plan_show(app: App, target: str, fmt: str) -> None:
     else:
         click.echo(f"estimated duration: unknown (no history for {', '.join(s.unknown)}); "
                    f"at least {_ms(s.lower_bound_ms)}")
+
+
+@plan.command("cancel")
+@click.argument("plan_id")
+@click.option("--reason", default="", help="Why (recorded in the plan's events).")
+@click.option("--rollback", "then_rollback", is_flag=True,
+              help="Once nothing runs, undo the completed actions (as sp rollback does).")
+@format_option()
+@pass_app
+def plan_cancel(app: App, plan_id: str, reason: str, then_rollback: bool, fmt: str) -> None:
+    """Cancel a running plan: queued actions are cancelled, running ones are stopped.
+
+    The plan is then ``cancelled``; what already completed stays as it is unless
+    ``--rollback`` is given (``on_failure`` does not apply to a cancel). A cancelled plan can
+    still be rolled back later with ``sp rollback``.
+
+    \b
+    Example:
+      sp plan cancel 3f2a --reason "wrong target"
+      sp plan cancel 3f2a --rollback
+    """
+    from commands import actions, plans
+
+    store = app.store()
+    pid = plans.resolve(store, plan_id)
+    state, touched = plans.cancel(store, pid, reason, then_rollback, by=actions.who())
+    if fmt == "json":
+        echo_json({"plan_id": pid, "state": state, "cancelled": touched,
+                   "rollback": then_rollback})
+        return
+    click.echo(f"plan {pid}: {state}; {len(touched)} action(s) cancelled or asked to stop"
+               + ("; its completed actions are rolled back once nothing runs"
+                  if then_rollback and state == "cancelling" else ""), err=True)
 
 
 @click.command()

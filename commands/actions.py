@@ -57,6 +57,7 @@ class SubmitSpec(msgspec.Struct, kw_only=True, omit_defaults=True):
     non_retryable_exit_codes: list[int] = []
     recovery: str = "retry"
     fallback: dict[str, Any] | None = None
+    allow_unsandboxed: bool = False
 
 
 def who(kind: str = "cli") -> str:
@@ -100,7 +101,9 @@ def resolve(store: EventStore, ref: str) -> str:
     if ref in ids:
         return ref
     if not ids:
-        raise ActionNotFoundError(ref)
+        from .retention import archived
+
+        raise archived(store, ref) or ActionNotFoundError(ref)
     if len(ids) > 1:
         raise AmbiguousActionError(ref, ids)
     return str(ids[0])
@@ -109,6 +112,8 @@ def resolve(store: EventStore, ref: str) -> str:
 def _validate(spec: SubmitSpec, where: str) -> None:
     if not spec.command or not spec.command[0].strip():
         raise UsageError(f"{where}: the command is empty")
+    if any("\x00" in arg for arg in spec.command):
+        raise UsageError(f"{where}: the command contains a NUL character")
     if spec.retries < 0 or spec.retries > 1000:
         raise UsageError(f"{where}: retries must be between 0 and 1000, got {spec.retries}")
     if spec.timeout_ms is not None and spec.timeout_ms <= 0:
@@ -131,6 +136,10 @@ def submit(store: EventStore, specs: list[SubmitSpec], by: str = "",
     wheres = wheres or [f"action {i + 1}" for i in range(len(specs))]
     for spec, where in zip(specs, wheres, strict=True):
         _validate(spec, where)
+    if any(spec.agent for spec in specs):
+        from .policies import refuse
+
+        refuse(store, specs, wheres)
     with store.transaction() as tx:
         ids = submit_in(tx, specs, by, wheres, store.clock.now_ms())
     _wake(store)
@@ -170,7 +179,7 @@ def submit_in(tx: Transaction, specs: list[SubmitSpec], by: str, wheres: list[st
             checkpoint_enabled=spec.checkpoint_enabled,
             retry_max_delay_ms=spec.retry_max_delay_ms, retry_jitter=spec.retry_jitter,
             non_retryable_exit_codes=spec.non_retryable_exit_codes, recovery=spec.recovery,
-            fallback=spec.fallback,
+            fallback=spec.fallback, allow_unsandboxed=spec.allow_unsandboxed,
         )
         queued = ev.ActionQueued(by=by, checks=_checks(spec))
         machine.check_event(action_id, ActionState.PENDING, queued)
@@ -307,14 +316,25 @@ def progress(store: EventStore, action_id: str, percent: float | None, message: 
 def restart(store: EventStore, action_id: str, from_step: int | None = None,
             by: str = "") -> ActionState:
     """Queue a finished (failed, cancelled or completed) action for one more attempt."""
+    return restart_with(store, action_id, from_step, by)[0]
+
+
+def restart_with(store: EventStore, action_id: str, from_step: int | None = None,
+                 by: str = "") -> tuple[ActionState, list[str]]:
+    """:func:`restart`, and the actions queued again with it: for an action of a plan, its
+    cancelled dependents (the plan is reopened if it had finished; plans/reactor.py).
+
+    :raises InvalidTransitionError: the action (or its plan) cannot be restarted now.
+    """
     from machines import action as machine
+    from plans import reactor
 
     with store.transaction() as tx:
         state, version = state_of(tx, action_id)
         event = ev.ActionRestarted(by=by, from_step=from_step)
         new = machine.check_event(action_id, state, event)
         tx.append(action_id, [event], version)
-        return new
+        return new, reactor.on_action_restarted(tx, action_id, by)
 
 
 def failed_ids(store: EventStore) -> list[str]:

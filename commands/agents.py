@@ -32,6 +32,12 @@ def apply(store: EventStore, path: str | Path, by: str = "") -> tuple[str, bool]
     raw = load_document(path)
     agent = decode_agent(raw, str(path))
     _check_limits(agent, str(path))
+    policy = None
+    if agent.capabilities is not None or agent.storage is not None:
+        from security import policy as pol
+
+        policy = pol.decode(raw.get("capabilities"), raw.get("storage"),
+                            f"{path}: $.capabilities", f"{path}: $.storage")
     document = msgspec.to_builtins(raw, enc_hook=_plain)
     digest = hashlib.sha256(msgspec.json.encode(document)).hexdigest()
     stream = stream_of(agent.id)
@@ -48,6 +54,10 @@ def apply(store: EventStore, path: str | Path, by: str = "") -> tuple[str, bool]
         from .schedules import sync_agent_in
 
         sync_agent_in(tx, agent, by, str(path))
+        if policy is not None:
+            from .policies import set_in
+
+            set_in(tx, agent.id, policy, f"agent file {Path(path).resolve()}", by)
     return agent.id, True
 
 

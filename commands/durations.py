@@ -12,9 +12,14 @@ def parse_duration_ms(text: str, where: str = "duration") -> int:
     :raises UsageError: not a duration, naming ``where``.
     """
     try:
-        return units.parse_duration_ms(text)
+        ms = units.parse_duration_ms(text)
     except ValueError as e:
         raise UsageError(f"{where}: {e}") from None
+    except OverflowError:  # "1e999": infinity has no milliseconds
+        ms = units.MAX_INT + 1
+    if ms > units.MAX_INT:
+        raise UsageError(f"{where}: {text!r} is too long (at most {units.MAX_INT}ms)")
+    return ms
 
 
 def format_ms(ms: int | None) -> str:

@@ -27,6 +27,7 @@ from runner import proc
 from .actions import cascade, state_of
 
 LEASE_TTL_MS = 30_000
+MAX_DENIALS = 50  # denials recorded per attempt; the rest are counted
 BACKOFF_CAP_S = 300  # the seed's "Max 5 minutes"
 
 
@@ -42,7 +43,11 @@ class Claim(msgspec.Struct, frozen=True):
     resume_step: int | None
     limits: dict[str, Any] = {}  # what was enforced (also in the started event)
     prepared: Any = None  # runner.limits.Prepared when the action asks for limits
-    refused: str | None = None  # why the required limits cannot be enforced: do not run
+    refused: str | None = None  # why it must not run (limits, sandbox or policy): do not run
+    refused_kind: str = "limits_unavailable"
+    sandbox: Any = None  # security.sandbox.SandboxSpec the process enters, when confined
+    policy: Any = None  # security.policy.Policy of the action's agent (quotas)
+    denials: list[dict[str, Any]] = []  # what the policy refused before spawning
 
 
 def backoff_ms(policy: str, attempt: int, cap_ms: int = BACKOFF_CAP_S * 1000,
@@ -152,6 +157,10 @@ def submit_and_claim(store: EventStore, spec: Any, owner: str, by: str) -> Claim
     from .actions import _validate, submit_in
 
     _validate(spec, "task")
+    if spec.agent:
+        from .policies import refuse
+
+        refuse(store, [spec], ["task"])
     with store.transaction() as tx:
         (action_id,) = submit_in(tx, [spec], by, ["task"], store.clock.now_ms())
         return _start(tx, action_id, owner, store.clock.now_ms())
@@ -196,9 +205,14 @@ def _start(tx: Transaction, action_id: str, owner: str, now: int) -> Claim:
             # at once failed (not retried) without spawning anything: refused, on the record.
             refused = str(e)
             enforced = {"missing": list(e.missing), "refused": True}
+    confined, sandboxed, policy, denials, why = _sandbox(tx, action_id, attempt, spec)
+    if why is not None and refused is None:
+        refused, kind = why
+    else:
+        kind = "limits_unavailable"
     event = ev.ActionStarted(
         by=owner, attempt=attempt, owner=owner, pid=os.getpid(), host=tx.store.host,
-        resume_step=resume, limits=enforced,
+        resume_step=resume, limits=enforced, sandbox=sandboxed,
     )
     try:
         machine.check_event(action_id, state, event)
@@ -217,7 +231,48 @@ def _start(tx: Transaction, action_id: str, owner: str, now: int) -> Claim:
     )
     checkpoint = row[3] if resume is not None or spec.on_interrupt != "rerun" else None
     return Claim(action_id, attempt, owner, spec, checkpoint, row[4], resume, enforced, prepared,
-                 refused)
+                 refused, kind, confined, policy, denials)
+
+
+def _sandbox(tx: Transaction, action_id: str, attempt: int, spec: ev.ActionSubmitted,
+             ) -> tuple[Any, dict[str, Any], Any, list[dict[str, Any]], tuple[str, str] | None]:
+    """The agent's policy for this attempt: (sandbox spec, what the started event records,
+    policy, denials, (why, kind) when it must not run)."""
+    if not spec.agent:
+        return None, {}, None, [], None
+    from . import policies
+
+    policy = policies.policy_of(tx, spec.agent)
+    if policy is None:
+        return None, {}, None, [], None
+    record: dict[str, Any] = {"agent": spec.agent}
+    found = policies.check_spec(policy, spec, "action")
+    if found:
+        denials = [{"access": d.access, "target": d.target, "reason": d.reason} for d in found]
+        return None, {**record, "refused": True}, policy, denials, (
+            f"refused by the policy of agent {spec.agent}: {found[0].reason}", "policy_denied")
+    if policy.has_quotas:
+        record["quotas"] = {k: getattr(policy, k) for k in ("temp_space", "output_space",
+                                                            "log_space")
+                            if getattr(policy, k) is not None}
+    if not (policy.restricts_fs or policy.restricts_network):
+        return None, record, policy, [], None
+    from security import enforce
+
+    home = os.path.dirname(os.path.abspath(tx.store.path))
+    shell = spec.shell or any(s.get("shell") for s in spec.steps)
+    python = spec.action_type != "shell"
+    programs = [s["command"][0] for s in spec.steps if s.get("command")] if spec.steps else (
+        spec.command[:1])
+    sb = enforce.sandbox_spec(
+        policy, tmpdir=os.path.join(home, "tmp", action_id), shell=shell,
+        env_path=spec.env.get("PATH"), programs=programs, python=python,
+        denials_path=os.path.join(home, "run", f"{action_id}-{attempt}.denials"))
+    prepared = enforce.prepare(sb, spec.allow_unsandboxed)
+    record.update(prepared.enforced)
+    if prepared.refused is not None:
+        return None, record, policy, [], (prepared.refused, "sandbox_unavailable")
+    return prepared.spec, record, policy, [], None
 
 
 # The events that decide where an attempt resumes (see _resume_step), by type tag.
@@ -332,6 +387,11 @@ class Outcome(msgspec.Struct, frozen=True, kw_only=True):
     result: dict[str, Any] = {}
     retryable: bool = True
     usage: dict[str, int] = {}
+    # What the policy refused: before spawning ("validation") or the kernel while it ran
+    # ("run"); recorded as action.security_denied before the outcome.
+    security: list[dict[str, Any]] = []
+    security_stage: str = "run"
+    security_dropped: int = 0
 
 
 def finish(store: EventStore, claim_: Claim, outcome: Outcome,
@@ -400,6 +460,11 @@ def _finish(tx: Transaction, claim_: Claim, outcome: Outcome, now: int,
             fallback=fallback,
         ))
     new = machine.check_event(aid, state, events[0])
+    if outcome.security:
+        events.insert(0, ev.ActionSecurityDenied(
+            by=by, attempt=claim_.attempt, stage=outcome.security_stage,
+            denials=outcome.security[:MAX_DENIALS],
+            dropped=outcome.security_dropped + max(0, len(outcome.security) - MAX_DENIALS)))
     tx.append(aid, events, version)
     tx.execute("DELETE FROM leases WHERE name = ? AND owner = ?", (aid, claim_.owner))
     if new is ActionState.CANCELLED or (new is ActionState.FAILED and spec.recovery != "fallback"):

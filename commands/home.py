@@ -39,6 +39,14 @@ class Home:
     def log_path(self, action_id: str) -> Path:
         return self.logs / f"{action_id}.log"
 
+    @property
+    def tmp(self) -> Path:
+        return self.root / "tmp"
+
+    def tmp_path(self, action_id: str) -> Path:
+        """The action's private temporary folder (its ``TMPDIR`` in the sandbox)."""
+        return self.tmp / action_id
+
     def ensure(self) -> None:
         """Create the home and its folders (idempotent).
 

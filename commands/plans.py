@@ -1,4 +1,5 @@
-"""Commands on plans: validate, apply, status, show (order, parallelism, estimate), rollback.
+"""Commands on plans: validate, apply, status, show (order, parallelism, estimate), cancel,
+rollback.
 
 ``apply`` records the plan and submits all its actions in one transaction; from then on the
 queue runs them as their dependencies complete, and the plan reactor (plans/reactor.py) moves
@@ -28,6 +29,7 @@ from projections.plans import stream_of
 from projections.queries import details_of
 
 from .actions import SubmitSpec, submit_in
+from .policies import refuse
 
 
 def new_plan_id() -> str:
@@ -52,6 +54,7 @@ def _spec(plan: Plan, plan_id: str, step: Step, ids: dict[str, str]) -> SubmitSp
         ))}
     return SubmitSpec(
         command=step.command, shell=step.shell, name=name, task=name, priority=step.priority,
+        agent=plan.agent,
         timeout_ms=step.timeout_ms, retries=step.max_attempts - 1, backoff=step.backoff,
         depends_on=[ids[d] for d in step.depends_on], group=plan_id,
         compensation=None if step.rollback is None else step.rollback.argv,
@@ -82,8 +85,9 @@ def apply(store: EventStore, path: str | Path, by: str = "") -> str:
         # One batch per level: a level depends only on earlier ones, already submitted.
         for level in plan.levels():
             steps = [plan.step(s) for s in level]
-            got = submit_in(tx, [_spec(plan, plan_id, s, ids) for s in steps], by,
-                            [s.where for s in steps], now)
+            specs = [_spec(plan, plan_id, s, ids) for s in steps]
+            refuse(tx, specs, [s.where for s in steps])  # the agents' policies
+            got = submit_in(tx, specs, by, [s.where for s in steps], now)
             ids.update(zip(level, got, strict=True))
         started = ev.PlanStarted(by=by, actions=ids)
         plan_machine.check_event(plan_id, PlanState.PENDING, started)
@@ -297,3 +301,23 @@ def rollback(store: EventStore, plan_id: str, by: str = "") -> tuple[int, Rollba
         run, ids = rb.start(tx, plan_id, "manual", by)
     _wake(store)
     return run, preview, ids
+
+
+def cancel(store: EventStore, plan_id: str, reason: str = "", then_rollback: bool = False,
+           by: str = "") -> tuple[str, list[str]]:
+    """Cancel a running plan: its unfinished actions are cancelled (running ones are asked to
+    stop); once none runs the plan is ``cancelled``, or rolled back with ``then_rollback``.
+
+    Returns the plan's state after the call and the actions cancelled or asked to stop.
+
+    :raises PlanTransitionError: the plan is not running.
+    :raises PlanNotFoundError: no such plan.
+    """
+    from plans import reactor
+
+    with store.transaction() as tx:
+        touched = reactor.cancel(tx, plan_id, reason, then_rollback, by)
+        row = tx.query_one("SELECT state FROM plans WHERE plan_id = ?", (plan_id,))
+        state = str(row[0]) if row else ""
+    _wake(store)
+    return state, touched

@@ -58,6 +58,8 @@ class ActionSubmitted(Event, frozen=True, tag="action.submitted"):
     non_retryable_exit_codes: list[int] = []
     recovery: str = "retry"  # retry | fallback | skip | abort: what follows the last attempt
     fallback: dict[str, Any] | None = None  # {"agent", "task"} to submit on failure
+    # Run with what the machine can enforce when the agent's policy needs more (else refused).
+    allow_unsandboxed: bool = False
 
 
 class ActionValidationStarted(Event, frozen=True, tag="action.validation_started"):
@@ -84,6 +86,9 @@ class ActionStarted(Event, frozen=True, tag="action.started"):
     resume_step: int | None = None
     # What was actually enforced, read back from the kernel (rlimits, nice, cgroup files).
     limits: dict[str, Any] = {}
+    # The capability sandbox applied before exec (security.sandbox.plan): Landlock rules,
+    # no_new_privs, namespaces, quotas, and what the machine could not enforce.
+    sandbox: dict[str, Any] = {}
 
 
 class ActionProgressed(Event, frozen=True, tag="action.progressed"):
@@ -128,6 +133,17 @@ class ActionFailed(Event, frozen=True, tag="action.failed"):
     # it); "abort" says the remaining attempts were given up.
     recovery: str = ""
     fallback: str | None = None
+
+
+class ActionSecurityDenied(Event, frozen=True, tag="action.security_denied"):
+    """The action's policy refused something: before running (an executable or a path the
+    policy denies, a sandbox the machine cannot build) or while running (the kernel refused an
+    access: each denial as Landlock's audit record names it). Recorded before the outcome."""
+
+    attempt: int = 0
+    stage: str = "run"  # "validation" (refused before spawning) | "run" (the kernel refused)
+    denials: list[dict[str, Any]] = []  # {"access": "fs.write_file", "path": ..., "port": ...}
+    dropped: int = 0  # denials beyond the recorded ones (a loop can produce millions)
 
 
 class ActionSkipped(Event, frozen=True, tag="action.skipped"):
@@ -196,6 +212,16 @@ class WorkPaused(Event, frozen=True, tag="control.paused"):
 
 class WorkResumed(Event, frozen=True, tag="control.resumed"):
     agent: str = ""
+
+
+class PolicySet(Event, frozen=True, tag="policy.set"):
+    """An agent's capability policy and storage quotas (stream ``policy:<agent_id>``), normalised
+    by :mod:`security.policy`; ``policy`` empty means the agent has no policy any more."""
+
+    agent_id: str
+    policy: dict[str, Any] = {}
+    source: str = ""
+    sha256: str = ""
 
 
 class AgentConfigured(Event, frozen=True, tag="agent.configured"):
@@ -358,6 +384,34 @@ class PlanRollbackFailed(Event, frozen=True, tag="plan.rollback_failed"):
     not_attempted: list[str] = []
 
 
+class PlanCancelRequested(Event, frozen=True, tag="plan.cancel_requested"):
+    """``sp plan cancel``: every unfinished action was cancelled (running ones asked to stop,
+    listed in ``cancelled``); once nothing runs, the plan is cancelled, or rolled back when
+    ``rollback`` (``--rollback``)."""
+
+    reason: str = ""
+    rollback: bool = False
+    cancelled: list[str] = []
+
+
+class PlanCancelled(Event, frozen=True, tag="plan.cancelled"):
+    """A cancelled plan's actions have all ended: which completed and which were cancelled."""
+
+    completed: list[str] = []
+    cancelled: list[str] = []
+    failed: list[str] = []
+
+
+class PlanReopened(Event, frozen=True, tag="plan.reopened"):
+    """An action of a finished plan was restarted (``action_id``, its ``step``): the plan runs
+    again; ``requeued`` are the cancelled actions restarted with it (its dependents, and what
+    the plan's stop had cancelled when that action caused it)."""
+
+    action_id: str
+    step: str = ""
+    requeued: list[str] = []
+
+
 class TriggersApplied(Event, frozen=True, tag="trigger.applied"):
     """A trigger file was applied: the document as written (it replaces the previous one)."""
 
@@ -388,6 +442,49 @@ class AlertSent(Event, frozen=True, tag="alert.sent"):
     agent: str = ""
 
 
+# -- retention: stream "maintenance" (sp gc) and "ledger" (sp archive) ---------------------------
+
+
+class GcCompleted(Event, frozen=True, tag="maintenance.gc_completed"):
+    """``sp gc`` removed files past their retention (recorded before they are removed: a crash
+    in between leaves files the next run removes and records again). Names are relative to the
+    home; ``actions`` are the ids whose log, temporary folder or artefacts went."""
+
+    logs: list[str] = []  # action ids whose logs/<id>.log went
+    tmp: list[str] = []  # entries of tmp/ (an action id, or an unknown name)
+    previews: list[str] = []  # "<name>/v<N>" preview versions (with deploy/<name>/v<N>.json)
+    blobs: list[str] = []  # blobs/<sha256> no live action needs for a rollback any more
+    actions: list[str] = []
+    files: int = 0
+    bytes_freed: int = 0
+    retention: dict[str, int] = {}  # the defaults of this run: temp_ms, completed_ms, failed_ms
+
+
+class ArchivedRun(msgspec.Struct, frozen=True, kw_only=True):
+    """Consecutive seqs moved by one ``sp archive``: how they linked into the chain."""
+
+    first_seq: int
+    last_seq: int
+    prev_hash: str  # the prev_hash of first_seq's row
+    last_hash: str  # the hash of last_seq's row (the next row's prev_hash)
+
+
+class LedgerArchived(Event, frozen=True, tag="ledger.archived"):
+    """Whole finished streams were moved out of the log into an archive file (``sp archive``).
+
+    ``runs`` account for exactly the seqs that left, so that ``sp verify`` accepts those gaps
+    and only those; ``sha256`` is over the moved rows' hashes, one per line, in seq order."""
+
+    file: str
+    batch: str
+    chain_id: str  # the hash of the chain's first row: which ledger the archive belongs to
+    before_ms: int
+    streams: list[str]
+    runs: list[ArchivedRun]
+    count: int
+    sha256: str
+
+
 AnyEvent = (
     ActionSubmitted
     | ActionValidationStarted
@@ -400,6 +497,7 @@ AnyEvent = (
     | ActionRetryScheduled
     | ActionFailed
     | ActionSkipped
+    | ActionSecurityDenied
     | ActionInterrupted
     | ActionCancelRequested
     | ActionCancelled
@@ -411,6 +509,7 @@ AnyEvent = (
     | WorkPaused
     | WorkResumed
     | AgentConfigured
+    | PolicySet
     | TriggersApplied
     | TriggerFired
     | AlertSent
@@ -422,12 +521,17 @@ AnyEvent = (
     | PlanRollbackStarted
     | PlanRolledBack
     | PlanRollbackFailed
+    | PlanCancelRequested
+    | PlanCancelled
+    | PlanReopened
     | ScheduleDefined
     | ScheduleRemoved
     | ScheduleEnabled
     | ScheduleDisabled
     | ScheduleFired
     | ScheduleSkipped
+    | GcCompleted
+    | LedgerArchived
 )
 
 EVENT_TYPES: tuple[type[Event], ...] = AnyEvent.__args__  # type: ignore[attr-defined]

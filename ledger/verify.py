@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from pathlib import Path
+
 import msgspec
 
 from . import codec
+from .archive_verify import Bad, Gaps
 from .errors import CorruptEventError
 from .store import EventStore
 
@@ -15,19 +19,50 @@ class VerifyResult(msgspec.Struct, frozen=True):
     head: str
     bad_seq: int | None = None
     reason: str = ""
+    # Rows ``sp archive`` moved out (accounted for by ledger.archived), how many of them were
+    # re-checked from their archive file, and the recorded archives that could not be read.
+    archived: int = 0
+    archive_checked: int = 0
+    unreachable: list[str] = []
 
 
-def verify(store: EventStore) -> VerifyResult:
+def verify(store: EventStore, archives: Sequence[str | Path] = ()) -> VerifyResult:
     """Check every row: contiguous seq, per-stream versions, prev_hash links, hashes, decoding.
 
-    Stops at the first bad row and names its ``seq``.
+    Stops at the first bad row and names its ``seq``. A gap in the seqs is accepted only where
+    ``ledger.archived`` accounts for it; the archived rows are re-checked when their archive is
+    reachable (recorded path, or ``archives``): see :mod:`ledger.archive_verify`.
+
+    :raises UsageError: a file in ``archives`` is missing or not an archive of this ledger.
     """
+    try:
+        gaps = Gaps(store, archives)
+    except Bad as e:
+        return VerifyResult(False, 0, codec.GENESIS_HASH, e.seq, e.reason)
+    try:
+        result = _walk(store, gaps)
+    finally:
+        gaps.close()
+    if result.ok or gaps.archived:
+        result = msgspec.structs.replace(
+            result, archived=gaps.archived, archive_checked=gaps.checked,
+            unreachable=gaps.unreachable)
+    return result
+
+
+def _walk(store: EventStore, gaps: Gaps) -> VerifyResult:
     prev_hash = codec.GENESIS_HASH
     expected_seq = 1
     versions: dict[str, int] = {}
     count = 0
     for chunk in _rows(store):
         for seq, stream, version, type_, ts, data, stored_prev, stored_hash in chunk:
+            if seq != expected_seq and gaps and seq > expected_seq:
+                try:
+                    prev_hash = gaps.cross(expected_seq, seq, prev_hash, versions, _check_row)
+                except Bad as e:
+                    return VerifyResult(False, count, prev_hash, e.seq, e.reason)
+                expected_seq = seq
             bad = _check_row(
                 seq, expected_seq, stream, version, versions, type_, ts, data, prev_hash,
                 stored_prev, stored_hash,
@@ -38,6 +73,11 @@ def verify(store: EventStore) -> VerifyResult:
             prev_hash = stored_hash
             expected_seq = seq + 1
             count += 1
+    if gaps:
+        try:
+            gaps.finish()
+        except Bad as e:
+            return VerifyResult(False, count, prev_hash, e.seq, e.reason)
     last = store.query_one("SELECT seq FROM sqlite_sequence WHERE name = 'events'")
     if last is not None and int(last[0]) >= expected_seq:
         return VerifyResult(

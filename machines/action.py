@@ -59,6 +59,8 @@ TRANSITIONS: list[dict[str, Any]] = [
         "source": [S.COMPLETED, S.FAILED, S.SKIPPED, S.CANCELLED],
         "dest": None,
     },
+    # the policy refused something (recorded before the outcome, the state stays)
+    {"trigger": "deny", "source": S.EXECUTING, "dest": None},
     # compensation
     {"trigger": "rollback", "source": S.COMPLETED, "dest": S.ROLLING_BACK},
     {"trigger": "finish_rollback", "source": S.ROLLING_BACK, "dest": S.ROLLED_BACK},
@@ -85,6 +87,7 @@ TRIGGER_OF: dict[type[ev.Event], str] = {
     ev.ActionRolledBack: "finish_rollback",
     ev.ActionRollbackFailed: "fail_rollback",
     ev.ActionNotified: "notify",
+    ev.ActionSecurityDenied: "deny",
 }
 INITIAL_EVENT = ev.ActionSubmitted
 

@@ -2,14 +2,19 @@
 
 ```
 pending ─start─▶ running ─succeed─▶ completed ─rollback─┐
-                   │  └─fail──────▶ failed ────rollback─┤
-                   └─stop─▶ stopping ─fail─▶ failed     ├─▶ rolling_back ─┬─▶ rolled_back
-                              └──────────rollback───────┘        ▲         └─▶ rollback_failed
-                                                                 └────rollback────────┘
+                 ▲ │  └─fail──────▶ failed ────rollback─┤
+                 │ ├─stop─▶ stopping ─fail─▶ failed     ├─▶ rolling_back ─┬─▶ rolled_back
+                 │ │          └──────────rollback───────┤        ▲         └─▶ rollback_failed
+                 │ └─cancel─▶ cancelling ──rollback─────┘        └────rollback────────┘
+                 │              └─finish_cancel─▶ cancelled ─rollback─▶ rolling_back
+                 └──reopen── completed | failed | cancelled
 ```
 
 ``stop`` is recorded when an action fails for good and ``on_failure`` is stop or rollback: the
-rest of the plan is cancelled, and once nothing of it runs the plan fails or rolls back. The
+rest of the plan is cancelled, and once nothing of it runs the plan fails or rolls back.
+``cancel`` is ``sp plan cancel``: the same, by a person; once nothing runs the plan is
+cancelled, or rolls back with ``--rollback`` (``on_failure`` does not apply to a cancel).
+``reopen``: an action of a finished plan was restarted, so the plan runs again. The
 events live in the stream ``plan:<id>``; each event type names one trigger.
 """
 
@@ -28,6 +33,8 @@ class PlanState(Enum):
     PENDING = "pending"
     RUNNING = "running"
     STOPPING = "stopping"
+    CANCELLING = "cancelling"
+    CANCELLED = "cancelled"
     COMPLETED = "completed"
     FAILED = "failed"
     ROLLING_BACK = "rolling_back"
@@ -51,9 +58,13 @@ TRANSITIONS: list[dict[str, Any]] = [
     {"trigger": "stop", "source": P.RUNNING, "dest": P.STOPPING},
     {"trigger": "succeed", "source": P.RUNNING, "dest": P.COMPLETED},
     {"trigger": "fail", "source": [P.RUNNING, P.STOPPING], "dest": P.FAILED},
+    {"trigger": "cancel", "source": P.RUNNING, "dest": P.CANCELLING},
+    {"trigger": "finish_cancel", "source": P.CANCELLING, "dest": P.CANCELLED},
+    {"trigger": "reopen", "source": [P.COMPLETED, P.FAILED, P.CANCELLED], "dest": P.RUNNING},
     {
         "trigger": "rollback",
-        "source": [P.STOPPING, P.COMPLETED, P.FAILED, P.ROLLBACK_FAILED],
+        "source": [P.STOPPING, P.CANCELLING, P.COMPLETED, P.FAILED, P.CANCELLED,
+                   P.ROLLBACK_FAILED],
         "dest": P.ROLLING_BACK,
     },
     {"trigger": "finish_rollback", "source": P.ROLLING_BACK, "dest": P.ROLLED_BACK},
@@ -66,13 +77,16 @@ TRIGGER_OF: dict[type[ev.Event], str] = {
     ev.PlanStopRequested: "stop",
     ev.PlanCompleted: "succeed",
     ev.PlanFailed: "fail",
+    ev.PlanCancelRequested: "cancel",
+    ev.PlanCancelled: "finish_cancel",
+    ev.PlanReopened: "reopen",
     ev.PlanRollbackStarted: "rollback",
     ev.PlanRolledBack: "finish_rollback",
     ev.PlanRollbackFailed: "fail_rollback",
 }
 INITIAL_EVENT = ev.PlanApplied
 # Nothing more happens to the plan by itself in these states.
-SETTLED = frozenset({P.COMPLETED, P.FAILED, P.ROLLED_BACK, P.ROLLBACK_FAILED})
+SETTLED = frozenset({P.COMPLETED, P.FAILED, P.CANCELLED, P.ROLLED_BACK, P.ROLLBACK_FAILED})
 
 
 LIFECYCLE: Lifecycle[PlanState] = Lifecycle(

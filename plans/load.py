@@ -65,6 +65,7 @@ def check_plan(path: str | Path) -> tuple[Plan | None, list[Problem]]:
     steps = [msgspec.structs.replace(s, level=level[s.id]) for s in steps]
     plan = Plan(
         name=doc.name or p.stem, description=doc.description, source=str(p.resolve()),
+        agent=doc.agent,
         on_failure=doc.on_failure, rollback_order=doc.rollback.order,
         rollback_strategy=doc.rollback.strategy, steps=steps,
     )

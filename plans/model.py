@@ -54,6 +54,7 @@ class PlanDoc(_Strict, frozen=True, kw_only=True):
 
     name: str | None = None
     description: str = ""
+    agent: str | None = None  # whose capability policy and quotas the plan's actions run under
     on_failure: Literal["rollback", "stop", "continue"] = "stop"
     rollback: RollbackSettings = RollbackSettings()
     actions: list[Any] = []  # required: plans.load checks it
@@ -142,6 +143,7 @@ class Plan(msgspec.Struct, frozen=True, kw_only=True):
     description: str = ""
     source: str = ""
     sha256: str = ""
+    agent: str | None = None
     on_failure: str = "stop"
     rollback_order: str = "reverse"
     rollback_strategy: str = "all-or-nothing"

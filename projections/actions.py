@@ -53,9 +53,11 @@ CREATE TABLE actions (
     last_seq        INTEGER NOT NULL
 ) WITHOUT ROWID;
 CREATE INDEX actions_state ON actions (state, submitted_seq);
-CREATE INDEX actions_finished ON actions (finished_seq);
+-- Partial where the column is mostly NULL (an unfinished action, one outside any group): such
+-- a row costs no index entry, and `col = ?` / `col IS NOT NULL` queries still use the index.
+CREATE INDEX actions_finished ON actions (finished_seq) WHERE finished_seq IS NOT NULL;
 CREATE INDEX actions_agent ON actions (agent, submitted_seq);
-CREATE INDEX actions_group ON actions (group_id);
+CREATE INDEX actions_group ON actions (group_id) WHERE group_id IS NOT NULL;
 CREATE INDEX actions_idem ON actions (idem_key) WHERE idem_key IS NOT NULL;
 """
 
@@ -88,7 +90,8 @@ def on_submitted(rows: Rows, rec: Recorded, e: ev.ActionSubmitted, unmet: int) -
         "attempts": 0, "max_attempts": e.max_attempts, "group_id": e.group,
         "compensation": None if e.compensation is None else to_json(e.compensation),
         "idem_key": e.key,
-        "depends_on": to_json(e.depends_on), "unmet_deps": unmet, "submitted_seq": rec.seq,
+        "depends_on": to_json(e.depends_on) if e.depends_on else "[]", "unmet_deps": unmet,
+        "submitted_seq": rec.seq,
         "submitted_ms": rec.ts, "started_ms": None, "finished_ms": None, "finished_seq": None,
         "updated_ms": rec.ts, "duration_ms": None, "exit_code": None, "error_kind": None,
         "error": None, "progress": None, "progress_msg": None, "checkpoint_step": None,
@@ -205,4 +208,5 @@ HANDLERS: dict[str, Callable[[RowDict, Recorded, Any], None]] = {
     ev.tag_of(ev.ActionRolledBack): _rolled_back,
     ev.tag_of(ev.ActionRollbackFailed): _rollback_failed,
     ev.tag_of(ev.ActionNotified): _nothing,
+    ev.tag_of(ev.ActionSecurityDenied): _nothing,
 }

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from ledger import events as ev
 from ledger.store import Recorded
 
-from .actions import to_json
-from .rows import Rows, Table
+from .rows import RowDict, Rows, Table
 
 DDL = """
 CREATE TABLE checkpoints (
@@ -26,9 +24,12 @@ TABLES = (
 )
 
 
-def on_checkpoint(rows: Rows, rec: Recorded, e: ev.ActionCheckpointed, attempt: int) -> None:
+def on_checkpoint(rows: Rows, rec: Recorded, a: RowDict) -> None:
+    """``a`` is the action's row, which already holds this checkpoint (its JSON encoded once,
+    by the actions projection)."""
     prev = rows.get("checkpoints", rec.stream)
     rows.put("checkpoints", {
-        "action_id": rec.stream, "seq": rec.seq, "ts": rec.ts, "attempt": attempt,
-        "step": e.step, "data": to_json(e.data), "count": (prev["count"] if prev else 0) + 1,
+        "action_id": rec.stream, "seq": rec.seq, "ts": rec.ts, "attempt": a["attempts"],
+        "step": a["checkpoint_step"], "data": a["checkpoint"],
+        "count": (prev["count"] if prev else 0) + 1,
     })

@@ -1,4 +1,5 @@
-"""Read models of things that are not actions: paused claiming, and applied agent configs."""
+"""Read models of things that are not actions: paused claiming, applied agent configs and the
+agents' capability policies."""
 
 from __future__ import annotations
 
@@ -26,11 +27,22 @@ CREATE TABLE agents (
     updated_ms INTEGER NOT NULL,
     seq        INTEGER NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE policies (
+    agent_id   TEXT PRIMARY KEY,
+    version    INTEGER NOT NULL,     -- how many times it was set
+    policy     TEXT NOT NULL,        -- JSON: security.policy.Policy
+    source     TEXT NOT NULL,
+    sha256     TEXT NOT NULL,
+    updated_ms INTEGER NOT NULL,
+    seq        INTEGER NOT NULL
+) WITHOUT ROWID;
 """
 
 TABLES = (
     Table("pauses", ("agent", "seq", "ts", "by"), ("agent",)),
     Table("agents", ("agent_id", "version", "config", "source", "sha256", "updated_ms", "seq"),
+          ("agent_id",)),
+    Table("policies", ("agent_id", "version", "policy", "source", "sha256", "updated_ms", "seq"),
           ("agent_id",)),
 )
 
@@ -59,8 +71,23 @@ def _configured(rows: Rows, rec: Recorded) -> None:
     })
 
 
+def _policy_set(rows: Rows, rec: Recorded) -> None:
+    e = rec.event
+    assert isinstance(e, ev.PolicySet)
+    prev = rows.get("policies", e.agent_id)
+    if not e.policy:
+        rows.delete("policies", e.agent_id)
+        return
+    rows.put("policies", {
+        "agent_id": e.agent_id, "version": (prev["version"] if prev else 0) + 1,
+        "policy": to_json(e.policy), "source": e.source, "sha256": e.sha256,
+        "updated_ms": rec.ts, "seq": rec.seq,
+    })
+
+
 HANDLERS: dict[str, Callable[[Rows, Recorded], None]] = {
     ev.tag_of(ev.WorkPaused): _paused,
     ev.tag_of(ev.WorkResumed): _resumed,
     ev.tag_of(ev.AgentConfigured): _configured,
+    ev.tag_of(ev.PolicySet): _policy_set,
 }

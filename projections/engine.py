@@ -19,6 +19,7 @@ from . import (
     alerts,
     checkpoints,
     control,
+    maintenance,
     metrics,
     plans,
     queue,
@@ -59,7 +60,7 @@ Handler = Callable[[RowDict, Recorded, Any], None]
 # Events that are not about one action, by type.
 _OTHER: dict[str, Callable[[Rows, Recorded], None]] = {
     **control.HANDLERS, **schedules.HANDLERS, **plans.HANDLERS, **triggers.HANDLERS,
-    **alerts.HANDLERS,
+    **alerts.HANDLERS, **maintenance.HANDLERS,
 }
 
 
@@ -154,6 +155,9 @@ def _count(rows: Rows, a: RowDict, change: int) -> None:
     changes[key] = changes.get(key, 0) + 1
 
 
+_ABSENT: Any = object()
+
+
 def apply_event(rows: Rows, rec: Recorded) -> None:
     """Fold one event into every projection.
 
@@ -175,30 +179,34 @@ def apply_event(rows: Rows, rec: Recorded) -> None:
         created = actions.on_submitted(rows, rec, e, unmet)
         _count(rows, created, 0)
         return
-    a = rows.get("actions", stream)
+    # The actions cache directly (what rows.get would do first): this runs once per event.
+    a = rows.cache["actions"].get(stream, _ABSENT)
+    if a is _ABSENT:
+        a = rows.get("actions", stream)
     if a is None:
         raise CorruptEventError(rec.seq, f"{type_} for unknown action {stream}")
     step = _STEPS.get((a["state"], type_))
     if step is None:
         raise CorruptEventError(rec.seq, f"{type_} is illegal for an action that is {a['state']}")
-    step.handler(a, rec, rec.event)
+    new_value, old, new, handler, moves, ends_attempt, change = step
+    handler(a, rec, rec.event)
     if type_ == _FAILED:
         failed = rec.event
         assert isinstance(failed, ev.ActionFailed)
         if failed.fallback:
             queue.move_dependents(rows, stream, failed.fallback)
-    a["state"] = step.new_value
+    a["state"] = new_value
     a["updated_ms"] = rec.ts
     a["version"] = rec.version
     a["last_seq"] = rec.seq
-    rows.dirty["actions"].add(stream)
+    if not rows.full:  # a rebuild writes every cached row anyway
+        rows.dirty["actions"].add(stream)
     if type_ == _CHECKPOINTED:
-        checkpoints.on_checkpoint(rows, rec, rec.event, a["attempts"])  # type: ignore[arg-type]
-    if step.moves:
-        old, new = step.old, step.new
-        if step.ends_attempt:
+        checkpoints.on_checkpoint(rows, rec, a)
+    if moves:
+        if ends_attempt:
             metrics.on_attempt_end(rows, a, rec)
-        _count(rows, a, step.change)
+        _count(rows, a, change)
         queue.on_state(rows, a, old, new)
         rollback.on_state(rows, a, old, new, rec)
 

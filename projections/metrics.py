@@ -37,7 +37,7 @@ CREATE TABLE metrics_attempts (
     io_write_bytes INTEGER,
     PRIMARY KEY (action_id, attempt)
 ) WITHOUT ROWID;
-CREATE INDEX metrics_attempts_type ON metrics_attempts (action_type, outcome);
+-- (action_type, outcome) had an index no query used (the views read every row anyway).
 CREATE INDEX metrics_attempts_time ON metrics_attempts (finished_ms);
 """
 

@@ -135,6 +135,10 @@ def _moved(rows: Rows, rec: Recorded) -> None:
                 "action_id": step["action_id"], "step_id": step.get("step"),
                 "compensation_id": step["compensation_id"],
             })
+    elif isinstance(e, ev.PlanCancelRequested):
+        p["reason"] = f"cancelled: {e.reason}" if e.reason else "cancelled"
+    elif isinstance(e, ev.PlanReopened):
+        p["reason"] = f"reopened: {e.step or e.action_id} restarted"
     elif isinstance(e, ev.PlanRollbackFailed):
         p["reason"] = (f"rollback run {e.run} failed: {', '.join(e.failed) or 'nothing'}"
                        " could not be undone")
@@ -146,13 +150,14 @@ def _moved(rows: Rows, rec: Recorded) -> None:
     rows.touch("plans", plan_id)
 
 
-_FINISHED = frozenset({PlanState.COMPLETED, PlanState.FAILED, PlanState.ROLLED_BACK,
-                       PlanState.ROLLBACK_FAILED})
+_FINISHED = frozenset({PlanState.COMPLETED, PlanState.FAILED, PlanState.CANCELLED,
+                       PlanState.ROLLED_BACK, PlanState.ROLLBACK_FAILED})
 
 HANDLERS: dict[str, Callable[[Rows, Recorded], None]] = {
     ev.tag_of(ev.PlanApplied): _applied,
     **{ev.tag_of(cls): _moved for cls in (ev.PlanStarted, ev.PlanStopRequested,
                                           ev.PlanCompleted, ev.PlanFailed,
                                           ev.PlanRollbackStarted, ev.PlanRolledBack,
-                                          ev.PlanRollbackFailed)},
+                                          ev.PlanRollbackFailed, ev.PlanCancelRequested,
+                                          ev.PlanCancelled, ev.PlanReopened)},
 }

@@ -8,7 +8,7 @@ import msgspec
 
 from ledger import events as ev
 from ledger.errors import ActionNotFoundError
-from ledger.store import EventStore
+from ledger.store import EventStore, Recorded
 from machines.states import ActionState
 
 from .actions import TABLE as ACTIONS
@@ -76,7 +76,7 @@ class AuditEntry(msgspec.Struct, frozen=True):
     ts: int
     event: str
     from_state: str | None
-    to_state: str
+    to_state: str | None
     by: str
     details: dict[str, Any]
 
@@ -86,11 +86,16 @@ def audit(store: EventStore, action_id: str) -> list[AuditEntry]:
 
     :raises ActionNotFoundError: the action has no events.
     """
-    from machines.action import FOLD
-
     history = store.read_stream(action_id)
     if not history:
         raise ActionNotFoundError(action_id)
+    return audit_entries(history)
+
+
+def audit_entries(history: list[Recorded]) -> list[AuditEntry]:
+    """Audit entries of one action's events (from the log, or from an archive file)."""
+    from machines.action import FOLD
+
     entries: list[AuditEntry] = []
     state: ActionState | None = None
     for rec in history:
@@ -106,6 +111,22 @@ def audit(store: EventStore, action_id: str) -> list[AuditEntry]:
         ))
         state = new
     return entries
+
+
+def audit_stream(store: EventStore, stream: str) -> list[AuditEntry]:
+    """Every event of a stream that is not an action (``policy:<agent>``, ``agent:<id>``,
+    ``plan:<id>``, ``schedule:<name>``...), in order.
+
+    :raises UsageError: the stream has no events.
+    """
+    history = store.read_stream(stream)
+    if not history:
+        from ledger.errors import UsageError
+
+        raise UsageError(f"no events in stream {stream!r}")
+    return [AuditEntry(seq=rec.seq, version=rec.version, ts=rec.ts, event=rec.type,
+                       from_state=None, to_state=None, by=rec.event.by,
+                       details=details_of(rec.event)) for rec in history]
 
 
 def details_of(event: ev.Event) -> dict[str, Any]:

@@ -25,7 +25,6 @@ CREATE TABLE dependencies (
     action_id  TEXT NOT NULL,        -- waits for it
     PRIMARY KEY (depends_on, action_id)
 ) WITHOUT ROWID;
-CREATE INDEX dependencies_action ON dependencies (action_id);
 """
 
 TABLES = (
@@ -35,6 +34,9 @@ TABLES = (
 )
 
 _SATISFIED_VALUES = frozenset(s.value for s in SATISFIED)
+# Membership by value: a str hashes in C (its hash is cached), an Enum member in Python.
+_WAITING_VALUES = frozenset(s.value for s in WAITING)
+_RETRYING = ActionState.RETRYING
 
 READY_SQL = """
 SELECT action_id FROM queue
@@ -56,16 +58,17 @@ def on_submitted(rows: Rows, action_id: str, depends_on: list[str]) -> int:
 
 
 def on_state(rows: Rows, a: RowDict, old: ActionState | None, new: ActionState) -> None:
-    if new in WAITING and not a["held"]:
-        not_before = a["retry_at_ms"] if new is ActionState.RETRYING else a["not_before_ms"]
+    new_value = new._value_
+    if new_value in _WAITING_VALUES and not a["held"]:
+        not_before = a["retry_at_ms"] if new is _RETRYING else a["not_before_ms"]
         rows.put("queue", {
             "action_id": a["action_id"], "priority": a["priority"],
             "submitted_seq": a["submitted_seq"], "not_before_ms": not_before,
             "unmet_deps": a["unmet_deps"],
         })
-    elif old in WAITING:
+    elif old is not None and old._value_ in _WAITING_VALUES:
         rows.delete("queue", a["action_id"])
-    if new in SATISFIED and old not in SATISFIED:
+    if new_value in _SATISFIED_VALUES and (old is None or old._value_ not in _SATISFIED_VALUES):
         _satisfy_dependents(rows, a["action_id"])
 
 

@@ -29,6 +29,7 @@ TABLES = (
 
 _IN_PLAN = frozenset({ActionState.COMPLETED, ActionState.ROLLING_BACK, ActionState.ROLLED_BACK,
                       ActionState.ROLLBACK_FAILED})
+_IN_PLAN_VALUES = frozenset(s.value for s in _IN_PLAN)  # a str hashes in C, an Enum in Python
 
 
 def on_state(rows: Rows, a: RowDict, old: ActionState | None, new: ActionState,
@@ -42,10 +43,10 @@ def on_state(rows: Rows, a: RowDict, old: ActionState | None, new: ActionState,
             "group_id": group, "action_id": a["action_id"], "completed_seq": rec.seq,
             "compensation": a["compensation"], "state": new.value,
         })
-    elif new in _IN_PLAN:
+    elif new._value_ in _IN_PLAN_VALUES:
         row = rows.get("rollback_plans", key)
         if row is not None:
             row["state"] = new.value
             rows.touch("rollback_plans", key)
-    elif old in _IN_PLAN:
+    elif old is not None and old._value_ in _IN_PLAN_VALUES:
         rows.delete("rollback_plans", key)

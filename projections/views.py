@@ -6,7 +6,7 @@ Percentiles are nearest-rank: p = the value at rank ceil(p/100 * n) of the sorte
 from __future__ import annotations
 
 NAMES = ("v_events", "v_actions", "v_metrics", "v_failures", "v_resources", "v_retries",
-         "v_rollback_plans")
+         "v_rollback_plans", "v_security")
 
 DDL = """
 CREATE VIEW v_events AS
@@ -68,6 +68,19 @@ SELECT action_type, COALESCE(agent, '') AS agent, error_kind, COUNT(*) AS failur
        MAX(finished_ms) AS last_ms
 FROM metrics_attempts WHERE outcome IN ('failed', 'skipped', 'retry', 'interrupted')
 GROUP BY action_type, COALESCE(agent, ''), error_kind;
+
+CREATE VIEW v_security AS
+SELECT e.seq, e.stream AS action_id, a.agent,
+       strftime('%Y-%m-%dT%H:%M:%fZ', e.ts / 1000.0, 'unixepoch') AS time,
+       json_extract(e.data, '$.attempt') AS attempt,
+       COALESCE(json_extract(e.data, '$.stage'), 'run') AS stage,
+       json_extract(d.value, '$.access') AS access,
+       COALESCE(json_extract(d.value, '$.path'), json_extract(d.value, '$.target'),
+                json_extract(d.value, '$.port')) AS target,
+       json_extract(d.value, '$.reason') AS reason
+FROM events e, json_each(e.data, '$.denials') d
+LEFT JOIN actions a ON a.action_id = e.stream
+WHERE e.type = 'action.security_denied';
 
 CREATE VIEW v_resources AS
 SELECT COALESCE(agent, '') AS agent, task, action_type, COUNT(*) AS attempts,

@@ -98,12 +98,32 @@ class Attempt:
         self.stop_text = ""
         self.kill_at: float | None = None
         self.outcome: Outcome | None = None
+        self.stop_retryable = True
+        self.kill_now = False
+        # The agent's sandbox and quotas (security/): the action's private TMPDIR, where the
+        # sandbox writes the kernel's denials, and the storage watch (the log cap for all).
+        self.tmpdir: str | None = None
+        self.denials_path: str | None = None
+        if claim.sandbox is not None or claim.policy is not None:
+            self.tmpdir = os.path.join(str(home.root), "tmp", self.action_id)
+        if claim.sandbox is not None:
+            self.denials_path = claim.sandbox.denials_path
+        from security.quotas import watch_for
+
+        self.quota = watch_for(store, str(home.root), self.action_id, claim.spec.agent,
+                               claim.policy, self.log.fileno(), self.offset, self.tmpdir)
 
     # -- lifecycle ------------------------------------------------------------------------------
     def start(self) -> None:
         if self.claim.refused is not None:
-            self._done("limits_unavailable", self.claim.refused, retryable=False)
+            self._done(self.claim.refused_kind, self.claim.refused, retryable=False)
             return
+        if self.tmpdir is not None:
+            os.makedirs(self.tmpdir, mode=0o700, exist_ok=True)
+        if self.denials_path is not None:
+            os.makedirs(os.path.dirname(self.denials_path), mode=0o700, exist_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.denials_path)
         if self.claim.prepared is not None:
             self.prepared = self.claim.prepared
         self._next_step()
@@ -125,6 +145,9 @@ class Attempt:
             b"SP_RESUME_STEP": b"" if c.resume_step is None else str(c.resume_step).encode(),
             b"SP_STEP": str(step.index).encode(), b"SP_STEP_NAME": enc(step.name),
         })
+        if self.tmpdir is not None:
+            tmp = enc(self.tmpdir)
+            env.update({b"TMPDIR": tmp, b"TMP": tmp, b"TEMP": tmp})
         return env
 
     def _next_step(self) -> None:
@@ -136,6 +159,10 @@ class Attempt:
             self.log.write(f"--- sp: step {step.index} {step.name}\n".encode())
             self.log.flush()
         argv = step.argv
+        if self.claim.sandbox is not None:
+            from security import enforce, sandbox
+
+            argv = sandbox.wrap(self.claim.sandbox, argv, enforce.capabilities())
         if self.prepared is not None:
             from runner import limits
 
@@ -145,8 +172,9 @@ class Attempt:
                 argv, stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT,
                 cwd=self.claim.spec.cwd, env=self._env(step), start_new_session=True,
             )
-        except OSError as e:
-            self._done("spawn", f"cannot run {step.argv[0]!r}: {e.strerror}", retryable=False)
+        except (OSError, ValueError) as e:  # ValueError: a NUL byte in argv, env or cwd
+            why = e.strerror if isinstance(e, OSError) else str(e)
+            self._done("spawn", f"cannot run {step.argv[0]!r}: {why}", retryable=False)
             return
         if self.note_children:
             execution.record_child(self.store, self.action_id, self.owner, self.proc.pid)
@@ -181,6 +209,10 @@ class Attempt:
             return self.outcome is not None
         if self.scanner is not None and self.stop_kind is None:
             self._scan()
+        if self.stop_kind is None:
+            over = self.quota.check(now)
+            if over is not None:
+                self.stop("quota_exceeded", over.text(), retryable=False, kill_now=over.kill_now)
         if self.deadline is not None and now > self.deadline and self.stop_kind is None:
             timeout_s = (self.claim.spec.timeout_ms or 0) / 1000
             self.stop("timeout", f"timed out after {timeout_s:g}s")
@@ -201,11 +233,14 @@ class Attempt:
         self.rusage = rusage
         self._signal(signal.SIGKILL)  # leftovers of the step's process group
         if self.stop_kind is not None:
-            self._done(self.stop_kind, self.stop_text)
+            self._done(self.stop_kind, self.stop_text, retryable=self.stop_retryable)
         elif code != 0:
             reason = self._exhausted(code)
             if reason:
                 self._done("resource_exhaustion", reason)
+            elif self.claim.sandbox is not None and code == _sandbox_exit():
+                self._done("sandbox_unavailable", "the sandbox could not be applied (the log"
+                           " says what)", retryable=False)
             elif self.prepared is not None and code == _shim_exit():
                 self._done("limits_unavailable", "the limits shim could not apply the limits",
                            retryable=False)
@@ -225,11 +260,15 @@ class Attempt:
             self._next_step()
         return self.outcome is not None
 
-    def stop(self, kind: str, text: str) -> None:
-        """Ask the step to stop (SIGTERM to its group), SIGKILL after the grace period."""
+    def stop(self, kind: str, text: str, retryable: bool = True, kill_now: bool = False) -> None:
+        """Ask the step to stop (SIGTERM to its group), SIGKILL after the grace period (at
+        once with ``kill_now``)."""
         if self.outcome is not None or self.stop_kind is not None:
             return
-        self.stop_kind, self.stop_text = kind, text
+        self.stop_kind, self.stop_text, self.stop_retryable = kind, text, retryable
+        if kill_now:
+            self._signal(signal.SIGKILL)
+            return
         self._signal(signal.SIGTERM)
         self.kill_at = time.monotonic() + KILL_GRACE_S
 
@@ -285,10 +324,42 @@ class Attempt:
             facts = _facts(self.log, self.offset)
         finally:
             self.log.close()
+        security, stage, dropped = self._security()
+        if security and stage == "run" and kind == "exit_code":
+            first = security[0]
+            kind, retryable = "security_denied", False
+            text = (f"{text} after the sandbox refused {first.get('access')}"
+                    f" {first.get('path', first.get('port', ''))}")
         self.outcome = Outcome(
             exit_code=self.returncode, duration_ms=int((time.monotonic() - self.started) * 1000),
             error_kind=kind, error=text, retryable=retryable, usage=usage, result=facts,
+            security=security, security_stage=stage, security_dropped=dropped,
         )
+
+    def _security(self) -> tuple[list[dict[str, Any]], str, int]:
+        """What the policy refused: before running (the claim's denials) or, read back from
+        the kernel's audit records the sandbox collected, while running."""
+        if self.claim.denials:
+            return list(self.claim.denials), "validation", 0
+        if self.denials_path is None:
+            return [], "run", 0
+        from security import sandbox
+
+        try:
+            found = sandbox.read_denials(self.denials_path)
+        except OSError:
+            return [], "run", 0
+        with contextlib.suppress(OSError):
+            os.unlink(self.denials_path)
+        from commands.execution import MAX_DENIALS
+
+        return found[:MAX_DENIALS], "run", max(0, len(found) - MAX_DENIALS)
+
+
+def _sandbox_exit() -> int:
+    from security import sandbox
+
+    return sandbox.SANDBOX_EXIT
 
 
 def _shim_exit() -> int:

@@ -54,6 +54,8 @@ def _strategy(t: mi.Type) -> st.SearchStrategy[Any]:
             return st.lists(_strategy(item), max_size=3)
         case mi.DictType(key_type=key, value_type=value):
             return st.dictionaries(_strategy(key), _strategy(value), max_size=3)
+        case mi.StructType(cls=cls, fields=fields):  # a nested Struct (ledger.archived's runs)
+            return st.builds(cls, **{f.name: _strategy(f.type) for f in fields})
     raise AssertionError(f"no strategy for field type {t!r}: extend tests/test_codec.py")
 
 
@@ -88,7 +90,8 @@ def test_every_event_type_has_a_distinct_explicit_tag() -> None:
     assert len(set(tags)) == len(tags) == len(ev.EVENT_TYPES)
     for cls, tag in zip(ev.EVENT_TYPES, tags, strict=True):
         noun, _, verb = tag.partition(".")
-        assert noun in {"action", "agent", "control", "schedule", "plan", "trigger", "alert"}
+        assert noun in {"action", "agent", "control", "schedule", "plan", "trigger", "alert",
+                        "maintenance", "ledger", "policy"}
         assert verb and tag != cls.__name__
 
 
@@ -118,7 +121,10 @@ def fast_store(tmp_path: Path) -> Any:
 
 @settings(max_examples=60, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(events=st.lists(ANY_EVENT, min_size=1, max_size=4),
+# ledger.archived is left out: a random one claims seqs that are still in the log, which
+# verify rightly rejects (tests/test_archive.py covers it).
+@given(events=st.lists(ANY_EVENT.filter(lambda e: not isinstance(e, ev.LedgerArchived)),
+                       min_size=1, max_size=4),
        suffix=st.text(st.characters(codec="utf-8"), max_size=8))
 def test_store_round_trip(fast_store: EventStore, events: list[ev.Event], suffix: str) -> None:
     # One store serves every example; a fresh stream keeps examples apart.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -11,19 +12,21 @@ import hypothesis.strategies as st
 from hypothesis import HealthCheck, settings
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, precondition, rule
 
-from commands import actions, execution, recovery
+from commands import actions, execution, plans, recovery
 from commands.execution import Claim, Outcome
 from commands.home import Home
 from ledger import events as ev
 from ledger.clock import ManualClock
-from ledger.errors import InvalidTransitionError
+from ledger.errors import InvalidTransitionError, UsageError
 from machines import action as machine
-from machines.states import ActionState
+from machines.plan import SETTLED, PlanState
+from machines.states import FINAL, ActionState
 from projections import engine, queries
 
 
 class LiveEqualsReplay(RuleBasedStateMachine):
     ids = Bundle("ids")
+    plan_ids = Bundle("plan_ids")
 
     def __init__(self) -> None:
         super().__init__()
@@ -118,6 +121,60 @@ class LiveEqualsReplay(RuleBasedStateMachine):
                 error="undo failed", exit_code=1)
             tx.append(action_id, [ev.ActionRollbackStarted(), done], version)
 
+    # -- plans: their actions are claimed and finished by the rules above ------------------------
+
+    @rule(target=plan_ids, data=st.data(),
+          on_failure=st.sampled_from(["rollback", "stop", "continue"]),
+          order=st.sampled_from(["reverse", "forward"]),
+          strategy=st.sampled_from(["all-or-nothing", "best-effort"]))
+    def apply_plan(self, data: st.DataObject, on_failure: str, order: str,
+                   strategy: str) -> str:
+        steps: list[dict[str, object]] = []
+        for i in range(data.draw(st.integers(1, 4))):
+            earlier = [str(s["id"]) for s in steps]
+            step: dict[str, object] = {
+                "id": f"s{i}", "type": "shell", "payload": {"command": ["true"]},
+                "depends_on": data.draw(st.lists(st.sampled_from(earlier), max_size=2,
+                                                 unique=True)) if earlier else [],
+                "retry": {"max_attempts": data.draw(st.integers(1, 2))},
+                "recovery": data.draw(st.sampled_from(["retry", "retry", "skip"])),
+            }
+            if data.draw(st.booleans()):
+                step["rollback"] = ["echo", "undo"]
+            steps.append(step)
+        path = self.dir / f"plan{self.steps}.yaml"
+        self.steps += 1
+        path.write_text(json.dumps({"name": f"p{self.steps}", "on_failure": on_failure,
+                                    "rollback": {"order": order, "strategy": strategy},
+                                    "actions": steps}))
+        return plans.apply(self.store, path, by="test")
+
+    def _plan_action(self, plan_id: str, data: st.DataObject) -> str:
+        ids = [str(r[0]) for r in self.store.query(
+            "SELECT action_id FROM actions WHERE group_id IN (?, ?) ORDER BY submitted_seq",
+            (plan_id, f"rollback:{plan_id}"))]
+        return data.draw(st.sampled_from(ids))
+
+    @rule(plan_id=plan_ids, data=st.data())
+    def cancel_plan_action(self, plan_id: str, data: st.DataObject) -> None:
+        with contextlib.suppress(InvalidTransitionError):
+            actions.cancel(self.store, self._plan_action(plan_id, data), "because")
+
+    @rule(plan_id=plan_ids, data=st.data())
+    def restart_plan_action(self, plan_id: str, data: st.DataObject) -> None:
+        with contextlib.suppress(InvalidTransitionError, UsageError):
+            actions.restart_with(self.store, self._plan_action(plan_id, data))
+
+    @rule(plan_id=plan_ids, then_rollback=st.booleans())
+    def cancel_plan(self, plan_id: str, then_rollback: bool) -> None:
+        with contextlib.suppress(InvalidTransitionError):
+            plans.cancel(self.store, plan_id, "enough", then_rollback)
+
+    @rule(plan_id=plan_ids)
+    def roll_back_plan(self, plan_id: str) -> None:
+        with contextlib.suppress(InvalidTransitionError, UsageError):
+            plans.rollback(self.store, plan_id)
+
     @rule(ms=st.sampled_from([1000, 10_000, 60_000, 400_000]))
     def tick(self, ms: int) -> None:
         self.clock.advance(ms)
@@ -143,6 +200,17 @@ class LiveEqualsReplay(RuleBasedStateMachine):
         assert queue == waiting
         executing = self.store.query("SELECT count(*) FROM actions WHERE state = 'executing'")
         assert executing[0][0] == len(self.claims)
+        # A plan that settled runs nothing; one that has not settled still has work (or a
+        # rollback run) under way, so that nothing is left waiting on an event never to come.
+        for plan_id, state in self.store.query("SELECT plan_id, state FROM plans"):
+            active = self.store.query(
+                "SELECT count(*) FROM actions WHERE group_id IN (?, ?) AND state NOT IN"
+                f" ({', '.join(repr(s.value) for s in FINAL)})",
+                (plan_id, f"rollback:{plan_id}"))[0][0]
+            if PlanState(state) in SETTLED:
+                assert active == 0, (plan_id, state)
+            else:
+                assert active > 0, (plan_id, state)
         for state in counts:
             ActionState(state)
         # Dependencies: the queue, the actions row and the edge table agree.
@@ -155,7 +223,7 @@ class LiveEqualsReplay(RuleBasedStateMachine):
 
 
 LiveEqualsReplay.TestCase.settings = settings(
-    max_examples=40, stateful_step_count=30, deadline=None,
+    max_examples=120, stateful_step_count=30, deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
 TestLiveEqualsReplay = LiveEqualsReplay.TestCase

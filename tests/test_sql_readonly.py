@@ -10,6 +10,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from commands import actions, execution
@@ -43,7 +44,10 @@ def build(root: Path) -> int:
         execution.finish(store, execution.claim(store, b, "w1"), bad)
         clock.advance(5_000)
         execution.finish(store, execution.claim(store, b, "w1"), ok)
-        execution.finish(store, execution.claim(store, c, "w1"), bad)
+        # c's program was refused a write by the sandbox before it failed (v_security)
+        denied = msgspec.structs.replace(bad, security=[{"access": "fs.write_file",
+                                                          "path": "/etc/x"}])
+        execution.finish(store, execution.claim(store, c, "w1"), denied)
         actions.cancel(store, d, by="test")
         seq, _ = store.head()
         return seq
@@ -109,6 +113,16 @@ WRITES = {
     "pragma query_only off": "PRAGMA query_only = OFF",
     "pragma wal_checkpoint": "PRAGMA wal_checkpoint(TRUNCATE)",
     "pragma foreign_keys": "PRAGMA foreign_keys = OFF",
+    "attach memory": "ATTACH DATABASE ':memory:' AS m",
+    "detach": "DETACH DATABASE main",
+    "load_extension": "SELECT load_extension('{tmp}/evil.so')",
+    "create virtual table": "CREATE VIRTUAL TABLE temp.x USING fts5(a)",
+    "insert into temp": "INSERT INTO temp.sqlite_master VALUES (1, 2, 3, 4, 5)",
+    "pragma schema user_version": "PRAGMA main.user_version = 5",
+    "pragma call form": "PRAGMA user_version(5)",
+    "pragma optimize": "PRAGMA optimize",
+    "pragma incremental_vacuum": "PRAGMA incremental_vacuum",
+    "pragma temp_store": "PRAGMA temp_store = MEMORY",
     "vacuum": "VACUUM",
     "vacuum into": "VACUUM INTO '{tmp}/copy.db'",
     "reindex": "REINDEX",

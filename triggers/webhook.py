@@ -40,6 +40,7 @@ from urllib.parse import urlsplit
 
 import msgspec
 
+from ledger import jsoninput
 from ledger.errors import SpError, UsageError
 
 from . import names
@@ -111,8 +112,8 @@ def decode_body(body: bytes) -> dict[str, Any]:
     if not body.strip():
         return {}
     try:
-        value = msgspec.json.decode(body)
-    except msgspec.DecodeError as e:
+        value = jsoninput.decode(body)
+    except UsageError as e:
         raise Reply(400, f"malformed JSON: {e}") from None
     if not isinstance(value, dict):
         raise Reply(400, f"expected a JSON object, got {type(value).__name__}")

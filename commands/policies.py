@@ -1,0 +1,232 @@
+"""Agents' capability policies: set (an audited event), read, and check a spec against them.
+
+A policy comes from an agent file's ``capabilities:`` / ``storage:`` sections (``sp agent
+apply``) or from a policy file (``sp agent policy ID --set FILE``) in the seed's shape, either
+for one agent (``allowed:`` / ``denied:`` at the top, or under ``capabilities:``) or for several
+(``capabilities: {research_agent: {allowed: ..., denied: ...}}``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Protocol
+
+import msgspec
+
+from agents.config import load_document
+from ledger import events as ev
+from ledger.errors import UsageError
+from ledger.store import EventStore, Transaction
+from security import policy as pol
+from security.policy import Denial, Policy
+
+
+class _Query(Protocol):
+    def query_one(self, sql: str, params: Any = ...) -> Any: ...
+
+
+def stream_of(agent_id: str) -> str:
+    return f"policy:{agent_id}"
+
+
+def policy_of(q: _Query, agent_id: str | None) -> Policy | None:
+    """The agent's effective policy, or None when it has none."""
+    if not agent_id:
+        return None
+    row = q.query_one("SELECT policy FROM policies WHERE agent_id = ?", (agent_id,))
+    if row is None:
+        return None
+    return pol.from_dict(msgspec.json.decode(row[0]))
+
+
+def decode_file(path: str | Path, agent_id: str) -> Policy:
+    """Read a policy file (the seed's shape) and return ``agent_id``'s policy.
+
+    :raises UsageError: unreadable, malformed, or no policy for that agent (with its path).
+    """
+    where = str(path)
+    doc = load_document(path)
+    if not isinstance(doc, dict) or not doc:
+        raise UsageError(f"{where}: $: expected a mapping with capabilities (allowed/denied)")
+    unknown = set(doc) - {"capabilities", "storage", "allowed", "denied", "default"}
+    if unknown:
+        raise UsageError(f"{where}: $: unknown key {sorted(unknown, key=str)[0]!r}; expected"
+                         " capabilities, storage, allowed, denied or default")
+    storage = doc.get("storage")
+    if "capabilities" in doc:
+        caps = doc["capabilities"]
+        base = f"{where}: $.capabilities"
+        if isinstance(caps, dict) and caps and not set(caps) & {"allowed", "denied", "default"}:
+            # several agents: pick this one's
+            if agent_id not in caps:
+                names = ", ".join(sorted(map(str, caps))) or "none"
+                raise UsageError(f"{base}: no entry for agent {agent_id!r} (entries: {names})")
+            caps = caps[agent_id]
+            base = f"{base}.{agent_id}"
+            if isinstance(caps, dict) and "storage" in caps:
+                storage, caps = caps["storage"], {k: v for k, v in caps.items() if k != "storage"}
+        return pol.decode(caps, storage, base, f"{where}: $.storage")
+    caps = {k: v for k, v in doc.items() if k in ("allowed", "denied", "default")}
+    return pol.decode(caps, storage, f"{where}: $", f"{where}: $.storage")
+
+
+def set_policy(store: EventStore, agent_id: str, policy: Policy | None, source: str = "",
+               by: str = "") -> bool:
+    """Record ``agent_id``'s policy (None clears it); False when it is already that."""
+    with store.transaction() as tx:
+        return set_in(tx, agent_id, policy, source, by)
+
+
+def set_in(tx: Transaction, agent_id: str, policy: Policy | None, source: str,
+           by: str) -> bool:
+    """:func:`set_policy` inside a transaction the caller holds."""
+    if not agent_id.strip():
+        raise UsageError("agent id must not be empty")
+    current = tx.query_one("SELECT sha256 FROM policies WHERE agent_id = ?", (agent_id,))
+    if policy is None or policy.empty:
+        if current is None:
+            return False
+        data: dict[str, Any] = {}
+        digest = ""
+    else:
+        digest = pol.digest(policy)
+        if current is not None and current[0] == digest:
+            return False
+        data = pol.to_dict(policy)
+        # An empty dict means "cleared" to the projection: keep the default visible.
+        data.setdefault("default", policy.default)
+    stream = stream_of(agent_id)
+    tx.append(stream, [ev.PolicySet(by=by, agent_id=agent_id, policy=data, source=source,
+                                    sha256=digest)], tx.stream_version(stream))
+    return True
+
+
+# -- checks before anything is written ------------------------------------------------------------
+
+
+def _path_env(spec: Any) -> str | None:
+    env = getattr(spec, "env", None) or {}
+    return env.get("PATH")
+
+
+def check_spec(policy: Policy, spec: Any, where: str) -> list[Denial]:
+    """Every refusal ``policy`` makes of a submitted spec (SubmitSpec or ActionSubmitted):
+    its programs (command, steps, the shell when ``shell: true``) and, for built-in types,
+    the paths and hosts their payload names."""
+    out: list[Denial] = []
+    env_path, cwd = _path_env(spec), getattr(spec, "cwd", None)
+    programs: list[tuple[str, str]] = []
+    if spec.steps:
+        for i, step in enumerate(spec.steps):
+            command = list(step.get("command") or [])
+            if step.get("shell"):
+                programs.append(("/bin/sh", f"{where}.steps[{i}] (shell: true)"))
+            elif command:
+                programs.append((command[0], f"{where}.steps[{i}].command[0]"))
+    elif spec.command:
+        if spec.shell:
+            programs.append(("/bin/sh", f"{where} (shell: true)"))
+        else:
+            programs.append((spec.command[0], f"{where}.command[0]"))
+    for program, here in programs:
+        d = pol.check_program(policy, program, here, env_path, cwd)
+        if d is not None:
+            out.append(d)
+    if spec.cwd and policy.read is not None:
+        d = pol.check_path(policy, spec.cwd, "read", f"{where}.cwd")
+        if d is not None:
+            out.append(d)
+    out.extend(_payload(policy, spec, where))
+    return out
+
+
+def _payload(policy: Policy, spec: Any, where: str) -> list[Denial]:
+    if spec.action_type == "shell" or not spec.payload:
+        return []
+    import actions as registry
+    from security import paths
+
+    kind = registry.get(spec.action_type)
+    if kind is None:
+        return []
+    try:
+        payload = msgspec.convert(spec.payload, kind.payload)
+    except msgspec.ValidationError:
+        return []  # the type's own validation reports it
+    out: list[Denial] = []
+    for here, target, access in paths.of(spec.action_type, payload):
+        at = f"{where}.payload.{here}"
+        if access == "network":
+            host, _, port = target.rpartition(":")
+            d = pol.check_host(policy, host, int(port), at)
+        else:
+            base = spec.cwd or os.getcwd()
+            full = target if os.path.isabs(target) else os.path.join(base, target)
+            d = pol.check_path(policy, full, "write" if access == "write" else "read", at)
+        if d is not None:
+            out.append(d)
+    return out
+
+
+def refuse(store: EventStore | Transaction, specs: list[Any], wheres: list[str]) -> None:
+    """Check each spec against its agent's policy before anything is written.
+
+    :raises UsageError: the first refusal, naming the spec and the rule.
+    """
+    cache: dict[str, Policy | None] = {}
+    for spec, where in zip(specs, wheres, strict=True):
+        agent = spec.agent
+        if not agent:
+            continue
+        if agent not in cache:
+            cache[agent] = policy_of(store, agent)
+        policy = cache[agent]
+        if policy is None:
+            continue
+        denials = check_spec(policy, spec, where)
+        if denials:
+            raise UsageError(f"{denials[0].line()} (agent {agent})")
+
+
+def describe(store: EventStore, agent_id: str) -> dict[str, Any]:
+    """The effective policy of ``agent_id`` for display: allow/deny per category, quotas, where
+    it came from, and what this machine can enforce of it."""
+    row = store.query_one(
+        "SELECT policy, version, source, updated_ms FROM policies WHERE agent_id = ?",
+        (agent_id,))
+    known = store.query_one("SELECT 1 FROM agents WHERE agent_id = ?", (agent_id,))
+    if row is None:
+        if known is None:
+            raise UsageError(f"no agent {agent_id!r} and no policy for it"
+                             " (sp agent apply FILE, or sp agent policy ID --set FILE)")
+        return {"agent_id": agent_id, "policy": None, "categories": {}, "quotas": {},
+                "note": "no policy: the agent's actions run unconfined"}
+    p = pol.from_dict(msgspec.json.decode(row[0]))
+    cats: dict[str, dict[str, Any]] = {}
+    for cat in pol.CATEGORIES:
+        allow = getattr(p, cat)
+        deny = getattr(p, f"deny_{cat}")
+        if cat == "network":
+            allow = None if allow is None else [r.text for r in allow]
+            deny = [r.text for r in deny]
+        cats[cat] = {"allowed": "any" if allow is None else allow, "denied": deny}
+    quotas = {k: getattr(p, k) for k in ("temp_space", "output_space", "log_space")
+              if getattr(p, k) is not None}
+    out: dict[str, Any] = {
+        "agent_id": agent_id, "version": row[1], "source": row[2], "updated_ms": row[3],
+        "default": p.default, "categories": cats, "quotas": quotas,
+        "output_dirs": p.output_dirs,
+    }
+    try:
+        from security import sandbox
+        from security.enforce import sandbox_spec
+
+        spec = sandbox_spec(p, tmpdir="/tmp", shell=False, env_path=None)
+        from security.enforce import capabilities
+
+        enforced, missing = sandbox.plan(spec, capabilities())
+        out["enforcement"] = {"enforced": enforced, "missing": missing}
+    except ImportError:  # pragma: no cover - the sandbox module is part of the package
+        pass
+    return out

@@ -1,0 +1,172 @@
+"""From an agent's policy to what the kernel enforces for one attempt.
+
+:func:`sandbox_spec` turns a :class:`~security.policy.Policy` into the
+:class:`~security.sandbox.SandboxSpec` the attempt's process enters before exec; paths are
+resolved here, when the attempt is claimed, so the rules name real files. :func:`prepare` adds
+what the machine can do (:func:`security.sandbox.probe`) and says what will be enforced, or why
+the attempt must be refused.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import sysconfig
+from typing import Any
+
+import msgspec
+
+from . import sandbox
+from .policy import SYSTEM_READ, SYSTEM_WRITE, NetRule, Policy, real, resolve_program
+
+
+def _existing(paths: list[str]) -> list[str]:
+    out: list[str] = []
+    for p in paths:
+        r = real(p)
+        if os.path.exists(r) and r not in out:
+            out.append(r)
+    return out
+
+
+def _python_roots() -> list[str]:
+    """What sp's own interpreter needs to run a built-in action type."""
+    roots = {sys.prefix, sys.base_prefix, sys.exec_prefix, os.path.dirname(real(sys.executable))}
+    for key in ("stdlib", "platstdlib", "purelib", "platlib"):
+        with_path = sysconfig.get_paths().get(key)
+        if with_path:
+            roots.add(with_path)
+    # The package itself (an editable install lives outside site-packages).
+    roots.add(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    return sorted(roots)
+
+
+def _ports(rules: list[NetRule]) -> tuple[list[int] | None, bool]:
+    """(ports, any): the TCP ports a rule list names; ``any`` when a rule covers every port."""
+    ports: set[int] = set()
+    for r in rules:
+        if r.port is None:
+            return None, True
+        ports.add(r.port)
+    return sorted(ports), False
+
+
+def sandbox_spec(policy: Policy, *, tmpdir: str, shell: bool, env_path: str | None,
+                 programs: list[str] | None = None, python: bool = False,
+                 denials_path: str | None = None) -> sandbox.SandboxSpec:
+    """The sandbox for one attempt of an action under ``policy``.
+
+    ``programs`` are the argv[0]s it will run (allowed executables resolved through PATH),
+    ``python`` says sp's own interpreter runs it (a built-in action type), ``tmpdir`` is its
+    private temporary folder (always writable).
+    """
+    fs = policy.restricts_fs
+    read: list[str] = ["/"] if policy.read is None else [
+        *_existing(list(policy.read)), *_existing(list(SYSTEM_READ))]
+    write: list[str] = ["/"] if policy.write is None else [
+        *_existing(list(policy.write)), *_existing(list(SYSTEM_WRITE))]
+    if policy.read is not None and policy.write is not None:
+        read.extend(p for p in _existing(list(policy.write)) if p not in read)
+    for extra in (tmpdir,):
+        if extra not in write and write != ["/"]:
+            write.append(extra)
+        if extra not in read and read != ["/"]:
+            read.append(extra)
+    if python and read != ["/"]:
+        read.extend(p for p in _existing(_python_roots()) if p not in read)
+    execute: list[str] | None = None
+    if policy.execute is not None:
+        execute = []
+        for name in policy.execute:
+            found = resolve_program(name, env_path)
+            if found and found not in execute:
+                execute.append(found)
+        if shell:
+            execute.append(real("/bin/sh"))
+        if python:
+            execute.append(real(sys.executable))
+    deny_execute = []
+    for name in policy.deny_execute:
+        found = resolve_program(name, env_path)
+        if found and found not in deny_execute:
+            deny_execute.append(found)
+    tcp_connect: list[int] | None = None
+    network = True
+    if policy.network is not None:
+        if not policy.network:
+            network = False
+        else:
+            ports, anything = _ports(policy.network)
+            tcp_connect = None if anything else ports
+    deny_ports, _ = _ports([r for r in policy.deny_network if r.host == "*"])
+    tcp_deny = deny_ports or []
+    return sandbox.SandboxSpec(
+        read=read, write=write, execute=execute,
+        deny_read=_existing(list(policy.deny_read)),
+        deny_write=_existing(list(policy.deny_write)),
+        deny_execute=deny_execute, fs=fs, tcp_connect=tcp_connect, tcp_deny=tcp_deny,
+        network=network, namespaces=True, denials_path=denials_path,
+    )
+
+
+class Prepared(msgspec.Struct, kw_only=True):
+    """An attempt's sandbox: the spec its process enters, what the ``started`` event records,
+    and, when it must not run, why."""
+
+    spec: sandbox.SandboxSpec | None = None
+    enforced: dict[str, Any] = {}
+    refused: str | None = None
+
+
+def reduce(spec: sandbox.SandboxSpec, caps: Any) -> sandbox.SandboxSpec:
+    """``spec`` without the mechanisms this machine lacks (``--allow-unsandboxed``)."""
+    changes: dict[str, Any] = {}
+    abi = int(getattr(caps, "landlock_abi", 0) or 0)
+    if abi < 1:
+        changes["fs"] = False
+    if abi < 4:
+        changes["tcp_connect"], changes["tcp_deny"] = None, []
+    if not set(getattr(caps, "namespaces", None) or []) >= {"pid", "ipc", "uts", "mnt"}:
+        changes["namespaces"] = False
+    if "net" not in (getattr(caps, "namespaces", None) or []):
+        changes["network"] = True
+    return msgspec.structs.replace(spec, **changes)
+
+
+def capabilities() -> Any:
+    """What this machine can enforce (:func:`security.sandbox.probe`), lowered by the
+    operator's ``SP_LANDLOCK_ABI_MAX`` (use at most that Landlock ABI, e.g. to get the same
+    enforcement on machines with different kernels; 0 = do not use Landlock) and
+    ``SP_SANDBOX_NAMESPACES`` (a comma list of the namespaces sp may create; empty = none)."""
+    caps = sandbox.probe()
+    changes: dict[str, Any] = {}
+    raw = os.environ.get("SP_LANDLOCK_ABI_MAX", "").strip()
+    if raw.isdigit() and int(raw) < caps.landlock_abi:
+        changes["landlock_abi"] = int(raw)
+        changes["landlock_reason"] = f"limited to ABI {raw} by SP_LANDLOCK_ABI_MAX"
+        if int(raw) < 7:
+            changes["kernel_audit"] = False
+            changes["audit_reason"] = ("Landlock audit records need ABI 7"
+                                       f" (SP_LANDLOCK_ABI_MAX={raw})")
+    names = os.environ.get("SP_SANDBOX_NAMESPACES")
+    if names is not None:
+        allowed = {n.strip() for n in names.split(",") if n.strip()}
+        changes["namespaces"] = [n for n in caps.namespaces if n in allowed]
+        changes["namespaces_reason"] = "not allowed by SP_SANDBOX_NAMESPACES"
+    return msgspec.structs.replace(caps, **changes) if changes else caps
+
+
+def prepare(spec: sandbox.SandboxSpec, allow_unsandboxed: bool) -> Prepared:
+    """What will be enforced for ``spec`` here, or why the attempt is refused."""
+    caps = capabilities()
+    enforced, missing = sandbox.plan(spec, caps)
+    if missing and not allow_unsandboxed:
+        return Prepared(enforced={**enforced, "missing": missing, "refused": True},
+                        refused="the policy needs what this machine cannot enforce: "
+                        + "; ".join(missing) + " (submit with --allow-unsandboxed to run anyway)")
+    if missing:
+        spec = reduce(spec, caps)
+        enforced, _ = sandbox.plan(spec, caps)
+        return Prepared(spec=spec, enforced={**enforced, "missing": missing,
+                                             "allow_unsandboxed": True})
+    return Prepared(spec=spec, enforced=enforced)
