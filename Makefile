@@ -26,6 +26,7 @@ bench: $(VENV)/.installed
 	$(BIN)/python bench/replay.py
 	$(BIN)/python bench/cli.py
 	$(BIN)/python bench/workers.py
+	$(BIN)/python bench/sandbox.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_HOME) build *.egg-info

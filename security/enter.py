@@ -25,6 +25,7 @@ and exit 125, before the program runs. Imports stay stdlib + ctypes for startup 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import select
@@ -128,6 +129,15 @@ def _init(cfg: dict[str, Any], argv: list[str], status_w: int,
             linux.loopback_up()
         except OSError as e:
             _fail("network namespace (lo up)", _why(e))
+    for name in cfg.get("dropped_capabilities") or []:
+        number = linux.DROPPED_CAPABILITIES.get(name)
+        if number is None:
+            _fail("capability bounding set", f"unknown capability {name}")
+        try:
+            linux.prctl(linux.PR_CAPBSET_DROP, number)
+        except OSError as e:
+            if e.errno != errno.EINVAL:  # EINVAL: this kernel does not know it (older)
+                _fail(f"dropping {name}", _why(e))
     program = _which(argv[0])
     rs = _ruleset(cfg, program)
     try:

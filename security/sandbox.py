@@ -22,7 +22,11 @@ a user namespace when not root). Decisions the spec leaves open:
 - denial records are evidence, not confinement: when kernel audit is unreadable (not root, or
   Landlock ABI < 7) ``enforced["denial_log"]`` is None with a ``denial_log_reason``, and it is
   not listed as missing;
-- a program running as root keeps its capabilities (no user namespace is made for root).
+- a program running as root loses the capabilities that would let it step around the sandbox
+  or the machine (:data:`DROPPED_CAPABILITIES`: loading kernel modules, raw devices and raw
+  sockets, ptrace, mount and the rest of ``CAP_SYS_ADMIN``, audit control, BPF...) from its
+  bounding set before exec; it keeps the ordinary root ones (file ownership, ``DAC_OVERRIDE``
+  — Landlock still applies — setuid/setgid, binding low ports).
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from security.enter import SANDBOX_EXIT
 
 __all__ = ["SANDBOX_EXIT", "Capabilities", "SandboxSpec", "plan", "probe", "read_denials", "wrap"]
 
+DROPPED_CAPABILITIES = linux.DROPPED_CAPABILITIES
 DEVICES = ["/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/dev/tty"]
 _BASE_NAMESPACES = ["pid", "ipc", "uts", "mnt"]
 _ARG_CHUNK = 100_000  # one argv string may not exceed 128 KiB (MAX_ARG_STRLEN)
@@ -200,6 +205,8 @@ def plan(spec: SandboxSpec, caps: Capabilities) -> tuple[dict[str, Any], list[st
         enforced["scoped"] = ["signal"]
     # Denial records are evidence, not confinement: without them the program is just as
     # confined, so their absence is stated in ``enforced`` rather than listed as missing.
+    if os.geteuid() == 0 and not caps.user_namespace:
+        enforced["dropped_capabilities"] = sorted(DROPPED_CAPABILITIES)
     enforced["denial_log"] = None
     if spec.denials_path and uses_landlock:
         if caps.kernel_audit:

@@ -239,3 +239,20 @@ def test_the_cli_refuses_then_runs_with_allow_unsandboxed(
     sp.proc("worker", "--until-idle", env=env)
     status = sp.proc("status", ok.stdout.strip(), "--format", "json", env=env)
     assert json.loads(status.stdout)["state"] == "completed", status.stdout
+
+
+@needs_landlock
+@pytest.mark.skipif(os.geteuid() != 0, reason="capabilities are dropped for root programs only")
+def test_a_root_program_loses_the_capabilities_that_step_around_the_sandbox(
+        store: EventStore, home: Home, lab: dict[str, Path]) -> None:
+    _only_out(store, lab)
+    report = lab["out"] / "caps.txt"
+    aid = _run(store, home, ["sh", "-c", f"grep -E '^Cap(Eff|Bnd)' /proc/self/status > {report}"])
+    assert _row(store, aid)[0] == "completed", _log(home, aid)
+    caps = {line.split(":")[0]: int(line.split(":")[1], 16)
+            for line in report.read_text().splitlines()}
+    for bit in (16, 21, 13, 30, 39):  # SYS_MODULE, SYS_ADMIN, NET_RAW, AUDIT_CONTROL, BPF
+        assert not caps["CapEff"] & (1 << bit) and not caps["CapBnd"] & (1 << bit), bit
+    assert caps["CapEff"] & (1 << 1)  # DAC_OVERRIDE stays: Landlock still decides
+    (started,) = _events(store, aid, "action.started")
+    assert "CAP_SYS_ADMIN" in started["sandbox"]["dropped_capabilities"]
