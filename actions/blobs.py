@@ -27,6 +27,8 @@ def home_root() -> Path:
 
 def put_blob(data: bytes) -> str:
     """Store ``data`` under ``$SP_HOME/blobs/<sha256>`` (once) and return its hash."""
+    if _brokered():
+        return _put_via_worker(data)
     sha = hashlib.sha256(data).hexdigest()
     target = home_root() / "blobs" / sha
     try:  # reused: fresh again, so that sp gc leaves it until this action records it
@@ -36,8 +38,36 @@ def put_blob(data: bytes) -> str:
     return sha
 
 
+def _brokered() -> bool:
+    """A sandboxed action reaches the blob store and the ledger only through its worker."""
+    from runner import broker
+
+    return broker.active()
+
+
+def _call(op: str, **args: Any) -> Any:
+    from runner import broker
+
+    try:
+        return broker.call(op, **args)
+    except broker.BrokerError as e:
+        raise UsageError(str(e)) from None
+
+
+def _put_via_worker(data: bytes) -> str:
+    fd, tmp = tempfile.mkstemp(prefix="blob-", dir=os.environ.get("TMPDIR") or None)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    return str(_call("put_blob", path=tmp))
+
+
 def get_blob(sha: str) -> bytes:
-    data = (home_root() / "blobs" / sha).read_bytes()
+    if _brokered():
+        copy = Path(str(_call("get_blob", sha=sha)))
+        data = copy.read_bytes()
+        copy.unlink(missing_ok=True)
+    else:
+        data = (home_root() / "blobs" / sha).read_bytes()
     if hashlib.sha256(data).hexdigest() != sha:
         raise UsageError(f"blob {sha} is corrupt")
     return data
@@ -83,6 +113,8 @@ def sha_of(path: Path) -> str | None:
 
 def checkpoints(action_id: str) -> list[Any]:
     """The data of every checkpoint the action recorded, oldest first (from the ledger)."""
+    if _brokered():
+        return list(_call("checkpoints", action_id=action_id))
     from commands.home import Home
     from ledger import events as ev
 
@@ -105,6 +137,11 @@ def compensated_action(explicit: str | None) -> str:
     me = os.environ.get("SP_ACTION_ID")
     if not me:
         raise UsageError("undo needs the original action id (argument) or $SP_ACTION_ID")
+    if _brokered():
+        original = _call("compensates")
+        if isinstance(original, str):
+            return original
+        raise UsageError(f"action {me} does not say which action it compensates")
     store = Home(str(home_root())).open()
     try:
         for r in store.read_stream(me):

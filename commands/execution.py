@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -261,15 +263,18 @@ def _sandbox(tx: Transaction, action_id: str, attempt: int, spec: ev.ActionSubmi
 
     home = os.path.dirname(os.path.abspath(tx.store.path))
     shell = spec.shell or any(s.get("shell") for s in spec.steps)
-    python = spec.action_type != "shell"
     programs = [s["command"][0] for s in spec.steps if s.get("command")] if spec.steps else (
         spec.command[:1])
+    # sp's own interpreter (a built-in type, or a compensation that runs one) reads its code
+    python = spec.action_type != "shell" or any(
+        os.path.realpath(shutil.which(p) or p) == os.path.realpath(sys.executable)
+        for p in programs)
     sb = enforce.sandbox_spec(
         policy, tmpdir=os.path.join(home, "tmp", action_id), shell=shell,
         env_path=spec.env.get("PATH"), programs=programs, python=python,
-        denials_path=os.path.join(home, "run", f"{action_id}-{attempt}.denials"))
+        denials_path=os.path.join(home, "run", f"{action_id}-{attempt}.denials"), home=home)
     prepared = enforce.prepare(sb, spec.allow_unsandboxed)
-    record.update(prepared.enforced)
+    record.update(enforce.summarised(prepared.enforced, home))
     if prepared.refused is not None:
         return None, record, policy, [], (prepared.refused, "sandbox_unavailable")
     return prepared.spec, record, policy, [], None

@@ -127,18 +127,27 @@ def check_spec(policy: Policy, spec: Any, where: str) -> list[Denial]:
     elif spec.command:
         if spec.shell:
             programs.append(("/bin/sh", f"{where} (shell: true)"))
-        else:
+        elif not _sp_code(spec.command):
             programs.append((spec.command[0], f"{where}.command[0]"))
     for program, here in programs:
         d = pol.check_program(policy, program, here, env_path, cwd)
         if d is not None:
             out.append(d)
-    if spec.cwd and policy.read is not None:
-        d = pol.check_path(policy, spec.cwd, "read", f"{where}.cwd")
-        if d is not None:
-            out.append(d)
     out.extend(_payload(policy, spec, where))
     return out
+
+
+def _sp_code(argv: list[str]) -> bool:
+    """sp's own interpreter running one of sp's built-in action modules (a built-in type, or
+    its compensation): the policy governs what that code touches (checked below, and by the
+    sandbox), not the interpreter sp itself runs on."""
+    import sys
+
+    if len(argv) < 3 or "-m" not in argv[1:3]:
+        return False
+    module = argv[argv.index("-m", 1) + 1] if argv.index("-m", 1) + 1 < len(argv) else ""
+    return (module == "actions" or module.startswith("actions.")) and pol.real(
+        argv[0]) == pol.real(sys.executable)
 
 
 def _payload(policy: Policy, spec: Any, where: str) -> list[Denial]:

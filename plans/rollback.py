@@ -148,7 +148,10 @@ def _spec(tx: Transaction, rp: RollbackPlan, step: RollbackStep, argv: list[str]
         if found is not None and found[0] is not None:
             how = msgspec.json.decode(found[0], type=Compensation)
     name = f"{rp.name}/{step.step or step.action_id}:rollback"
+    # The undo runs under the same agent's policy as what it undoes.
+    agent = tx.query_one("SELECT agent FROM actions WHERE action_id = ?", (step.action_id,))
     return SubmitSpec(
+        agent=None if agent is None else agent[0],
         command=argv, name=name, task=name, cwd=how.cwd, env=dict(how.env),
         timeout_ms=how.timeout_ms, retries=how.max_attempts - 1, backoff=how.backoff,
         depends_on=[] if after is None else [after], group=f"{ROLLBACK_GROUP}{rp.plan_id}",

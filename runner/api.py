@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from ledger.errors import UsageError
+from runner import broker
 
 if TYPE_CHECKING:
     from ledger.store import EventStore
@@ -90,6 +91,8 @@ def checkpoint(data: Any, step: int | None = None) -> int:
         msgspec.json.encode(data)
     except (TypeError, OverflowError) as e:
         raise UsageError(f"checkpoint data is not JSON-encodable: {e}") from None
+    if broker.active():  # sandboxed: the worker records it (the ledger is out of reach)
+        return int(_brokered("checkpoint", data=data, step=step))
     store = _open()
     try:
         return actions.checkpoint(store, action_id, data, step, by=actions.who("action"))
@@ -108,6 +111,9 @@ def progress(percent: float | None, message: str = "") -> None:
     action_id = _require_action()
     if percent is not None and not 0 <= percent <= 100:
         raise UsageError(f"progress must be between 0 and 100, got {percent}")
+    if broker.active():
+        _brokered("progress", percent=percent, message=message)
+        return
     store = _open()
     try:
         actions.progress(store, action_id, percent, message, by=actions.who("action"))
@@ -139,6 +145,14 @@ def context() -> ActionContext:
     """
     return ActionContext(action_id=_require_action(), home=_home_root(), attempt=attempt(),
                          checkpoint_data=last_checkpoint(), resume_step=resume_step())
+
+
+def _brokered(op: str, **args: Any) -> Any:
+    """A request to the worker (:mod:`runner.broker`); its refusal as a UsageError."""
+    try:
+        return broker.call(op, **args)
+    except broker.BrokerError as e:
+        raise UsageError(str(e)) from None
 
 
 def _require_action() -> str:

@@ -106,8 +106,16 @@ class Attempt:
         self.denials_path: str | None = None
         if claim.sandbox is not None or claim.policy is not None:
             self.tmpdir = os.path.join(str(home.root), "tmp", self.action_id)
+        self.broker: Any = None
         if claim.sandbox is not None:
             self.denials_path = claim.sandbox.denials_path
+            from runner.broker import Broker
+
+            compensates = claim.spec.payload.get("compensates")
+            self.broker = Broker(store, str(home.root), self.action_id,
+                                 compensates if isinstance(compensates, str) else None,
+                                 os.path.join(str(self.tmpdir), ".sp-broker"),
+                                 claim.spec.agent)
         from security.quotas import watch_for
 
         self.quota = watch_for(store, str(home.root), self.action_id, claim.spec.agent,
@@ -148,6 +156,8 @@ class Attempt:
         if self.tmpdir is not None:
             tmp = enc(self.tmpdir)
             env.update({b"TMPDIR": tmp, b"TMP": tmp, b"TEMP": tmp})
+        if self.broker is not None:
+            env.update(self.broker.env)
         return env
 
     def _next_step(self) -> None:
@@ -209,6 +219,8 @@ class Attempt:
             return self.outcome is not None
         if self.scanner is not None and self.stop_kind is None:
             self._scan()
+        if self.broker is not None:
+            self.broker.serve()
         if self.stop_kind is None:
             over = self.quota.check(now)
             if over is not None:

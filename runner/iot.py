@@ -206,6 +206,14 @@ def send_alert(message: str, level: str = "warning") -> None:
     if context is not None:
         context.send_alert(message, level)
         return
+    from runner import broker
+
+    if broker.active():  # sandboxed: the worker records it
+        try:
+            broker.call("alert", message=message, level=level)
+        except broker.BrokerError as e:
+            raise UsageError(str(e)) from None
+        return
     with _outside() as (store, agent, action_id):
         record_alert(store, message, level, f"action:{action_id}", agent)
 

@@ -9,6 +9,7 @@ the attempt must be refused.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import sysconfig
@@ -26,6 +27,25 @@ def _existing(paths: list[str]) -> list[str]:
         r = real(p)
         if os.path.exists(r) and r not in out:
             out.append(r)
+    return out
+
+
+def _home_entries(home: str, tmpdir: str) -> list[str]:
+    """Everything directly in sp's home except the folder of temporary folders, and every
+    other action's temporary folder (new ones, made later, are not covered by the carved
+    rules at all, so they are out of reach too)."""
+    out: list[str] = []
+    tmp_root = os.path.dirname(tmpdir)
+    with contextlib.suppress(OSError):
+        for name in os.listdir(home):
+            path = os.path.join(home, name)
+            if real(path) != real(tmp_root):
+                out.append(path)
+    with contextlib.suppress(OSError):
+        for name in os.listdir(tmp_root):
+            path = os.path.join(tmp_root, name)
+            if real(path) != real(tmpdir):
+                out.append(path)
     return out
 
 
@@ -53,14 +73,20 @@ def _ports(rules: list[NetRule]) -> tuple[list[int] | None, bool]:
 
 def sandbox_spec(policy: Policy, *, tmpdir: str, shell: bool, env_path: str | None,
                  programs: list[str] | None = None, python: bool = False,
-                 denials_path: str | None = None) -> sandbox.SandboxSpec:
+                 denials_path: str | None = None, home: str | None = None,
+                 ) -> sandbox.SandboxSpec:
     """The sandbox for one attempt of an action under ``policy``.
 
     ``programs`` are the argv[0]s it will run (allowed executables resolved through PATH),
     ``python`` says sp's own interpreter runs it (a built-in action type), ``tmpdir`` is its
-    private temporary folder (always writable).
+    private temporary folder (always writable). ``home`` is sp's home: everything in it but
+    ``tmpdir`` is out of reach — the ledger, the blob store, the logs, other actions' folders —
+    whatever the policy allows elsewhere, so a confined action cannot rewrite its own policy
+    or read another action's data (it talks to sp through :mod:`runner.broker`). The
+    filesystem is therefore always restricted for a sandboxed action.
     """
-    fs = policy.restricts_fs
+    fs = policy.restricts_fs or home is not None
+    off_limits = _home_entries(home, tmpdir) if home is not None else []
     read: list[str] = ["/"] if policy.read is None else [
         *_existing(list(policy.read)), *_existing(list(SYSTEM_READ))]
     write: list[str] = ["/"] if policy.write is None else [
@@ -102,11 +128,25 @@ def sandbox_spec(policy: Policy, *, tmpdir: str, shell: bool, env_path: str | No
     tcp_deny = deny_ports or []
     return sandbox.SandboxSpec(
         read=read, write=write, execute=execute,
-        deny_read=_existing(list(policy.deny_read)),
-        deny_write=_existing(list(policy.deny_write)),
+        deny_read=_existing([*policy.deny_read, *off_limits]),
+        deny_write=_existing([*policy.deny_write, *off_limits]),
         deny_execute=deny_execute, fs=fs, tcp_connect=tcp_connect, tcp_deny=tcp_deny,
         network=network, namespaces=True, denials_path=denials_path,
     )
+
+
+def summarised(enforced: dict[str, Any], home: str) -> dict[str, Any]:
+    """``enforced`` for the ``started`` event: the carve-outs that keep sp's home out of reach
+    (one per entry of the home and per other action's folder) said once, as ``home_protected``,
+    instead of listed."""
+    fs = enforced.get("fs")
+    if not isinstance(fs, dict):
+        return enforced
+    prefix = home.rstrip("/") + "/"
+    out = dict(fs)
+    for key in ("deny_read", "deny_write"):
+        out[key] = [p for p in fs.get(key) or [] if not str(p).startswith(prefix)]
+    return {**enforced, "fs": out, "home_protected": home}
 
 
 class Prepared(msgspec.Struct, kw_only=True):

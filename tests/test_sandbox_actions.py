@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -256,3 +257,95 @@ def test_a_root_program_loses_the_capabilities_that_step_around_the_sandbox(
     assert caps["CapEff"] & (1 << 1)  # DAC_OVERRIDE stays: Landlock still decides
     (started,) = _events(store, aid, "action.started")
     assert "CAP_SYS_ADMIN" in started["sandbox"]["dropped_capabilities"]
+
+
+@needs_landlock
+def test_a_built_in_type_runs_inside_the_sandbox_of_its_plans_agent(
+        sp: Sp, store: EventStore, home: Home, lab: dict[str, Path], tmp_path: Path) -> None:
+    # reads and writes only `out` (plus what a program needs to start, and sp's interpreter)
+    policies.set_policy(store, "lab", pol.decode({"allowed": [
+        {"read": [str(lab["out"])]}, {"write": [str(lab["out"])]}]}))
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(
+        "name: files\nagent: lab\nactions:\n"
+        "  - id: write\n    type: modify_files\n    payload:\n      changes:\n"
+        f"        - {{path: '{lab['out']}/made.txt', operation: create, content: hi}}\n")
+    sp("plan", "apply", str(plan))
+    Worker(store, home).run(until_idle=True, wait_retries=False)
+    (aid,) = [r[0] for r in store.query("SELECT action_id FROM actions WHERE agent = 'lab'")]
+    assert _row(store, aid)[0] == "completed", _log(home, aid)
+    assert (lab["out"] / "made.txt").read_text() == "hi"
+    (started,) = _events(store, aid, "action.started")
+    assert str(lab["out"]) in started["sandbox"]["fs"]["write"]
+    assert "/" not in started["sandbox"]["fs"]["read"]
+
+
+@needs_landlock
+def test_a_sandboxed_action_checkpoints_through_its_worker_not_the_ledger(
+        store: EventStore, home: Home, lab: dict[str, Path]) -> None:
+    _only_out(store, lab)
+    sp_cli = f"{sys.executable} -m cli"
+    script = (
+        f"cat {home.ledger_path} > /dev/null 2>&1 && echo LEDGER-READ;"
+        f" echo junk >> {home.ledger_path} 2>/dev/null && echo LEDGER-WRITTEN;"
+        f" ls {home.root / 'blobs'} > /dev/null 2>&1 && echo BLOBS-LISTED;"
+        f" {sp_cli} checkpoint --step 0 '{{\"cursor\": 41}}' && {sp_cli} progress 50 half")
+    aid = _run(store, home, ["sh", "-c", script], cwd=str(Path(__file__).parent.parent))
+    log = _log(home, aid)
+    assert _row(store, aid)[0] == "completed", log
+    # sp's home is out of reach even where the policy lets it read and write everything else
+    assert "LEDGER-READ" not in log and "LEDGER-WRITTEN" not in log
+    assert "BLOBS-LISTED" not in log
+    (cp,) = _events(store, aid, "action.checkpointed")
+    assert cp["data"] == {"cursor": 41} and cp["by"] == f"action:{aid}"
+    (pr,) = _events(store, aid, "action.progressed")
+    assert pr["percent"] == 50
+
+
+@needs_landlock
+def test_the_broker_answers_only_for_the_action_itself(
+        store: EventStore, home: Home, lab: dict[str, Path]) -> None:
+    (other,) = actions.submit(store, [actions.SubmitSpec(command=["true"])])
+    Worker(store, home).run(until_idle=True, wait_retries=False)
+    _only_out(store, lab)
+    code = (
+        "import sys\nfrom runner import broker\n"
+        "for op, args in [('checkpoints', {'action_id': sys.argv[1]}),"
+        " ('put_blob', {'path': '/etc/hostname'}), ('nonsense', {})]:\n"
+        "    try:\n        broker.call(op, **args)\n        print('ALLOWED', op)\n"
+        "    except broker.BrokerError as e:\n        print('REFUSED', op, e)\n")
+    aid = _run(store, home, [PY, "-c", code, other], cwd=str(Path(__file__).parent.parent),
+               env={"PYTHONPATH": str(Path(__file__).parent.parent)})
+    log = _log(home, aid)
+    assert _row(store, aid)[0] == "completed", log
+    assert "ALLOWED" not in log
+    assert "REFUSED checkpoints" in log and "only its own checkpoints" in log
+    assert "REFUSED put_blob" in log and "not a file in the action's own folder" in log
+    assert "REFUSED nonsense" in log
+
+
+@needs_landlock
+def test_a_sandboxed_plan_rolls_back_through_the_broker(
+        sp: Sp, store: EventStore, home: Home, lab: dict[str, Path], tmp_path: Path) -> None:
+    target = lab["out"] / "config.txt"
+    target.write_bytes(b"original\n")
+    target.chmod(0o640)
+    policies.set_policy(store, "lab", pol.decode({"allowed": [
+        {"read": [str(lab["out"])]}, {"write": [str(lab["out"])]}]}))
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(
+        "name: change\nagent: lab\non_failure: rollback\nactions:\n"
+        "  - id: edit\n    type: modify_files\n    payload:\n      changes:\n"
+        f"        - {{path: '{target}', operation: modify, content: changed}}\n"
+        f"        - {{path: '{lab['out']}/new.txt', operation: create, content: new}}\n"
+        "  - id: boom\n    type: shell\n    depends_on: [edit]\n    payload:\n"
+        "      command: [sh, -c, 'exit 3']\n")
+    sp("plan", "apply", str(plan))
+    Worker(store, home).run(until_idle=True, wait_retries=False)
+    assert target.read_bytes() == b"original\n"
+    assert oct(target.stat().st_mode & 0o777) == oct(0o640)
+    assert not (lab["out"] / "new.txt").exists()
+    rows = store.query("SELECT name, state, agent FROM actions ORDER BY submitted_seq")
+    assert ("change/edit:rollback", "completed", "lab") in [tuple(r) for r in rows], rows
+    blobs = list((home.root / "blobs").iterdir())
+    assert blobs  # the before-image went into the store, through the worker
