@@ -140,9 +140,25 @@ def agent_policy(app: App, agent_id: str, policy_file: str | None, clear: bool,
     for line in enforcement.get("missing") or []:
         click.echo(f"not enforceable here: {line}")
     if enforcement.get("enforced"):
-        import msgspec
+        click.echo("enforced here: " + _enforcement_line(enforcement["enforced"]))
 
-        click.echo("enforced here: " + msgspec.json.encode(enforcement["enforced"]).decode())
+
+def _enforcement_line(e: dict[str, Any]) -> str:
+    """One readable line of what the sandbox applies here (``--format json`` has it all)."""
+    parts = [f"Landlock ABI {e.get('landlock_abi', 0)}"] if e.get("fs") or e.get("tcp") else []
+    if e.get("namespaces"):
+        parts.append("namespaces " + ",".join(e["namespaces"]))
+    tcp = e.get("tcp") or {}
+    if tcp.get("connect") is not None:
+        parts.append("tcp connect only " + ",".join(map(str, tcp["connect"])))
+    if tcp.get("deny"):
+        parts.append("tcp deny " + ",".join(map(str, tcp["deny"])))
+    if e.get("no_new_privs"):
+        parts.append("no_new_privs")
+    if e.get("dropped_capabilities"):
+        parts.append(f"{len(e['dropped_capabilities'])} root capabilities dropped")
+    parts.append("denials from " + (e.get("denial_log") or "nowhere (no kernel audit)"))
+    return "; ".join(parts)
 
 
 @click.group()

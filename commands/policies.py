@@ -128,7 +128,8 @@ def check_spec(policy: Policy, spec: Any, where: str) -> list[Denial]:
         if spec.shell:
             programs.append(("/bin/sh", f"{where} (shell: true)"))
         elif not _sp_code(spec.command):
-            programs.append((spec.command[0], f"{where}.command[0]"))
+            here = f"{where}[0]" if where.endswith("command") else f"{where}.command[0]"
+            programs.append((spec.command[0], here))
     for program, here in programs:
         d = pol.check_program(policy, program, here, env_path, cwd)
         if d is not None:
