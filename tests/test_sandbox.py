@@ -248,7 +248,7 @@ def test_pid_namespace_shows_only_the_sandbox() -> None:
         import os
         pids = sorted(int(p) for p in os.listdir("/proc") if p.isdigit())
         print(os.getpid(), pids)
-        print(open("/proc/1/cmdline", "rb").read().split(b"\\0")[:4])
+        print(open("/proc/1/cmdline", "rb").read().split(b"\\0")[:5])
     """))
     assert r.returncode == 0, r.stderr
     own, pids = r.stdout.splitlines()[0].split(" ", 1)
