@@ -7,6 +7,8 @@ to resume from its last checkpoint) when attempts remain, ``action.failed`` othe
 
 from __future__ import annotations
 
+import contextlib
+import os
 from typing import Any
 
 import msgspec
@@ -42,12 +44,33 @@ def owner_gone(store: EventStore, action_id: str, now_ms: int) -> str | None:
     return None
 
 
+def _denials_left(store: EventStore, action_id: str, attempt: int,
+                  by: str) -> tuple[list[ev.Event], str | None]:
+    """The kernel's denials a sandboxed attempt collected before its worker died (the shim
+    writes them to ``<home>/run/<action>-<attempt>.denials``): recorded with the interruption,
+    so a crash does not lose the security record."""
+    path = os.path.join(os.path.dirname(os.path.abspath(store.path)), "run",
+                        f"{action_id}-{attempt}.denials")
+    if not os.path.exists(path):
+        return [], None
+    from security.sandbox import read_denials
+
+    from .execution import MAX_DENIALS
+
+    found = read_denials(path)
+    if not found:
+        return [], path
+    return [ev.ActionSecurityDenied(by=by, attempt=attempt, denials=found[:MAX_DENIALS],
+                                    dropped=max(0, len(found) - MAX_DENIALS))], path
+
+
 def recover(store: EventStore, by: str = "replay") -> list[Recovered]:
     """Record an event for every executing action whose owner is gone."""
     now = store.clock.now_ms()
     done: list[Recovered] = []
     orphans: list[tuple[int, int]] = []
     groups: list[dict[str, Any]] = []
+    leftovers: list[str] = []
     running = store.query("SELECT action_id FROM actions WHERE state = 'executing' "
                           "ORDER BY submitted_seq")
     for (action_id,) in running:
@@ -82,7 +105,10 @@ def recover(store: EventStore, by: str = "replay") -> list[Recovered]:
                                         error=f"{reason}; no attempts left", duration_ms=duration)
                 outcome = "failed"
             new = machine.check_event(action_id, state, event)
-            tx.append(action_id, [event], version)
+            denied, denials_file = _denials_left(store, action_id, int(attempts), by)
+            tx.append(action_id, [*denied, event], version)
+            if denials_file is not None:
+                leftovers.append(denials_file)
             child = tx.query_one("SELECT child_pid, child_start FROM leases WHERE name = ?",
                                  (action_id,))
             if child and child[0]:
@@ -102,6 +128,9 @@ def recover(store: EventStore, by: str = "replay") -> list[Recovered]:
     # run beside its orphaned predecessor.
     for pid, started_at in orphans:
         proc.kill_group(pid, started_at)
+    for path in leftovers:  # recorded above: the evidence is in the ledger now
+        with contextlib.suppress(OSError):
+            os.unlink(path)
     if groups:
         # Processes that left the process group are still in the attempt's cgroups.
         import signal

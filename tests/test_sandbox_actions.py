@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -349,3 +351,33 @@ def test_a_sandboxed_plan_rolls_back_through_the_broker(
     assert ("change/edit:rollback", "completed", "lab") in [tuple(r) for r in rows], rows
     blobs = list((home.root / "blobs").iterdir())
     assert blobs  # the before-image went into the store, through the worker
+
+
+@needs_landlock
+@needs_audit
+def test_denials_of_an_attempt_whose_worker_was_killed_are_recorded_by_replay(
+        sp: Sp, store: EventStore, home: Home, lab: dict[str, Path]) -> None:
+    _only_out(store, lab)
+    store.close()
+    target = lab["elsewhere"] / "x"
+    aid = sp("submit", "--agent", "lab", "--retries", "1", "--", "sh", "-c",
+             f"echo no > {target}; sleep 1").stdout.strip()
+    worker = sp.popen("worker", "--until-idle")
+    denials = home.root / "run" / f"{aid}-1.denials"
+    log = home.log_path(aid)
+    deadline = time.monotonic() + 30
+    while not (log.exists() and b"Permission denied" in log.read_bytes()) and (
+            time.monotonic() < deadline):
+        time.sleep(0.02)  # waiting for a real process to reach a point, not for time to pass
+    os.kill(worker.pid, signal.SIGKILL)
+    worker.wait()
+    while not denials.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)  # the orphaned shim writes them when its program ends
+    assert denials.exists(), "the shim did not write its denials"
+    sp("replay")
+    audit = json.loads(sp("audit", aid, "--format", "json").stdout)
+    kinds = [e["event"] for e in audit["events"]]
+    assert kinds[-2:] == ["action.security_denied", "action.interrupted"], kinds
+    assert audit["events"][-2]["details"]["denials"][0]["path"] == str(lab["elsewhere"])
+    assert not denials.exists()
+    assert sp("verify").exit_code == 0
