@@ -97,9 +97,13 @@ def _claim_in(tx: Transaction, owner: str, n: int, paused: frozenset[str],
     else:
         rows = tx.query(READY_SQL, (now, n))
     claims: list[Claim] = []
+    starts: list[_Start] = []
     try:
         for (action_id,) in rows:
-            claims.append(_start(tx, str(action_id), owner, now))
+            start = _prepare_start(tx, str(action_id), owner, now)
+            starts.append(start)
+            claims.append(start.claim)
+        _append_starts(tx, starts, now)
     except BaseException:
         _release(claims)
         raise
@@ -126,8 +130,7 @@ def finish_and_claim(store: EventStore, owner: str, ended: list[tuple[Claim, Out
             now = store.clock.now_ms()
             if children:
                 _record_children_in(tx, owner, children)
-            for claim_, outcome in ended:
-                states.append(_finish(tx, claim_, outcome, now, rng))
+            states = _finish_in(tx, ended, now, rng)
             claims = _claim_in(tx, owner, n, paused, now)
     except BaseException:
         _release(claims)
@@ -177,7 +180,38 @@ def claim(store: EventStore, action_id: str, owner: str) -> Claim:
         return _start(tx, action_id, owner, store.clock.now_ms())
 
 
+class _Start(msgspec.Struct):
+    """A claim decided but not yet appended (see :func:`_append_starts`)."""
+
+    claim: Claim
+    event: ev.ActionStarted
+    version: int
+
+
 def _start(tx: Transaction, action_id: str, owner: str, now: int) -> Claim:
+    start = _prepare_start(tx, action_id, owner, now)
+    _append_starts(tx, [start], now)
+    return start.claim
+
+
+def _append_starts(tx: Transaction, starts: list[_Start], now: int) -> None:
+    """Commit-to-be: the ``started`` events of several claims in one append (one projection
+    pass), and their leases. On failure the caller releases the claims' preparations."""
+    if not starts:
+        return
+    tx.append_many([(s.claim.action_id, [s.event], s.version) for s in starts])
+    pid, pid_start = _own_identity()
+    host = tx.store.host
+    tx.executemany(
+        "INSERT OR REPLACE INTO leases (name, owner, pid, pid_start, host, heartbeat_ms,"
+        " expires_ms) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        [(s.claim.action_id, s.claim.owner, pid, pid_start, host, now, now + LEASE_TTL_MS)
+         for s in starts],
+    )
+
+
+def _prepare_start(tx: Transaction, action_id: str, owner: str, now: int) -> _Start:
+    """Decide one claim (its limits, sandbox, ``started`` event) without appending it."""
     row = tx.query_one(
         "SELECT state, version, attempts, checkpoint, checkpoint_step FROM actions"
         " WHERE action_id = ?", (action_id,),
@@ -218,22 +252,15 @@ def _start(tx: Transaction, action_id: str, owner: str, now: int) -> Claim:
     )
     try:
         machine.check_event(action_id, state, event)
-        tx.append(action_id, [event], version)
     except BaseException:
         if prepared is not None:
             from runner import limits
 
             limits.cleanup(prepared)
         raise
-    pid, pid_start = _own_identity()
-    tx.execute(
-        "INSERT OR REPLACE INTO leases (name, owner, pid, pid_start, host, heartbeat_ms,"
-        " expires_ms) VALUES (?, ?, ?, ?, ?, ?, ?)",
-        (action_id, owner, pid, pid_start, tx.store.host, now, now + LEASE_TTL_MS),
-    )
     checkpoint = row[3] if resume is not None or spec.on_interrupt != "rerun" else None
-    return Claim(action_id, attempt, owner, spec, checkpoint, row[4], resume, enforced, prepared,
-                 refused, kind, confined, policy, denials)
+    return _Start(Claim(action_id, attempt, owner, spec, checkpoint, row[4], resume, enforced,
+                        prepared, refused, kind, confined, policy, denials), event, version)
 
 
 def _sandbox(tx: Transaction, action_id: str, attempt: int, spec: ev.ActionSubmitted,
@@ -416,13 +443,76 @@ def finish_many(store: EventStore, ended: list[tuple[Claim, Outcome]],
     rng = rng or random.Random()
     out: list[ActionState | None] = []
     with store.transaction() as tx:
-        for claim_, outcome in ended:
-            out.append(_finish(tx, claim_, outcome, store.clock.now_ms(), rng))
+        out = _finish_in(tx, ended, store.clock.now_ms(), rng)
     return out
 
 
-def _finish(tx: Transaction, claim_: Claim, outcome: Outcome, now: int,
-            rng: random.Random) -> ActionState | None:
+def _finish_in(tx: Transaction, ended: list[tuple[Claim, Outcome]], now: int,
+               rng: random.Random) -> list[ActionState | None]:
+    """:func:`_finish` for each, in order; the plain ones (an outcome that cascades to nothing
+    and belongs to no plan) are appended together, in one append and one projection pass, just
+    before anything else would write (a cascade may touch an ended action's stream)."""
+    out: list[ActionState | None] = []
+    plain: list[tuple[str, list[ev.Event], int]] = []
+    leases: list[tuple[str, str]] = []
+
+    def flush() -> None:
+        if plain:
+            tx.append_many(plain)
+            tx.executemany("DELETE FROM leases WHERE name = ? AND owner = ?", leases)
+            plain.clear()
+            leases.clear()
+
+    for claim_, outcome in ended:
+        if claim_.spec.group is not None or claim_.spec.recovery == "fallback":
+            flush()
+            out.append(_finish(tx, claim_, outcome, now, rng))
+            continue
+        decided = _decide(tx, claim_, outcome, now, rng)
+        if decided is None:
+            out.append(None)
+            continue
+        events, version, new = decided
+        if _cascades(claim_, new):
+            flush()
+            out.append(_finish(tx, claim_, outcome, now, rng, decided))
+            continue
+        plain.append((claim_.action_id, events, version))
+        leases.append((claim_.action_id, claim_.owner))
+        out.append(new)
+    flush()
+    return out
+
+
+def _cascades(claim_: Claim, new: ActionState) -> bool:
+    return new is ActionState.CANCELLED or (
+        new is ActionState.FAILED and claim_.spec.recovery != "fallback")
+
+
+def _finish(tx: Transaction, claim_: Claim, outcome: Outcome, now: int, rng: random.Random,
+            decided: tuple[list[ev.Event], int, ActionState] | None = None,
+            ) -> ActionState | None:
+    if decided is None:
+        decided = _decide(tx, claim_, outcome, now, rng)
+        if decided is None:
+            return None
+    events, version, new = decided
+    aid = claim_.action_id
+    tx.append(aid, events, version)
+    tx.execute("DELETE FROM leases WHERE name = ? AND owner = ?", (aid, claim_.owner))
+    if _cascades(claim_, new):
+        cascade(tx, aid, f"dependency {aid} {new.value}", claim_.owner)
+    if claim_.spec.group is not None:  # a plan (or its rollback) decides its next event
+        from plans import reactor
+
+        reactor.on_action_finished(tx, aid, new)
+    return new
+
+
+def _decide(tx: Transaction, claim_: Claim, outcome: Outcome, now: int, rng: random.Random,
+            ) -> tuple[list[ev.Event], int, ActionState] | None:
+    """The events that record how the attempt ended (nothing appended yet; a fallback task is
+    submitted here), or None when this owner no longer holds the attempt."""
     aid = claim_.action_id
     spec = claim_.spec
     row = tx.query_one(
@@ -440,7 +530,8 @@ def _finish(tx: Transaction, claim_: Claim, outcome: Outcome, now: int,
     kind = outcome.error_kind
     events: list[ev.Event] = []
     if cancel_req:
-        events.append(ev.ActionCancelled(by=by, reason="cancelled while running", usage=usage))
+        reason = outcome.error if kind == "cancelled" else "cancelled while running"
+        events.append(ev.ActionCancelled(by=by, reason=reason, usage=usage))
     elif kind is None:
         events.append(ev.ActionCompleted(by=by, exit_code=outcome.exit_code or 0,
                                          duration_ms=outcome.duration_ms,
@@ -470,15 +561,7 @@ def _finish(tx: Transaction, claim_: Claim, outcome: Outcome, now: int,
             by=by, attempt=claim_.attempt, stage=outcome.security_stage,
             denials=outcome.security[:MAX_DENIALS],
             dropped=outcome.security_dropped + max(0, len(outcome.security) - MAX_DENIALS)))
-    tx.append(aid, events, version)
-    tx.execute("DELETE FROM leases WHERE name = ? AND owner = ?", (aid, claim_.owner))
-    if new is ActionState.CANCELLED or (new is ActionState.FAILED and spec.recovery != "fallback"):
-        cascade(tx, aid, f"dependency {aid} {new.value}", claim_.owner)
-    if spec.group is not None:  # a plan (or its rollback) decides its next event
-        from plans import reactor
-
-        reactor.on_action_finished(tx, aid, new)
-    return new
+    return events, version, new
 
 
 def _submit_fallback(tx: Transaction, failed: str, spec: ev.ActionSubmitted,

@@ -71,6 +71,7 @@ def recover(store: EventStore, by: str = "replay") -> list[Recovered]:
     orphans: list[tuple[int, int]] = []
     groups: list[dict[str, Any]] = []
     leftovers: list[str] = []
+    stray_sets: list[list[tuple[int, int]]] = []
     running = store.query("SELECT action_id FROM actions WHERE state = 'executing' "
                           "ORDER BY submitted_seq")
     for (action_id,) in running:
@@ -90,10 +91,22 @@ def recover(store: EventStore, by: str = "replay") -> list[Recovered]:
             attempts, max_attempts, cancel_req, owner, started = row
             duration = max(0, now - int(started or now))
             event: ev.Event
+            child = tx.query_one("SELECT child_pid, child_start FROM leases WHERE name = ?",
+                                 (action_id,))
+            # Spawned? The lease notes the child (within 20 ms of its spawn); a live process
+            # whose environment names this attempt is evidence too (and is stopped below).
+            # Neither: the attempt was claimed (perhaps ahead, by a worker that keeps a pool)
+            # but maybe never spawned, and must not use up the last attempt: queued again,
+            # which the at-least-once guarantee allows either way.
+            strays = proc.of_attempt(action_id, int(attempts))
+            stray_sets.append(strays)
+            unspawned = not (child and child[0]) and not strays
+            if unspawned and attempts >= max_attempts:
+                reason = f"{reason}; no process of it was recorded, it may never have run"
             if cancel_req:
                 event = ev.ActionCancelled(by=by, reason=f"cancelled; {reason}")
                 outcome = "cancelled"
-            elif attempts < max_attempts:
+            elif attempts < max_attempts or unspawned:
                 spec = tx.read_stream(action_id)[0].event
                 then = spec.on_interrupt if isinstance(spec, ev.ActionSubmitted) else "resume"
                 event = ev.ActionInterrupted(by=by, reason=reason, owner=owner or "",
@@ -109,8 +122,6 @@ def recover(store: EventStore, by: str = "replay") -> list[Recovered]:
             tx.append(action_id, [*denied, event], version)
             if denials_file is not None:
                 leftovers.append(denials_file)
-            child = tx.query_one("SELECT child_pid, child_start FROM leases WHERE name = ?",
-                                 (action_id,))
             if child and child[0]:
                 orphans.append((int(child[0]), int(child[1] or 0)))
             started = [r.event for r in tx.read_stream(action_id)
@@ -128,6 +139,8 @@ def recover(store: EventStore, by: str = "replay") -> list[Recovered]:
     # run beside its orphaned predecessor.
     for pid, started_at in orphans:
         proc.kill_group(pid, started_at)
+    for strays in stray_sets:
+        proc.kill_attempt(strays)
     for path in leftovers:  # recorded above: the evidence is in the ledger now
         with contextlib.suppress(OSError):
             os.unlink(path)

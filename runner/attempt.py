@@ -23,6 +23,7 @@ from commands.execution import Claim, Outcome
 from commands.home import Home
 from ledger.store import EventStore
 from runner import proc as proc_identity
+from runner.spawn import spawn
 
 KILL_GRACE_S = 5.0
 TAIL_LINES = 20
@@ -85,7 +86,8 @@ class Attempt:
             self.scanner = PatternScanner(claim.spec.failure_patterns)
         self.prepared: Any = None
         self.limits: dict[str, Any] = claim.limits
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.pid: int | None = None  # the running step's process (the leader of its group)
+        self._popen: subprocess.Popen[bytes] | None = None  # when spawned through Popen
         # The running step's process as a file descriptor that turns readable when it exits:
         # the worker sleeps on it instead of polling (None where the kernel has no pidfd).
         self.pidfd: int | None = None
@@ -123,6 +125,10 @@ class Attempt:
 
     # -- lifecycle ------------------------------------------------------------------------------
     def start(self) -> None:
+        # Timed from here: a worker may claim an attempt a moment before it spawns it.
+        self.started = time.monotonic()
+        timeout_ms = self.claim.spec.timeout_ms
+        self.deadline = None if timeout_ms is None else self.started + timeout_ms / 1000
         if self.claim.refused is not None:
             self._done(self.claim.refused_kind, self.claim.refused, retryable=False)
             return
@@ -135,6 +141,13 @@ class Attempt:
         if self.claim.prepared is not None:
             self.prepared = self.claim.prepared
         self._next_step()
+
+    def abandon(self, kind: str, text: str) -> None:
+        """End an attempt that was claimed but never started (its outcome: not run)."""
+        if self.outcome is None and self.pid is None:
+            self.log.write(f"--- sp: not run: {text}\n".encode())
+            self.log.flush()
+            self._done(kind, text, retryable=False)
 
     def _env(self, step: Step) -> dict[bytes, bytes]:
         """The step's environment, as bytes: the worker's, the action's, and sp's variables.
@@ -178,21 +191,20 @@ class Attempt:
 
             argv = limits.wrap(self.prepared, argv)
         try:
-            self.proc = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT,
-                cwd=self.claim.spec.cwd, env=self._env(step), start_new_session=True,
-            )
+            pid, self._popen = spawn(argv, self._env(step), self.log.fileno(),
+                                     self.claim.spec.cwd)
         except (OSError, ValueError) as e:  # ValueError: a NUL byte in argv, env or cwd
             why = e.strerror if isinstance(e, OSError) else str(e)
             self._done("spawn", f"cannot run {step.argv[0]!r}: {why}", retryable=False)
             return
+        self.pid = pid
         if self.note_children:
-            execution.record_child(self.store, self.action_id, self.owner, self.proc.pid)
+            execution.record_child(self.store, self.action_id, self.owner, pid)
         else:
-            self.child_pending = (self.proc.pid, time.monotonic())
+            self.child_pending = (pid, time.monotonic())
         if _pidfd_open is not None:
             try:
-                self.pidfd = _pidfd_open(self.proc.pid)
+                self.pidfd = _pidfd_open(pid)
             except OSError:
                 self.pidfd = None
 
@@ -214,9 +226,9 @@ class Attempt:
         """Advance: reap, scan output, enforce the timeout. True once the attempt is over."""
         if self.outcome is not None:
             return True
-        proc = self.proc
-        if proc is None:
-            return self.outcome is not None
+        child = self.pid
+        if child is None:
+            return False
         if self.scanner is not None and self.stop_kind is None:
             self._scan()
         if self.broker is not None:
@@ -232,15 +244,16 @@ class Attempt:
             self._signal(signal.SIGKILL)
             self.kill_at = None
         try:
-            pid, status, rusage = os.wait4(proc.pid, os.WNOHANG)
-        except ChildProcessError:
-            pid, status, rusage = proc.pid, 0, None
+            pid, status, rusage = os.wait4(child, os.WNOHANG)
+        except ChildProcessError:  # reaped elsewhere: its status is lost (as Popen says, 0)
+            pid, status, rusage = child, 0, None
         if pid == 0:
             return False
         self._close_pidfd()
         self.child_pending = None  # gone: nothing for recovery to find
-        code = os.waitstatus_to_exitcode(status) if rusage is not None else proc.poll()
-        proc.returncode = code
+        code = os.waitstatus_to_exitcode(status) if rusage is not None else 0
+        if self._popen is not None:
+            self._popen.returncode = code
         self.returncode = code
         self.rusage = rusage
         self._signal(signal.SIGKILL)  # leftovers of the step's process group
@@ -285,9 +298,9 @@ class Attempt:
         self.kill_at = time.monotonic() + KILL_GRACE_S
 
     def _signal(self, sig: int) -> None:
-        if self.proc is not None:
+        if self.pid is not None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.proc.pid, sig)
+                os.killpg(self.pid, sig)
         if self.prepared is not None:
             from runner import limits
 

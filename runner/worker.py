@@ -1,15 +1,21 @@
 """The worker: claim ready actions and run up to N at once, in one process, without threads.
 
-One loop does everything: poll the running attempts (reap, timeouts, output patterns), then in
-one transaction (one fsync) record the attempts that ended, note newly spawned children in their
-leases and claim into the free slots; spawn what was claimed (after that commit: write-ahead);
-check cancel requests and renew leases for all of them at once; and sleep in ``poll`` on the
-children's pidfds and the wake-up pipe, so that a child's exit or a submit is acted on at once.
-No thread means no ``preexec_fn`` hazard and no lock juggling; the state lives in the ledger,
-not in the worker.
+One loop does everything: poll the running attempts (reap, timeouts, output patterns); spawn
+into the free slots attempts already claimed (their ``started`` committed: write-ahead); then,
+while the children run, one transaction (one fsync) records the attempts that ended, notes
+newly spawned children in their leases and claims again; check cancel requests and renew
+leases for all of them at once; and sleep in ``poll`` on the children's pidfds and the wake-up
+pipe, so that a child's exit or a submit is acted on at once. While actions are short, up to
+``AHEAD_PER_SLOT`` attempts per slot are claimed ahead, so no transaction stands between a
+child's exit and the next spawn, and the outcomes of several wait a few ms to share one commit.
+An attempt claimed ahead holds a lease like a running one (recovery after a crash treats both
+alike); a cancel or a stop ends it without spawning it. No thread means no ``preexec_fn``
+hazard and no lock juggling; the state lives in the ledger, not in the worker.
 
-Shutdown (SIGTERM/SIGINT): stop claiming, let running attempts finish for the grace period,
-then stop them and record ``action.interrupted`` (resumable, per the task's ``on_interrupt``).
+Shutdown (SIGTERM/SIGINT): stop claiming, let running attempts (and those already claimed
+ahead, as slots free up) finish for the grace period, then stop them and record
+``action.interrupted`` (per the task's ``on_interrupt``); an attempt claimed ahead that has not
+started by then goes back as ``action.interrupted`` too, resumable, since nothing of it ran.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import select
 import signal
 import time
 import uuid
+from collections import deque
 from types import FrameType
 from typing import Any
 
@@ -40,6 +47,19 @@ POLL_S = 0.02  # timeouts, output patterns and free slots are checked at least t
 # after this long: a short action ends (and its lease goes) before it costs a commit of its own.
 CHILD_RECORD_S = POLL_S
 HEARTBEAT_S = 5.0
+# Claiming ahead (pipelining): while actions are short (the last one to end ran under
+# AHEAD_MAX_MS), keep AHEAD_PER_SLOT attempts per slot claimed (``started`` committed) but not
+# yet spawned, so that a child's exit is followed by the next spawn at once and the turn's
+# transaction runs while the children run. Long actions gain nothing from it: none is held.
+AHEAD_PER_SLOT = 2
+AHEAD_MAX_MS = 50
+# Nothing is claimed ahead this close to run()'s max_seconds (``sp tick``): what is still
+# claimed ahead then goes back unrun, and an attempt given back counts as one.
+AHEAD_HORIZON_S = 1.0
+# Group commit: ended attempts wait up to GROUP_S for a transaction while children run and at
+# least DEFER_WHILE_AHEAD attempts are claimed ahead, so that one fsync records several.
+GROUP_S = 0.005
+DEFER_WHILE_AHEAD = 1
 CANCEL_CHECK_S = 0.25
 PAUSE_CHECK_S = 1.0
 
@@ -69,7 +89,12 @@ class Worker:
         self.concurrency = concurrency
         self.grace_s = grace_s
         self.notify_all = notify_all
-        self.running: dict[str, Attempt] = {}
+        self.running: dict[str, Attempt] = {}  # spawned, in a slot
+        self.ahead: deque[Attempt] = deque()  # claimed (write-ahead committed), not spawned
+        self.ended: list[Attempt] = []  # over, the outcome not recorded yet
+        self._ended_since = 0.0
+        self._end: float | None = None  # run()'s max_seconds, as a monotonic time
+        self._short = False  # the last attempt to end was short: claim ahead
         self.stopping = False
         self.stop_deadline: float | None = None
         self.summary = WorkerSummary()
@@ -93,7 +118,7 @@ class Worker:
         interrupt what still runs (``sp tick``)."""
         waker = Waker(self.home.root)
         handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
-        end = None if max_seconds is None else time.monotonic() + max_seconds
+        end = self._end = None if max_seconds is None else time.monotonic() + max_seconds
         next_beat = time.monotonic() + HEARTBEAT_S
         next_cancel = time.monotonic() + CANCEL_CHECK_S
         try:
@@ -102,7 +127,7 @@ class Worker:
                 if end is not None and now >= end:
                     self.request_stop(grace_s=0.0)
                 self._turn(now)
-                if not self.running:
+                if not (self.running or self.ahead or self.ended):
                     if self.stopping:
                         break
                     retry_at = execution.next_retry_ms(self.store) if wait_retries else None
@@ -121,7 +146,7 @@ class Worker:
                     self._check_cancels()
                 if now >= next_beat:
                     next_beat = now + HEARTBEAT_S
-                    execution.heartbeat(self.store, list(self.running), self.owner)
+                    execution.heartbeat(self.store, self._held(), self.owner)
                 if self.stopping and self.stop_deadline is not None and now >= self.stop_deadline:
                     self._interrupt_all("worker stopped (signal)" if end is None or now < end
                                         else f"sp tick reached --max-seconds {max_seconds:g}")
@@ -133,29 +158,36 @@ class Worker:
             waker.close()
         return self.summary
 
-    # -- one turn: reap, then record, note children and claim in one transaction -----------
+    # -- one turn: reap, spawn what is claimed ahead, then record and claim in one transaction
     def _turn(self, now: float) -> None:
-        ended = [a for a in self.running.values() if a.poll(now)]
-        free = 0 if self.stopping else self.concurrency - len(self.running) + len(ended)
-        if free > 0 and now >= self._next_pause_check:
+        for a in [a for a in self.running.values() if a.poll(now)]:
+            del self.running[a.action_id]
+            self._ended(a, now)
+        self._spawn_ahead()
+        free = 0 if self.stopping else self.concurrency - len(self.running)
+        ahead_ok = self._short and not self.stopping and (
+            self._end is None or now < self._end - AHEAD_HORIZON_S)
+        depth = self.concurrency * AHEAD_PER_SLOT if ahead_ok else 0
+        want = free + max(0, depth - len(self.ahead))
+        if want > 0 and now >= self._next_pause_check:
             self._next_pause_check = now + PAUSE_CHECK_S
             self._paused = execution.paused_agents(self.store)
         if "" in self._paused:
-            free = 0
+            want = free = 0
         # Children still running CHILD_RECORD_S after their spawn are noted in their leases:
         # with this turn's transaction, or one of their own if nothing else is written.
         waiting = [a for a in self.running.values() if a.child_pending and a.outcome is None
                    and now - a.child_pending[1] >= CHILD_RECORD_S]
-        if not ended and free <= 0 and not waiting:
+        if free <= 0 and not waiting and not (self.ended and not self._defer(now)):
             return
         children = [c for c in (a.child_to_record() for a in waiting) if c is not None]
         pairs: list[tuple[Claim, Outcome]] = []
-        for a in ended:
+        for a in self.ended:
             assert a.outcome is not None  # poll() is True once there is one
             pairs.append((a.claim, a.outcome))
         try:
             states, claims = execution.finish_and_claim(
-                self.store, self.owner, pairs, free, self._paused, children)
+                self.store, self.owner, pairs, want, self._paused, children)
         except Exception:
             if not pairs and not children:
                 raise
@@ -164,20 +196,69 @@ class Worker:
             states = execution.finish_many(self.store, pairs)
             if children:
                 execution.record_children(self.store, self.owner, children)
-            claims = execution.claim_many(self.store, self.owner, free, self._paused)
+            claims = None
         for a in waiting:
             a.child_pending = None
+        self._recorded(states)
+        if claims is None:
+            claims = execution.claim_many(self.store, self.owner, want, self._paused)
+        for claim in claims:
+            self.ahead.append(Attempt(self.store, self.home, claim, self.owner,
+                                      note_children=False))
+        self._spawn_ahead()
+
+    def _ended(self, attempt: Attempt, now: float) -> None:
+        """``attempt`` is over: its outcome is recorded with a coming transaction."""
+        if not self.ended:
+            self._ended_since = now
+        self.ended.append(attempt)
+        if attempt.pid is not None and attempt.outcome is not None:
+            self._short = attempt.outcome.duration_ms < AHEAD_MAX_MS
+
+    def _defer(self, now: float) -> bool:
+        """Group commit: leave the ended attempts for a later transaction while children run,
+        attempts claimed ahead wait for the next free slots, and the oldest ended recently."""
+        return (bool(self.running) and len(self.ahead) >= DEFER_WHILE_AHEAD
+                and not self.stopping and now - self._ended_since < GROUP_S)
+
+    def _recorded(self, states: list[ActionState | None]) -> None:
+        ended, self.ended = self.ended, []
         for attempt, state in zip(ended, states, strict=True):
-            del self.running[attempt.action_id]
             self._count(state)
             if state is not None:
                 self._notify(attempt, state)
-        for claim in claims:
-            attempt = Attempt(self.store, self.home, claim, self.owner, note_children=False)
-            self.running[claim.action_id] = attempt
+
+    def _spawn_ahead(self) -> None:
+        """Start attempts claimed ahead in the free slots: their ``started`` is committed
+        (write-ahead), so no transaction stands between a child's exit and the next spawn.
+        Also while stopping: they were claimed before, and run in the grace period."""
+        while self.ahead and len(self.running) < self.concurrency:
+            attempt = self.ahead.popleft()
             self.summary.ran += 1
             attempt.start()
+            if attempt.outcome is not None:  # refused, or could not be spawned
+                self._ended(attempt, time.monotonic())
+            else:
+                self.running[attempt.action_id] = attempt
         self.summary.peak_running = max(self.summary.peak_running, len(self.running))
+
+    def _give_back(self, reason: str) -> None:
+        """Hand attempts claimed ahead but never spawned back to the queue (resumable)."""
+        while self.ahead:
+            attempt = self.ahead.popleft()
+            attempt.abandon("interrupted", reason)
+            execution.interrupt(self.store, attempt.claim, reason, 0, then="resume")
+            self.summary.interrupted += 1
+
+    def _record_ended(self) -> None:
+        if self.ended:
+            pairs = [(a.claim, a.outcome) for a in self.ended]
+            self._recorded(execution.finish_many(self.store, pairs))  # type: ignore[arg-type]
+
+    def _held(self) -> list[str]:
+        """Every action whose lease this worker holds: running, claimed ahead, ended."""
+        return [*self.running, *(a.action_id for a in self.ahead),
+                *(a.action_id for a in self.ended)]
 
     def _ready_now(self) -> bool:
         if "" in self._paused:
@@ -187,6 +268,8 @@ class Worker:
     def _sleep(self, waker: Waker | None, now: float) -> None:
         """Until a child exits, a submit wakes us (``waker``), or the next check is due."""
         timeout = POLL_S
+        if self.ended:  # deferred (group commit): due GROUP_S after the first ended
+            timeout = min(timeout, self._ended_since + GROUP_S - now)
         fds: list[int] = []
         for a in self.running.values():
             if a.outcome is not None:  # e.g. refused or not spawned: record it at once
@@ -213,11 +296,21 @@ class Worker:
             s.interrupted += 1
 
     def _check_cancels(self) -> None:
-        for action_id in execution.cancel_requests(self.store, list(self.running)):
-            self.running[action_id].stop("cancelled", "cancelled while running")
+        held = [*self.running, *(a.action_id for a in self.ahead)]
+        for action_id in execution.cancel_requests(self.store, held):
+            running = self.running.get(action_id)
+            if running is not None:
+                running.stop("cancelled", "cancelled while running")
+                continue
+            for attempt in [a for a in self.ahead if a.action_id == action_id]:
+                self.ahead.remove(attempt)
+                attempt.abandon("cancelled", "cancelled before it ran")
+                self._ended(attempt, time.monotonic())
 
     def _interrupt_all(self, reason: str) -> None:
         """The grace period is over: stop what still runs and record it as interrupted."""
+        self._give_back(f"{reason} (before it ran)")
+        self._record_ended()
         for attempt in self.running.values():
             attempt.stop("interrupted", reason)
         deadline = time.monotonic() + 10

@@ -119,6 +119,8 @@ SHELL_SITES = {
     "actions/shell.py": "a requirement check",
     "commands/policies.py": "the execute policy check",
     "security/enforce.py": "the execute allow-list",
+    # python -c with sp's own fixed bootstrap; the user's argv follows "--", never parsed
+    "security/sandbox.py": "the sandbox shim's python -c bootstrap",
 }
 _SHELL = re.compile(r"shell=True|[\"']/bin/sh[\"']|os\.system\(|os\.popen\(|[\"']-c[\"'],")
 
