@@ -81,7 +81,23 @@ pass_app = click.make_pass_decorator(App)
 
 
 class SpGroup(click.Group):
-    """Turns domain errors into one line and an exit code; hides tracebacks unless --debug."""
+    """Turns domain errors into one line and an exit code; hides tracebacks unless --debug.
+    Loads a command's module when the command is looked up (:data:`COMMAND_MODULES`)."""
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands:
+            module = COMMAND_MODULES.get(cmd_name)
+            if module is not None:
+                _load(module)
+                for extra in GROUP_EXTRAS.get(cmd_name, ()):
+                    _load(extra)
+            else:
+                load_all()  # an unknown name: click's suggestions need them all
+        return super().get_command(ctx, cmd_name)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        load_all()
+        return super().list_commands(ctx)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -183,29 +199,40 @@ def warn(message: str) -> None:
     click.echo(message, err=True)
 
 
-def _register() -> None:
-    from . import (
-        action,
-        agent,
-        deploy,
-        ledger_cmds,
-        live,
-        monitor,
-        plan,
-        report,
-        retention,
-        schedule,
-        trigger,
-        worker,
-    )
-
-    for module in (action, agent, ledger_cmds, worker, schedule, plan, trigger, deploy, monitor,
-                   live, report, retention):
-        for command in module.COMMANDS:
-            cli.add_command(command)
+# Which module of cli/ holds each top-level command. A command's module is imported only when
+# that command runs, so a cron line pays for its own command, not for all of them; --help and
+# completion load them all. tests/test_cli.py checks this table against the modules' COMMANDS.
+COMMAND_MODULES = {
+    "submit": "action", "status": "action", "cancel": "action", "restart": "action",
+    "wait": "action", "audit": "action", "logs": "action", "checkpoint": "action",
+    "progress": "action", "agent": "agent", "action": "agent", "init": "ledger_cmds",
+    "replay": "ledger_cmds", "verify": "ledger_cmds", "sql": "ledger_cmds", "worker": "worker",
+    "tick": "worker", "pause": "worker", "resume": "worker", "schedule": "schedule",
+    "plan": "plan", "rollback": "plan", "trigger": "trigger", "daemon": "trigger",
+    "deploy": "deploy", "metrics": "monitor", "monitor": "live", "report": "report",
+    "gc": "retention", "archive": "retention",
+}
+# Modules that add subcommands to another module's group (`sp action watch`, `sp action
+# monitor`, `sp action resources` live beside the monitoring code): loaded with that group.
+GROUP_EXTRAS = {"action": ("monitor", "live")}
+_LOADED: set[str] = set()
 
 
-_register()
+def _load(module_name: str) -> None:
+    if module_name in _LOADED:
+        return
+    import importlib
+
+    module = importlib.import_module(f"cli.{module_name}")
+    for command in module.COMMANDS:
+        cli.add_command(command)
+    _LOADED.add(module_name)
+
+
+def load_all() -> None:
+    """Register every command (for --help, completion, and anything listing them)."""
+    for name in dict.fromkeys(COMMAND_MODULES.values()):
+        _load(name)
 
 
 def main(argv: list[str] | None = None) -> None:

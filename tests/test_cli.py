@@ -33,7 +33,59 @@ def test_console_scripts_sp_and_alias() -> None:
 
 def _all_commands() -> list[str]:
     assert isinstance(cli, click.Group)
+    from cli.main import load_all
+
+    load_all()
     return sorted(cli.commands)
+
+
+def test_the_lazy_command_table_matches_the_modules() -> None:
+    """Each command is found in the module COMMAND_MODULES names, and every command is in it."""
+    import importlib
+
+    from cli.main import COMMAND_MODULES
+
+    found = {}
+    for module in set(COMMAND_MODULES.values()):
+        for command in importlib.import_module(f"cli.{module}").COMMANDS:
+            found[command.name] = module
+    assert found == COMMAND_MODULES
+
+
+def test_a_group_has_its_subcommands_from_other_modules_when_loaded_alone() -> None:
+    """`sp action watch` lives in cli.monitor: loading `action` lazily must bring it."""
+    import subprocess
+    import sys
+
+    code = ("from cli.main import cli; import click\n"
+            "ctx = click.Context(cli)\n"
+            "group = cli.get_command(ctx, 'action')\n"
+            "print(sorted(group.commands))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    from cli.main import load_all
+
+    load_all()
+    assert isinstance(cli, click.Group)
+    full = cli.commands["action"]
+    assert isinstance(full, click.Group)
+    assert out == str(sorted(full.commands))
+    assert "watch" in out and "monitor" in out
+
+
+def test_a_command_loads_only_its_own_module() -> None:
+    code = ("import sys; from cli.main import main\n"
+            "try:\n    main(['--home', sys.argv[1], 'status'])\n"
+            "except SystemExit:\n    pass\n"
+            "print(sorted(m for m in sys.modules if m.startswith('cli.')))")
+    import subprocess
+    import sys
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as home:
+        out = subprocess.run([sys.executable, "-c", code, home], capture_output=True, text=True,
+                             check=True).stdout.strip().splitlines()[-1]
+    assert out == "['cli.action', 'cli.main']"
 
 
 @pytest.mark.parametrize("name", _all_commands())
