@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import os
 import random
-import shutil
-import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -241,7 +239,9 @@ def _prepare_start(tx: Transaction, action_id: str, owner: str, now: int) -> _St
             # at once failed (not retried) without spawning anything: refused, on the record.
             refused = str(e)
             enforced = {"missing": list(e.missing), "refused": True}
-    confined, sandboxed, policy, denials, why = _sandbox(tx, action_id, attempt, spec)
+    from .policies import attempt_sandbox
+
+    confined, sandboxed, policy, denials, why = attempt_sandbox(tx, action_id, attempt, spec)
     if why is not None and refused is None:
         refused, kind = why
     else:
@@ -261,50 +261,6 @@ def _prepare_start(tx: Transaction, action_id: str, owner: str, now: int) -> _St
     checkpoint = row[3] if resume is not None or spec.on_interrupt != "rerun" else None
     return _Start(Claim(action_id, attempt, owner, spec, checkpoint, row[4], resume, enforced,
                         prepared, refused, kind, confined, policy, denials), event, version)
-
-
-def _sandbox(tx: Transaction, action_id: str, attempt: int, spec: ev.ActionSubmitted,
-             ) -> tuple[Any, dict[str, Any], Any, list[dict[str, Any]], tuple[str, str] | None]:
-    """The agent's policy for this attempt: (sandbox spec, what the started event records,
-    policy, denials, (why, kind) when it must not run)."""
-    if not spec.agent:
-        return None, {}, None, [], None
-    from . import policies
-
-    policy = policies.policy_of(tx, spec.agent)
-    if policy is None:
-        return None, {}, None, [], None
-    record: dict[str, Any] = {"agent": spec.agent}
-    found = policies.check_spec(policy, spec, "action")
-    if found:
-        denials = [{"access": d.access, "target": d.target, "reason": d.reason} for d in found]
-        return None, {**record, "refused": True}, policy, denials, (
-            f"refused by the policy of agent {spec.agent}: {found[0].reason}", "policy_denied")
-    if policy.has_quotas:
-        record["quotas"] = {k: getattr(policy, k) for k in ("temp_space", "output_space",
-                                                            "log_space")
-                            if getattr(policy, k) is not None}
-    if not (policy.restricts_fs or policy.restricts_network):
-        return None, record, policy, [], None
-    from security import enforce
-
-    home = os.path.dirname(os.path.abspath(tx.store.path))
-    shell = spec.shell or any(s.get("shell") for s in spec.steps)
-    programs = [s["command"][0] for s in spec.steps if s.get("command")] if spec.steps else (
-        spec.command[:1])
-    # sp's own interpreter (a built-in type, or a compensation that runs one) reads its code
-    python = spec.action_type != "shell" or any(
-        os.path.realpath(shutil.which(p) or p) == os.path.realpath(sys.executable)
-        for p in programs)
-    sb = enforce.sandbox_spec(
-        policy, tmpdir=os.path.join(home, "tmp", action_id), shell=shell,
-        env_path=spec.env.get("PATH"), programs=programs, python=python,
-        denials_path=os.path.join(home, "run", f"{action_id}-{attempt}.denials"), home=home)
-    prepared = enforce.prepare(sb, spec.allow_unsandboxed)
-    record.update(enforce.summarised(prepared.enforced, home))
-    if prepared.refused is not None:
-        return None, record, policy, [], (prepared.refused, "sandbox_unavailable")
-    return prepared.spec, record, policy, [], None
 
 
 # The events that decide where an attempt resumes (see _resume_step), by type tag.

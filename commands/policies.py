@@ -9,6 +9,8 @@ for one agent (``allowed:`` / ``denied:`` at the top, or under ``capabilities:``
 from __future__ import annotations
 
 import os
+import shutil
+import sys
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -240,3 +242,48 @@ def describe(store: EventStore, agent_id: str) -> dict[str, Any]:
     except ImportError:  # pragma: no cover - the sandbox module is part of the package
         pass
     return out
+
+
+# -- when an attempt is claimed ------------------------------------------------------------------
+
+
+def attempt_sandbox(tx: Transaction, action_id: str, attempt: int, spec: ev.ActionSubmitted,
+             ) -> tuple[Any, dict[str, Any], Any, list[dict[str, Any]], tuple[str, str] | None]:
+    """The agent's policy for this attempt: (sandbox spec, what the started event records,
+    policy, denials, (why, kind) when it must not run)."""
+    if not spec.agent:
+        return None, {}, None, [], None
+    policy = policy_of(tx, spec.agent)
+    if policy is None:
+        return None, {}, None, [], None
+    record: dict[str, Any] = {"agent": spec.agent}
+    found = check_spec(policy, spec, "action")
+    if found:
+        denials = [{"access": d.access, "target": d.target, "reason": d.reason} for d in found]
+        return None, {**record, "refused": True}, policy, denials, (
+            f"refused by the policy of agent {spec.agent}: {found[0].reason}", "policy_denied")
+    if policy.has_quotas:
+        record["quotas"] = {k: getattr(policy, k) for k in ("temp_space", "output_space",
+                                                            "log_space")
+                            if getattr(policy, k) is not None}
+    if not (policy.restricts_fs or policy.restricts_network):
+        return None, record, policy, [], None
+    from security import enforce
+
+    home = os.path.dirname(os.path.abspath(tx.store.path))
+    shell = spec.shell or any(s.get("shell") for s in spec.steps)
+    programs = [s["command"][0] for s in spec.steps if s.get("command")] if spec.steps else (
+        spec.command[:1])
+    # sp's own interpreter (a built-in type, or a compensation that runs one) reads its code
+    python = spec.action_type != "shell" or any(
+        os.path.realpath(shutil.which(p) or p) == os.path.realpath(sys.executable)
+        for p in programs)
+    sb = enforce.sandbox_spec(
+        policy, tmpdir=os.path.join(home, "tmp", action_id), shell=shell,
+        env_path=spec.env.get("PATH"), programs=programs, python=python,
+        denials_path=os.path.join(home, "run", f"{action_id}-{attempt}.denials"), home=home)
+    prepared = enforce.prepare(sb, spec.allow_unsandboxed)
+    record.update(enforce.summarised(prepared.enforced, home))
+    if prepared.refused is not None:
+        return None, record, policy, [], (prepared.refused, "sandbox_unavailable")
+    return prepared.spec, record, policy, [], None
