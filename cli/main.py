@@ -99,6 +99,16 @@ class SpGroup(click.Group):
         load_all()
         return super().list_commands(ctx)
 
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        """sp's own options (``sp --bogus``): a usage error is one line too."""
+        try:
+            return super().parse_args(ctx, args)
+        except click.exceptions.NoArgsIsHelpError:
+            raise
+        except click.UsageError as e:
+            raise SpClickError(f"{ctx.command_path}: {e.format_message()} (see --help)",
+                               e.exit_code) from None
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)

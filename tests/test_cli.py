@@ -300,3 +300,19 @@ def test_shell_completion_completes_commands() -> None:
                        env={**os.environ, "_SP_COMPLETE": "bash_complete",
                             "COMP_WORDS": "sp sta", "COMP_CWORD": "1"})
     assert "plain,status" in p.stdout.splitlines()
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    (["--bogus"], "No such option '--bogus'"),
+    (["--home"], "Option '--home' requires an argument"),
+    (["statu"], "'status'"),  # click's suggestion
+])
+def test_a_bad_top_level_option_or_command_is_one_line(args: list[str], says: str) -> None:
+    import subprocess
+    import sys
+
+    p = subprocess.run([sys.executable, "-m", "cli", *args], capture_output=True, text=True)
+    assert p.returncode == 2
+    assert p.stdout == ""
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and says in lines[0] and "Traceback" not in p.stderr, p.stderr
