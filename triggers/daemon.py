@@ -35,6 +35,7 @@ BACKOFF_MIN_S = 1.0
 BACKOFF_MAX_S = 30.0
 STABLE_S = 60.0  # a source that ran this long before failing starts its backoff afresh
 JOIN_S = 3.0  # how long shutdown waits for the sources, all together
+BIND_WAIT_S = 5.0  # how long a reload waits for its servers to listen before saying so
 
 
 class _DaemonWorker(Worker):
@@ -200,6 +201,11 @@ class Daemon:
                 if self._gen is not None:
                     self._halt(self._gen)
                 self._start(gen)
+            # "reloaded" means ready: a webhook's new port accepts connections once it is said.
+            for source in gen.sources:
+                bound = getattr(source, "bound", None)
+                if isinstance(bound, threading.Event):
+                    bound.wait(BIND_WAIT_S)
             self.log(f"reloaded: {', '.join(s.name for s in gen.sources) or 'no sources'}")
 
     def _run_worker(self) -> None:
