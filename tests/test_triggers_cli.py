@@ -209,7 +209,7 @@ triggers:
              config], stdout=subprocess.DEVNULL, stderr=stderr, cwd=REPO,
             env={**os.environ, "SP_TEST_TOKEN": "tok"})
     try:
-        wait_for(lambda: "listening" in err.read_text(), timeout=45)
+        wait_for(lambda: "daemon: started" in err.read_text(), timeout=45)  # = ready
         (incoming / "a.csv").write_text("1,2\n")
         (incoming / "skip.txt").write_text("no\n")
 

@@ -135,6 +135,18 @@ class Daemon:
         if self.stop.is_set():  # a stop that came while starting
             gen.stop.set()
 
+    @staticmethod
+    def _ready(gen: _Generation) -> None:
+        """Wait (up to BIND_WAIT_S) until the sources that say so are ready — a webhook
+        listens, a folder is watched — so that "started" and "reloaded" mean ready: a file
+        written or a request sent once they are logged is not missed."""
+        deadline = time.monotonic() + BIND_WAIT_S
+        for source in gen.sources:
+            for name in ("bound", "watching"):
+                event = getattr(source, name, None)
+                if isinstance(event, threading.Event):
+                    event.wait(max(0.0, deadline - time.monotonic()))
+
     def _halt(self, gen: _Generation, wait_s: float = JOIN_S) -> None:
         gen.stop.set()
         deadline = time.monotonic() + wait_s
@@ -154,8 +166,9 @@ class Daemon:
         names = ", ".join(s.name for s in gen.sources) or "no trigger sources"
         worker = (f"a worker running up to {self.concurrency} at once" if self.concurrency
                   else "no worker")
-        self.log(f"started: {names}; {worker}")
         self._start(gen)
+        self._ready(gen)
+        self.log(f"started: {names}; {worker}")
         manager = threading.Thread(target=self._manage, daemon=True, name="sp-daemon-reload")
         manager.start()
         try:
@@ -201,11 +214,7 @@ class Daemon:
                 if self._gen is not None:
                     self._halt(self._gen)
                 self._start(gen)
-            # "reloaded" means ready: a webhook's new port accepts connections once it is said.
-            for source in gen.sources:
-                bound = getattr(source, "bound", None)
-                if isinstance(bound, threading.Event):
-                    bound.wait(BIND_WAIT_S)
+            self._ready(gen)
             self.log(f"reloaded: {', '.join(s.name for s in gen.sources) or 'no sources'}")
 
     def _run_worker(self) -> None:
