@@ -379,7 +379,15 @@ class Outcome(msgspec.Struct, frozen=True, kw_only=True):
     # ("run"); recorded as action.security_denied before the outcome.
     security: list[dict[str, Any]] = []
     security_stage: str = "run"
-    security_dropped: int = 0
+
+
+def security_denied(by: str, attempt: int, stage: str,
+                    denials: list[dict[str, Any]]) -> ev.ActionSecurityDenied:
+    """The event for what a policy refused an attempt: the first :data:`MAX_DENIALS`
+    denials, the rest counted (a loop can be refused millions of times)."""
+    return ev.ActionSecurityDenied(by=by, attempt=attempt, stage=stage,
+                                   denials=denials[:MAX_DENIALS],
+                                   dropped=max(0, len(denials) - MAX_DENIALS))
 
 
 def finish(store: EventStore, claim_: Claim, outcome: Outcome,
@@ -513,10 +521,8 @@ def _decide(tx: Transaction, claim_: Claim, outcome: Outcome, now: int, rng: ran
         ))
     new = machine.check_event(aid, state, events[0])
     if outcome.security:
-        events.insert(0, ev.ActionSecurityDenied(
-            by=by, attempt=claim_.attempt, stage=outcome.security_stage,
-            denials=outcome.security[:MAX_DENIALS],
-            dropped=outcome.security_dropped + max(0, len(outcome.security) - MAX_DENIALS)))
+        events.insert(0, security_denied(by, claim_.attempt, outcome.security_stage,
+                                         outcome.security))
     return events, version, new
 
 

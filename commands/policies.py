@@ -144,8 +144,6 @@ def _sp_code(argv: list[str]) -> bool:
     """sp's own interpreter running one of sp's built-in action modules (a built-in type, or
     its compensation): the policy governs what that code touches (checked below, and by the
     sandbox), not the interpreter sp itself runs on."""
-    import sys
-
     if len(argv) < 3 or "-m" not in argv[1:3]:
         return False
     module = argv[argv.index("-m", 1) + 1] if argv.index("-m", 1) + 1 < len(argv) else ""
@@ -268,7 +266,7 @@ def attempt_sandbox(tx: Transaction, action_id: str, attempt: int, spec: ev.Acti
                             if getattr(policy, k) is not None}
     if not (policy.restricts_fs or policy.restricts_network):
         return None, record, policy, [], None
-    from security import enforce
+    from security import enforce, sandbox
 
     home = os.path.dirname(os.path.abspath(tx.store.path))
     shell = spec.shell or any(s.get("shell") for s in spec.steps)
@@ -281,7 +279,7 @@ def attempt_sandbox(tx: Transaction, action_id: str, attempt: int, spec: ev.Acti
     sb = enforce.sandbox_spec(
         policy, tmpdir=os.path.join(home, "tmp", action_id), shell=shell,
         env_path=spec.env.get("PATH"), programs=programs, python=python,
-        denials_path=os.path.join(home, "run", f"{action_id}-{attempt}.denials"), home=home)
+        denials_path=sandbox.denials_file(home, action_id, attempt), home=home)
     prepared = enforce.prepare(sb, spec.allow_unsandboxed)
     record.update(enforce.summarised(prepared.enforced, home))
     if prepared.refused is not None:

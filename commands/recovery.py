@@ -49,19 +49,17 @@ def _denials_left(store: EventStore, action_id: str, attempt: int,
     """The kernel's denials a sandboxed attempt collected before its worker died (the shim
     writes them to ``<home>/run/<action>-<attempt>.denials``): recorded with the interruption,
     so a crash does not lose the security record."""
-    path = os.path.join(os.path.dirname(os.path.abspath(store.path)), "run",
-                        f"{action_id}-{attempt}.denials")
+    from security.sandbox import denials_file, read_denials
+
+    path = denials_file(os.path.dirname(os.path.abspath(store.path)), action_id, attempt)
     if not os.path.exists(path):
         return [], None
-    from security.sandbox import read_denials
-
-    from .execution import MAX_DENIALS
+    from .execution import security_denied
 
     found = read_denials(path)
     if not found:
         return [], path
-    return [ev.ActionSecurityDenied(by=by, attempt=attempt, denials=found[:MAX_DENIALS],
-                                    dropped=max(0, len(found) - MAX_DENIALS))], path
+    return [security_denied(by, attempt, "run", found)], path
 
 
 def recover(store: EventStore, by: str = "replay") -> list[Recovered]:

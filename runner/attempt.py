@@ -349,7 +349,7 @@ class Attempt:
             facts = _facts(self.log, self.offset)
         finally:
             self.log.close()
-        security, stage, dropped = self._security()
+        security, stage = self._security()
         if security and stage == "run" and kind == "exit_code":
             first = security[0]
             kind, retryable = "security_denied", False
@@ -358,27 +358,25 @@ class Attempt:
         self.outcome = Outcome(
             exit_code=self.returncode, duration_ms=int((time.monotonic() - self.started) * 1000),
             error_kind=kind, error=text, retryable=retryable, usage=usage, result=facts,
-            security=security, security_stage=stage, security_dropped=dropped,
+            security=security, security_stage=stage,
         )
 
-    def _security(self) -> tuple[list[dict[str, Any]], str, int]:
+    def _security(self) -> tuple[list[dict[str, Any]], str]:
         """What the policy refused: before running (the claim's denials) or, read back from
         the kernel's audit records the sandbox collected, while running."""
         if self.claim.denials:
-            return list(self.claim.denials), "validation", 0
+            return list(self.claim.denials), "validation"
         if self.denials_path is None:
-            return [], "run", 0
+            return [], "run"
         from security import sandbox
 
         try:
             found = sandbox.read_denials(self.denials_path)
         except OSError:
-            return [], "run", 0
+            return [], "run"
         with contextlib.suppress(OSError):
             os.unlink(self.denials_path)
-        from commands.execution import MAX_DENIALS
-
-        return found[:MAX_DENIALS], "run", max(0, len(found) - MAX_DENIALS)
+        return found, "run"
 
 
 def _sandbox_exit() -> int:

@@ -233,6 +233,12 @@ def wrap(spec: SandboxSpec, argv: list[str], caps: Capabilities | None = None) -
     return [sys.executable, "-I", "-S", "-c", _BOOT, *chunks, "--", *argv]
 
 
+def denials_file(home: str, action_id: str, attempt: int) -> str:
+    """Where the shim of one attempt writes the kernel's denials (``<home>/run/``): read by
+    the worker when the attempt ends, and by ``sp replay`` when its worker died first."""
+    return os.path.join(home, "run", f"{action_id}-{attempt}.denials")
+
+
 def read_denials(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """The denial records the shim wrote (``[]`` when there is no file).
 
