@@ -29,8 +29,14 @@ def put_blob(data: bytes) -> str:
     """Store ``data`` under ``$SP_HOME/blobs/<sha256>`` (once) and return its hash."""
     if _brokered():
         return _put_via_worker(data)
+    return store_blob(home_root(), data)
+
+
+def store_blob(home: Path, data: bytes) -> str:
+    """Store ``data`` under ``<home>/blobs/<sha256>`` (once) and return its hash; the worker
+    calls it for a sandboxed action (:mod:`runner.broker`)."""
     sha = hashlib.sha256(data).hexdigest()
-    target = home_root() / "blobs" / sha
+    target = home / "blobs" / sha
     try:  # reused: fresh again, so that sp gc leaves it until this action records it
         os.utime(target)
     except FileNotFoundError:

@@ -23,7 +23,6 @@ The client side (:func:`call`) is what :mod:`runner.api`, ``sp checkpoint``/``sp
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import itertools
 import json
 import os
@@ -217,15 +216,9 @@ class Broker:
         src = self._inside(str(req.get("path", "")))
         if not src.is_file():
             raise FileNotFoundError(f"{src} is not a regular file")
-        data = src.read_bytes()
-        sha = hashlib.sha256(data).hexdigest()
-        target = Path(self.home_root) / "blobs" / sha
-        try:  # reused: fresh again, so that sp gc keeps it (as actions.blobs.put_blob does)
-            os.utime(target)
-        except FileNotFoundError:
-            from actions.blobs import atomic_write
+        from actions.blobs import store_blob
 
-            atomic_write(target, data, 0o600)
+        sha = store_blob(Path(self.home_root), src.read_bytes())
         src.unlink()
         return sha
 
