@@ -35,6 +35,28 @@ INSERT = (
 )
 
 
+# -- sp as a user runs it ------------------------------------------------------------------------
+
+
+def sp_argv() -> list[str]:
+    """``sp`` as cron runs it: the console script, with this venv's python."""
+    script = Path(sys.executable).parent / "sp"
+    if script.exists():
+        return [sys.executable, str(script)]
+    return [sys.executable, "-m", "cli"]
+
+
+def child_env() -> dict[str, str]:
+    """Bytecode cached outside the repository (as an installed sp has it); no inherited home;
+    the default durability."""
+    env = dict(os.environ)
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    env["PYTHONPYCACHEPREFIX"] = str(CACHE / "pycache")
+    for k in ("SP_HOME", "SP_SYNCHRONOUS"):
+        env.pop(k, None)
+    return env
+
+
 # -- event mixes --------------------------------------------------------------------------------
 AGENTS = ("research-001", "ops-002", None, "backup-003")
 

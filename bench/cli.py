@@ -15,7 +15,6 @@ the repository; ``PYTHONDONTWRITEBYTECODE`` unset), as an installed ``sp`` run b
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import subprocess
 import sys
@@ -24,26 +23,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from _common import CACHE, action_id, big_home, median, verdict
+from _common import action_id, big_home, child_env, median, sp_argv, verdict
 
 RATIO_TARGET = 6.0
 MS_TARGET = 100.0
-
-
-def sp_argv() -> list[str]:
-    """``sp`` as cron runs it: the console script, with this venv's python."""
-    script = Path(sys.executable).parent / "sp"
-    if script.exists():
-        return [sys.executable, str(script)]
-    return [sys.executable, "-m", "cli"]
-
-
-def child_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env.pop("PYTHONDONTWRITEBYTECODE", None)
-    env["PYTHONPYCACHEPREFIX"] = str(CACHE / "pycache")
-    env.pop("SP_HOME", None)
-    return env
 
 
 def wall(argv: list[str], env: dict[str, str]) -> float:

@@ -44,7 +44,7 @@ import time
 from pathlib import Path
 from typing import NamedTuple
 
-from _common import CACHE, median, verdict
+from _common import CACHE, child_env, median, sp_argv, verdict
 
 from commands import actions
 from commands.home import Home
@@ -58,24 +58,6 @@ PEER_PACKAGES = ("huey", "dbos")
 
 
 # -- sp ---------------------------------------------------------------------------------------
-def sp_argv() -> list[str]:
-    """``sp`` as installed: the console script, with this venv's python."""
-    script = Path(sys.executable).parent / "sp"
-    if script.exists():
-        return [sys.executable, str(script)]
-    return [sys.executable, "-m", "cli"]
-
-
-def child_env() -> dict[str, str]:
-    """Bytecode cached outside the repository; no inherited home; the default durability."""
-    env = dict(os.environ)
-    env.pop("PYTHONDONTWRITEBYTECODE", None)
-    env["PYTHONPYCACHEPREFIX"] = str(CACHE / "pycache")
-    for k in ("SP_HOME", "SP_SYNCHRONOUS"):
-        env.pop(k, None)
-    return env
-
-
 def make_home(root: Path, n: int, shell: bool = False) -> float:
     """A home with ``n`` queued no-op actions; returns the seconds the submit took."""
     if shell:
