@@ -82,8 +82,14 @@ def action_type(name: str, *, payload: type[msgspec.Struct],
     is the compensation, with ``rollback`` the decoded ``rollback:`` (a ``rollback`` Struct,
     else always None). ``requires`` names programs the type needs on this machine.
 
-    :raises ValueError: the function is defined in ``__main__`` (a worker could not import it).
+    :raises ValueError: the function is defined in ``__main__`` (a worker could not import it),
+        or ``name`` is not a name (:mod:`agents.names`: it reaches argv, logs and plans).
     """
+    from agents.names import problem
+
+    why = problem(name) if isinstance(name, str) else "is not text"
+    if why is not None:
+        raise ValueError(f"action type {name!r} {why}; use letters, digits, '.', '_' and '-'")
 
     def decorate(func: F) -> F:
         if func.__module__ == "__main__":

@@ -29,7 +29,7 @@ import yaml
 
 from ledger.errors import UsageError
 
-from . import documents
+from . import documents, names
 from .units import Duration, Percent, Size, dec_hook
 
 
@@ -187,9 +187,10 @@ def decode_agent(raw: Any, source: str = "agent") -> AgentConfig:
         if not isinstance(body, dict):
             raise UsageError(f"{source}: $.{section}: expected a mapping of task names")
         for name, spec in body.items():
-            where = f"{source}: $.{section}.{name}"
             if not isinstance(name, str) or not name:
                 raise UsageError(f"{source}: $.{section}: task names must be text")
+            names.check(name, "task name", f"{source}: $.{section}")
+            where = f"{source}: $.{section}.{name}"
             try:
                 task = msgspec.convert(spec, Task, dec_hook=dec_hook)
             except msgspec.ValidationError as e:
@@ -198,6 +199,7 @@ def decode_agent(raw: Any, source: str = "agent") -> AgentConfig:
             tasks[section][name] = task
     if not agent.id.strip():
         raise UsageError(f"{source}: $.id: must not be empty")
+    names.check(agent.id, "agent id", f"{source}: $.id")
     agent = msgspec.structs.replace(agent, actions=tasks["actions"], tasks=tasks["tasks"])
     if not agent.all_tasks():
         raise UsageError(f"{source}: $.actions: the agent has no tasks")
@@ -224,6 +226,10 @@ def _exec_texts(task: Task, where: str) -> list[tuple[str, str]]:
 
 
 def _check_task(task: Task, where: str, siblings: dict[str, Any]) -> None:
+    for i, step in enumerate(task.steps):
+        # A step's name reaches its argv, its checkpoint and the log's markers.
+        names.check(step.name if isinstance(step, Step) else step, "step name",
+                    f"{where}.steps[{i}]" + (".name" if isinstance(step, Step) else ""))
     for at, text in _exec_texts(task, where):
         if "\x00" in text:
             raise UsageError(f"{at}: contains a NUL character (no program can be given one)")

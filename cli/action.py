@@ -57,10 +57,14 @@ def submit(app: App, name: str | None, agent: str | None, task: str | None, prio
       sp submit --after 3f2a --delay 10m -- make deploy
       seq 1 100 | sed 's/^/echo item /' | sp submit --each -
     """
+    from agents import names
     from commands import actions
     from commands.durations import parse_duration_ms
     from ledger.errors import UsageError
 
+    names.check_optional(name, "action name", "--name")
+    names.check_optional(agent, "agent id", "--agent")
+    names.check_optional(task, "task name", "--task")
     timeout_ms = None if timeout is None else parse_duration_ms(timeout, "--timeout")
     delay_ms = None if delay is None else parse_duration_ms(delay, "--delay")
     try:

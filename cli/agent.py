@@ -173,11 +173,14 @@ def action() -> None:
 
 def _execute(app: App, agent_id: str, task: str, timeout: str | None, checkpoint_enabled: bool,
              notify_on_completion: bool, detach: bool, allow_unsandboxed: bool = False) -> None:
+    from agents import names
     from commands import actions, agents, execution
     from commands.durations import parse_duration_ms
     from machines.states import ActionState
     from runner.foreground import run_claimed
 
+    names.check(agent_id, "agent id", "--agent")
+    names.check(task, "task name", "--task")
     timeout_ms = None if timeout is None else parse_duration_ms(timeout, "--timeout")
     store = app.store()
     config = agents.get(store, agent_id)

@@ -114,6 +114,7 @@ def _validate(spec: SubmitSpec, where: str) -> None:
         raise UsageError(f"{where}: the command is empty")
     if any("\x00" in arg for arg in spec.command):
         raise UsageError(f"{where}: the command contains a NUL character")
+    _check_names(spec, where)
     if spec.retries < 0 or spec.retries > 1000:
         raise UsageError(f"{where}: retries must be between 0 and 1000, got {spec.retries}")
     if spec.timeout_ms is not None and spec.timeout_ms <= 0:
@@ -122,6 +123,21 @@ def _validate(spec: SubmitSpec, where: str) -> None:
         raise UsageError(f"{where}: backoff must be exponential or linear, got {spec.backoff!r}")
     if not -1_000_000 <= spec.priority <= 1_000_000:
         raise UsageError(f"{where}: priority must be within ±1000000, got {spec.priority}")
+
+
+def _check_names(spec: SubmitSpec, where: str) -> None:
+    """The agent is a name; a name or task sp derived (``plan/step:rollback``) at least never
+    carries a control or bidi character into a log line or a listing, whoever built the spec.
+
+    :raises UsageError: one line naming ``where`` and the field.
+    """
+    from agents import names
+
+    names.check_optional(spec.agent, "agent id", f"{where}: agent")
+    for field, value in (("name", spec.name), ("task", spec.task)):
+        why = None if value is None else names.hidden(value)
+        if why is not None:
+            raise UsageError(f"{where}: {field} {names.shown(value or '')} {why}")
 
 
 def submit(store: EventStore, specs: list[SubmitSpec], by: str = "",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from agents import names
 from ledger import events as ev
 from ledger.store import EventStore
 
@@ -12,7 +13,11 @@ STREAM = "control"
 
 
 def pause(store: EventStore, agent: str | None = None, by: str = "") -> bool:
-    """Stop claiming (running actions go on). False if it was already paused."""
+    """Stop claiming (running actions go on). False if it was already paused.
+
+    :raises UsageError: ``agent`` is not a name.
+    """
+    names.check_optional(agent, "agent id", "--agent")
     key = agent or ""
     with store.transaction() as tx:
         if tx.query_one("SELECT 1 FROM pauses WHERE agent = ?", (key,)):
@@ -22,7 +27,11 @@ def pause(store: EventStore, agent: str | None = None, by: str = "") -> bool:
 
 
 def resume(store: EventStore, agent: str | None = None, by: str = "") -> bool:
-    """Claim again. False if it was not paused."""
+    """Claim again. False if it was not paused.
+
+    :raises UsageError: ``agent`` is not a name.
+    """
+    names.check_optional(agent, "agent id", "--agent")
     key = agent or ""
     with store.transaction() as tx:
         if not tx.query_one("SELECT 1 FROM pauses WHERE agent = ?", (key,)):

@@ -85,6 +85,9 @@ def set_in(tx: Transaction, agent_id: str, policy: Policy | None, source: str,
     """:func:`set_policy` inside a transaction the caller holds."""
     if not agent_id.strip():
         raise UsageError("agent id must not be empty")
+    from agents import names
+
+    names.check(agent_id, "agent id", "agent")
     current = tx.query_one("SELECT sha256 FROM policies WHERE agent_id = ?", (agent_id,))
     if policy is None or policy.empty:
         if current is None:

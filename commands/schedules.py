@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import random
-import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -34,7 +33,6 @@ from .actions import SubmitSpec
 if TYPE_CHECKING:
     from agents.config import AgentConfig
 
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@/-]{0,99}")
 COLUMNS = ("name", "cron", "timezone", "agent", "task", "jitter_ms", "missed", "backfill_max",
            "catchup_window_ms", "overlap", "run_window", "adaptive", "source", "enabled",
            "cursor_ms", "defined_ms", "updated_ms", "fired", "skipped", "last_slot_ms",
@@ -53,12 +51,15 @@ def stream_of(name: str) -> str:
     return STREAM_PREFIX + name
 
 
-def check_name(name: str) -> str:
-    """:raises UsageError: not a schedule name (letters, digits, ``. _ @ / -``; 100 at most)."""
-    if not _NAME.fullmatch(name) or "//" in name or name.endswith("/"):
-        raise UsageError(f"schedule name {name!r}: use letters, digits and . _ @ / - "
-                         "(starting with a letter or digit, at most 100)")
-    return name
+def check_name(name: str, where: str = "schedule name") -> str:
+    """A schedule's name is qualified (``research-001/daily_arxiv_scan`` for an agent file's
+    schedule): each ``/``-separated part obeys :mod:`agents.names`.
+
+    :raises UsageError: not such a name (one line naming ``where``).
+    """
+    from agents import names
+
+    return names.check_qualified(name, "schedule name", where)
 
 
 def _row(values: tuple[Any, ...]) -> dict[str, Any]:
@@ -97,9 +98,13 @@ def define(store: EventStore, name: str, cron: str | None, agent: str, task: str
     :raises UsageError: a bad name, cron expression, zone, jitter or policy; an unknown agent
         or task; the schedule exists and ``replace`` is not set. Nothing is written.
     """
+    from agents import names
+
     from . import agents
 
     check_name(name)
+    names.check(agent, "agent id", "--agent")
+    names.check(task, "task name", "--task")
     cron, window = _adaptive_cron(cron, window, adaptive)
     zone = timezone if timezone is not None else cronlib.local_zone_name()
     now = store.clock.now_ms()

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
 import actions
+from agents import names
 from agents.config import Retry, load_document
 from agents.units import enc_hook
 from ledger.errors import UsageError
@@ -36,8 +36,6 @@ from .model import (
     SubPlanDoc,
 )
 
-_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:-]*")
-
 
 class _Node(msgspec.Struct, kw_only=True):
     """One step of one (sub-)plan, as far as it decoded."""
@@ -56,6 +54,8 @@ def check_plan(path: str | Path) -> tuple[Plan | None, list[Problem]]:
     loader = _Loader(problems)
     p = Path(path)
     doc, nodes = loader.file(p, 1, [])
+    if doc is not None:
+        _check_names(doc, p, problems)
     if doc is None or nodes is None or problems.items:
         return None, problems.items
     steps, _ = _flatten(nodes, "", [])
@@ -71,6 +71,23 @@ def check_plan(path: str | Path) -> tuple[Plan | None, list[Problem]]:
     )
     digest = hashlib.sha256(msgspec.json.encode(plan)).hexdigest()
     return msgspec.structs.replace(plan, sha256=digest), []
+
+
+def _check_names(doc: PlanDoc, p: Path, problems: Problems) -> None:
+    """The plan's name (its actions are named ``<plan>/<step>``) and agent are names."""
+    if doc.name is not None:
+        why = names.problem(doc.name)
+        if why is not None:
+            problems.add(str(p), "$.name", f"{names.shown(doc.name)} {why}; {names.RULE}")
+    else:
+        why = names.problem(p.stem)
+        if why is not None:
+            problems.add(str(p), "$.name", f"the plan is named after its file, "
+                                           f"{names.shown(p.stem)}, which {why}: give it a name")
+    if doc.agent is not None:
+        why = names.problem(doc.agent)
+        if why is not None:
+            problems.add(str(p), "$.agent", f"{names.shown(doc.agent)} {why}; {names.RULE}")
 
 
 def load_plan(path: str | Path) -> Plan:
@@ -143,9 +160,10 @@ class _Loader:
                      deps=[d for d in raw.get("depends_on") or [] if isinstance(d, str)]
                      if isinstance(raw.get("depends_on"), list) else [],
                      file=file, path=path)
-        if node.id is not None and not _ID.fullmatch(node.id):
-            self.add(file, f"{path}.id", f"{node.id!r} is not a valid id (letters, digits, "
-                                         "'_', '.', ':' and '-'; not starting with a sign)")
+        why = None if node.id is None else names.problem(node.id)
+        if why is not None:
+            self.add(file, f"{path}.id", f"{names.shown(node.id or '')} is not a valid id: "
+                                         f"it {why}; {names.RULE}")
         if "actions" in raw or "plan" in raw:
             self.subplan(raw, node, depth, base, chain)
         else:

@@ -254,12 +254,18 @@ def test_duplicate_keys_are_refused(ready: Sp, tmp_path: Path, fmt: str) -> None
     assert "line" in _apply(ready, path).output
 
 
-def test_unicode_everywhere_is_kept(ready: Sp, tmp_path: Path) -> None:
+def test_unicode_in_values_is_kept_and_names_stay_ascii(ready: Sp, tmp_path: Path) -> None:
     path = tmp_path / "uni.yaml"
-    path.write_text("id: agent-\u00e9\u6f22\u0627\nactions:\n  \u05e9\u05dc\u05d5\u05dd:\n"
+    path.write_text("id: agent-1\ndescription: \u00e9\u6f22\u0627\nactions:\n  hello:\n"
                     "    command: [echo, \"\U0001f600 \u202e reversed\"]\n", encoding="utf-8")
     assert _apply(ready, path).exit_code == 0
-    assert "agent-\u00e9\u6f22\u0627" in ready("agent", "list").output
+    assert "agent-1" in ready("agent", "list").output
+    # Names are ASCII (agents.names): a look-alike letter cannot pass for another agent.
+    before = h.ledger_state(ready.home)
+    path.write_text("id: agent-\u00e9\u6f22\u0627\nactions:\n  \u05e9\u05dc\u05d5\u05dd:\n"
+                    "    command: [echo, hi]\n", encoding="utf-8")
+    h.assert_rejected(_apply(ready, path), str(path))
+    assert h.ledger_state(ready.home) == before
 
 
 @pytest.mark.slow

@@ -208,8 +208,8 @@ retry = {max_attempts = 3, backoff = "linear"}
     ("name: x\n", "$.actions: required field missing"),
     ("actions: []\n", "$.actions: a plan needs at least one action"),
     ("actions:\n  - {id: 'a b', type: shell, payload: {command: [echo]}}\n",
-     "$.actions[0].id: 'a b' is not a valid id (letters, digits, '_', '.', ':' and '-'; "
-     "not starting with a sign)"),
+     "$.actions[0].id: 'a b' is not a valid id: it contains ' '; use letters, digits, '.', "
+     "'_' and '-', starting with a letter or digit, at most 64"),
     ("actions:\n  - {id: a, type: shell, payload: {command: \"echo 'x\"}}\n",
      "$.actions[0].payload.command: cannot split the command: No closing quotation"),
     ("actions:\n  - {id: a, type: shell, payload: {command: []}}\n",

@@ -40,6 +40,7 @@ from typing import Any, Literal
 
 import msgspec
 
+from agents import names
 from agents.config import _rename_path, load_document
 from agents.units import Duration, Size, dec_hook
 from ledger.errors import UsageError
@@ -126,6 +127,7 @@ def decode_triggers(raw: Any, source: str) -> TriggerFile:
         *(("network", i, t.action) for i, t in enumerate(doc.triggers.network)),
         *(("hardware", i, t.action) for i, t in enumerate(doc.triggers.hardware)),
     ]
+    _check_names(doc, source)
     for kind, i, action in named:
         _check_action(doc, action, f"{source}: $.triggers.{kind}[{i}].action")
     for i, serial in enumerate(doc.triggers.hardware):
@@ -156,7 +158,33 @@ def decode_triggers(raw: Any, source: str) -> TriggerFile:
     return doc
 
 
+def _check_names(doc: TriggerFile, source: str) -> None:
+    """Every name the file gives (agent, ``name:``, condition and continuous keys) obeys
+    :mod:`agents.names`: they reach streams, logs and webhook paths.
+
+    :raises UsageError: the first that does not, with its path.
+    """
+    names.check_optional(doc.agent, "agent id", f"{source}: $.agent")
+    given: list[tuple[str, int, str | None]] = [
+        *(("filesystem", i, t.name) for i, t in enumerate(doc.triggers.filesystem)),
+        *(("network", i, t.name) for i, t in enumerate(doc.triggers.network)),
+        *(("hardware", i, t.name) for i, t in enumerate(doc.triggers.hardware)),
+    ]
+    for kind, i, name in given:
+        names.check_optional(name, "trigger name", f"{source}: $.triggers.{kind}[{i}].name")
+    for section, keys in (("conditions", doc.conditions), ("continuous", doc.continuous)):
+        for key in keys:
+            names.check(key, "trigger name", f"{source}: $.{section}")
+
+
 def _check_action(doc: TriggerFile, action: str, where: str) -> None:
+    """``task`` or ``agent/task``, each part a name.
+
+    :raises UsageError: not such a name, or a task without an agent.
+    """
+    names.check_qualified(action, "action", where)
+    if action.count("/") > 1:
+        raise UsageError(f"{where}: {names.shown(action)} is not a task or agent/task")
     if "/" not in action and not doc.agent:
         raise UsageError(f"{where}: {action!r} names no agent: write agent/task or set agent:")
 

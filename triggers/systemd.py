@@ -15,7 +15,7 @@ run it that day.
 
 from __future__ import annotations
 
-import shlex
+import re
 from itertools import pairwise
 from typing import Any
 
@@ -97,18 +97,41 @@ def _weekdays(values: list[Any]) -> str:
 
 def unit_name(name: str) -> str:
     """``systemprompt-schedule-<name>``: ``/`` becomes ``-`` (``research-001/scan`` gives
-    ``systemprompt-schedule-research-001-scan``, in the seed's style) and ``@``, which names
-    template instances, is escaped as ``\\x40``."""
-    return "systemprompt-schedule-" + name.replace("/", "-").replace("@", "\\x40")
+    ``systemprompt-schedule-research-001-scan``, in the seed's style); every other character
+    but letters, digits, ``_``, ``.`` and ``-`` is escaped as ``\\xNN`` per UTF-8 byte, as
+    ``systemd-escape`` does (``@``, which names template instances, becomes ``\\x40``), so
+    the unit's file name never holds a separator, a control character or a quote."""
+    out = []
+    for ch in name.replace("/", "-"):
+        if ch.isascii() and (ch.isalnum() or ch in "_.-"):
+            out.append(ch)
+        else:
+            out.extend(f"\\x{b:02x}" for b in ch.encode("utf-8", "surrogatepass"))
+    return "systemprompt-schedule-" + "".join(out)
+
+
+def _text(value: str) -> str:
+    """``value`` for a comment or ``Description=``: one line whatever it holds (unprintable
+    characters and backslashes escaped, so no line continues into the next), ``%`` doubled
+    (``Description=`` expands specifiers)."""
+    out = []
+    for ch in value:
+        if ch == "\\":
+            out.append("\\\\")
+        elif not ch.isprintable():
+            out.append(repr(ch)[1:-1])
+        else:
+            out.append(ch)
+    return "".join(out).replace("%", "%%")
 
 
 def timer(name: str, calendar: str, *, persistent: bool, jitter_ms: int, notes: list[str],
           enabled: bool) -> str:
     """The ``.timer`` unit of a schedule."""
-    lines = ["# Written by sp schedule export --systemd; " + f"schedule {name}."]
-    lines += [f"# {n}" for n in notes]
-    lines += ["[Unit]", f"Description=sp schedule {name}", "",
-              "[Timer]", f"OnCalendar={calendar}",
+    lines = ["# Written by sp schedule export --systemd; " + f"schedule {_text(name)}."]
+    lines += [f"# {_text(n)}" for n in notes]
+    lines += ["[Unit]", f"Description=sp schedule {_text(name)}", "",
+              "[Timer]", f"OnCalendar={_line(calendar)}",
               f"Persistent={'true' if persistent else 'false'}"]
     if jitter_ms:
         lines.append(f"RandomizedDelaySec={max(1, jitter_ms // 1000)}")
@@ -120,9 +143,9 @@ def timer(name: str, calendar: str, *, persistent: bool, jitter_ms: int, notes: 
 
 def service(name: str, argv: list[str], resources: dict[str, Any], notes: list[str]) -> str:
     """The ``.service`` unit: one run of the task, with the seed's resource settings."""
-    lines = ["# Written by sp schedule export --systemd; " + f"schedule {name}."]
-    lines += [f"# {n}" for n in notes]
-    lines += ["[Unit]", f"Description=sp schedule {name}", "",
+    lines = ["# Written by sp schedule export --systemd; " + f"schedule {_text(name)}."]
+    lines += [f"# {_text(n)}" for n in notes]
+    lines += ["[Unit]", f"Description=sp schedule {_text(name)}", "",
               "[Service]", "Type=oneshot", f"ExecStart={_exec(argv)}"]
     lines += resource_settings(resources)
     lines.append("")
@@ -152,7 +175,46 @@ def _number(value: Any) -> str:
     return str(int(f)) if f == int(f) else f"{f:g}"
 
 
+def _line(value: str) -> str:
+    """:raises UsageError: ``value`` (a calendar, from the cron translation) holds a
+    character that would end or continue the line."""
+    if not value.isprintable() or "\\" in value:
+        raise UsageError(f"cannot write {value!r} into a unit file")
+    return value
+
+
+# C escapes systemd undoes inside a quoted ExecStart= word (systemd.syntax(7), "Quoting").
+_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+_BARE = re.compile(r"[A-Za-z0-9_./:@+=,-]+")
+
+
+def exec_word(arg: str) -> str:
+    """One argument of ``ExecStart=`` as one systemd word, per systemd.service(5) and
+    systemd.syntax(7): the whole word in double quotes unless it is plain (systemd allows quotes only around a
+    whole word, so ``shlex.quote``'s ``'a'"'"'b'`` would not do), ``\\`` and ``"`` escaped,
+    every unprintable character (newline, NUL, bidi controls) as a C escape (so nothing ever
+    ends the line), ``%`` doubled (specifiers) and ``$`` doubled (variable expansion).
+
+    :raises UsageError: the argument holds NUL (no program can be given one).
+    """
+    if "\x00" in arg:
+        raise UsageError(f"cannot pass {arg!r} to a program: it contains a NUL character")
+    if _BARE.fullmatch(arg):  # nothing systemd would read specially: left as it is
+        return arg
+    out = []
+    for ch in arg:
+        if ch in _ESCAPES:
+            out.append(_ESCAPES[ch])
+        elif not ch.isprintable():
+            code = ord(ch)
+            out.append(f"\\x{code:02x}" if code < 0x80 else
+                       f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}")
+        else:
+            out.append(ch)
+    return '"' + "".join(out).replace("%", "%%").replace("$", "$$") + '"'
+
+
 def _exec(argv: list[str]) -> str:
-    # systemd reads ExecStart= much like a shell: quote what needs it, and double "%" and "$"
-    # (specifier and variable expansion).
-    return " ".join(shlex.quote(a) for a in argv).replace("%", "%%").replace("$", "$$")
+    return " ".join(exec_word(a) for a in argv)
