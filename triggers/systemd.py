@@ -192,8 +192,9 @@ _BARE = re.compile(r"[A-Za-z0-9_./:@+=,-]+")
 
 def exec_word(arg: str) -> str:
     """One argument of ``ExecStart=`` as one systemd word, per systemd.service(5) and
-    systemd.syntax(7): the whole word in double quotes unless it is plain (systemd allows quotes only around a
-    whole word, so ``shlex.quote``'s ``'a'"'"'b'`` would not do), ``\\`` and ``"`` escaped,
+    systemd.syntax(7): a plain word as it is, any other wholly in double quotes (systemd
+    allows quotes only around a whole word, so ``shlex.quote``'s ``'a'"'"'b'`` would not
+    do), ``\\`` and ``"`` escaped,
     every unprintable character (newline, NUL, bidi controls) as a C escape (so nothing ever
     ends the line), ``%`` doubled (specifiers) and ``$`` doubled (variable expansion).
 
