@@ -11,14 +11,25 @@ from .main import App, echo_json, echo_table, format_option, pass_app
 
 
 @click.command()
+@click.option("--force", is_flag=True,
+              help="Start a new ledger where the home's is gone, empty or another one (the old "
+                   "files are kept aside; recorded as ledger.reinitialised).")
 @pass_app
-def init(app: App) -> None:
+def init(app: App, force: bool) -> None:
     """Create the home and its ledger (every other command also does on first use).
+
+    A home remembers its ledger (ledger.id): if ledger.db is later deleted, emptied or
+    replaced, every command refuses until it is restored, or until sp init --force.
 
     \b
     Example:
       sp --home /srv/sp init
+      sp --home /srv/sp init --force
     """
+    if force:
+        from commands.ledger_marker import reinitialise
+
+        click.echo(reinitialise(app.home))
     store = app.store()
     seq, _ = store.head()
     click.echo(f"home {app.home.root}: ledger at {app.home.ledger_path} ({seq} events)")
@@ -29,26 +40,28 @@ def init(app: App) -> None:
               help="Rebuild into scratch tables and compare with the live ones; change nothing.")
 @click.option("--report", is_flag=True,
               help="List every recovery decision with its evidence (also when there is none).")
+@click.option("--force", is_flag=True,
+              help="Rebuild even from a log that sp verify flags (damaged or tampered with).")
 @format_option()
 @pass_app
-def replay(app: App, check: bool, report: bool, fmt: str) -> None:
+def replay(app: App, check: bool, report: bool, force: bool, fmt: str) -> None:
     """Rebuild every projection from the event log, then recover orphaned actions.
 
     Actions left executing by an owner that is gone are put back in the queue (to resume
     from their last checkpoint) or failed when no attempts are left; each gets an event.
-    Running it twice in a row appends nothing the second time.
+    Running it twice in a row appends nothing the second time. A log that sp verify flags
+    is refused (exit 1, the first bad seq named), nothing changed, unless --force.
 
     \b
     Example:
       sp replay
       sp replay --check
     """
-    from commands import recovery
-    from projections import engine
+    from commands import replay as replaying
 
     store = app.store()
     if check:
-        count, diff = engine.check(store)
+        count, diff = replaying.check(store, force)
         if fmt == "json":
             echo_json({"events": count, "identical": diff is None, "difference": diff})
         elif diff is None:
@@ -56,8 +69,7 @@ def replay(app: App, check: bool, report: bool, fmt: str) -> None:
         else:
             click.echo(f"differs: {diff.table} {diff.key}: {diff.detail}")
         sys.exit(0 if diff is None else 1)
-    count = engine.rebuild(store)
-    recovered = recovery.recover(store)
+    count, recovered = replaying.replay(store, force)
     if fmt == "json":
         echo_json({"events": count, "recovered": recovered})
         return
@@ -72,24 +84,30 @@ def replay(app: App, check: bool, report: bool, fmt: str) -> None:
 @click.command()
 @click.option("--archive", "archives", multiple=True, type=click.Path(dir_okay=False),
               help="An archive file of sp archive to re-check (default: the recorded paths).")
+@click.option("--full", is_flag=True,
+              help="SQLite's integrity_check (every index against its table) instead of "
+                   "quick_check: slower.")
 @format_option()
 @pass_app
-def verify(app: App, archives: tuple[str, ...], fmt: str) -> None:
+def verify(app: App, archives: tuple[str, ...], full: bool, fmt: str) -> None:
     """Walk the hash chain: prove no event was edited, deleted or reordered.
 
     Prints ``ok: N events`` and exits 0, or names the first bad seq and exits 1. Seqs that
     sp archive moved out are accepted only as ledger.archived accounts for them; their rows
-    are re-checked, linked into the chain, when the archive file is reachable.
+    are re-checked, linked into the chain, when the archive file is reachable. Then SQLite
+    checks the file itself (quick_check; --full: integrity_check): each damaged table or
+    index is one more ``bad:`` line.
 
     \b
     Example:
       sp verify
+      sp verify --full
       sp verify --archive /srv/sp/archive-2025.db
     """
-    from ledger.verify import verify as walk
+    from commands.ledger_marker import verify_home
 
-    store = app.store(write=False)
-    result = walk(store, archives)
+    store = app.store(write=False, projections=False)
+    result = verify_home(app.home, store, archives, full)
     if fmt == "json":
         echo_json(result)
     elif result.ok and result.archived:
@@ -100,8 +118,11 @@ def verify(app: App, archives: tuple[str, ...], fmt: str) -> None:
     elif result.ok:
         click.echo(f"ok: {result.events} events")
     else:
-        where = f"seq {result.bad_seq}: " if result.bad_seq is not None else ""
-        click.echo(f"bad: {where}{result.reason}")
+        if result.reason:
+            where = f"seq {result.bad_seq}: " if result.bad_seq is not None else ""
+            click.echo(f"bad: {where}{result.reason}")
+        for line in result.damage:
+            click.echo(f"bad: {result.sqlite_check}: {line}")
     sys.exit(0 if result.ok else 1)
 
 

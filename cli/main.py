@@ -4,7 +4,8 @@ Exit codes:
 
 ====  ===================================================================================
 0     success
-1     an action or a check failed (``sp wait``, ``sp verify``, ``sp replay --check``)
+1     an action or a check failed (``sp wait``, ``sp verify``, ``sp replay --check``); the
+      ledger is damaged, gone or tampered with (named, never 70 or 75); the disk is full
 2     bad usage or bad input: unknown option, malformed value or file, unknown action,
       a transition the lifecycle forbids. Nothing was written.
 70    internal error (a bug): rerun with ``--debug`` or ``SP_DEBUG=1`` for the traceback
@@ -65,9 +66,9 @@ class App:
         self.debug = debug
         self._stores: list[Any] = []
 
-    def store(self, write: bool = True) -> Any:
+    def store(self, write: bool = True, projections: bool = True) -> Any:
         """Open the ledger (created on first use); closed when the command ends."""
-        store = self.home.open(write=write)
+        store = self.home.open(write=write, projections=projections)
         self._stores.append(store)
         return store
 
@@ -126,11 +127,46 @@ class SpGroup(click.Group):
         except KeyboardInterrupt:
             raise click.Abort() from None
         except Exception as e:
+            # A full disk or a damaged ledger met outside the ledger's own translation (a log,
+            # a blob, a driver call): still the user's one line, exit 1, whatever --debug says.
+            known = _environmental(ctx, e)
+            if known is not None:
+                raise SpClickError(str(known), _exit_code_for(known)) from None
             if _debug(ctx):
                 raise
             raise SpClickError(
                 f"internal error: {type(e).__name__}: {e} (rerun with --debug for details)", 70
             ) from None
+
+
+def _environmental(ctx: click.Context, e: BaseException) -> SpError | None:
+    from ledger.errors import translate
+
+    app = ctx.find_object(App)
+    where = str(app.home.ledger_path) if app is not None else "the ledger"
+    for cause in (e, e.__cause__, e.__context__):  # a wrapped OSError counts too
+        if cause is not None and (found := translate(cause, where)) is not None:
+            return found
+    return _damage_behind(app)
+
+
+def _damage_behind(app: App | None) -> SpError | None:
+    """A damaged index answers queries wrongly without an error (a stream's rows missing):
+    what fails next is an invariant of sp. Before calling that a bug, ask SQLite."""
+    if app is None or not app._stores:
+        return None
+    from ledger.errors import LedgerDamagedError
+    from ledger.integrity import sqlite_damage
+
+    store = app._stores[0]
+    try:
+        damage = sqlite_damage(store)
+    except Exception:  # the check is a courtesy on the way out: never hide the first error
+        return None
+    if not damage:
+        return None
+    more = f" (and {len(damage) - 1} more)" if len(damage) > 1 else ""
+    return LedgerDamagedError(store.path, f"quick_check: {damage[0]}{more}")
 
 
 def _debug(ctx: click.Context) -> bool:

@@ -6,9 +6,11 @@ import os
 from pathlib import Path
 
 from ledger.clock import Clock
-from ledger.errors import UsageError
+from ledger.errors import LedgerWipedError, UsageError
 from ledger.store import EventStore
 from projections.version import PROJECTION_VERSION
+
+from . import ledger_marker
 
 
 def default_home() -> Path:
@@ -60,17 +62,39 @@ class Home:
         if not os.access(self.root, os.W_OK):
             raise UsageError(f"home {self.root} is not writable")
 
-    def open(self, clock: Clock | None = None, write: bool = True) -> EventStore:
+    def _check_marker(self, fresh: bool) -> ledger_marker.Marker | None:
+        """Refuse to create a ledger where the home had one (:mod:`commands.ledger_marker`)."""
+        known = ledger_marker.read_marker(self.root)
+        if known is not None:
+            ledger_marker.refuse_if_gone(self.ledger_path, known)
+        elif not fresh:
+            why = ledger_marker.new_ledger_refused(self.root, self.ledger_path)
+            if why is not None:
+                raise LedgerWipedError(str(self.ledger_path), why)
+        return known
+
+    def open(self, clock: Clock | None = None, write: bool = True, *,
+             fresh: bool = False, projections: bool = True) -> EventStore:
         """Open (creating on first use) the ledger with every projection current.
 
         ``write=False`` skips loading the projection code unless a rebuild is due, which keeps
-        read-only commands (``sp status``) quick to start from cron.
+        read-only commands (``sp status``) quick to start from cron. ``fresh``: a new ledger
+        is wanted even though logs/ remembers actions (``sp init --force``).
+        ``projections=False``: the log alone (``sp verify`` must not fold a damaged log).
+
+        :raises LedgerWipedError: the home had a ledger and this is not it (gone, empty,
+            another one): see :mod:`commands.ledger_marker`.
         """
         self.ensure()
+        known = self._check_marker(fresh)
         store = EventStore(self.ledger_path, clock=clock)
         try:
-            found = store.query_one("SELECT value FROM meta WHERE key = 'projection_version'")
-            if write or found is None or int(found[0]) != PROJECTION_VERSION:
+            meta = {str(k): str(v) for k, v in store.query(
+                "SELECT key, value FROM meta WHERE key IN ('projection_version', 'ledger_id')")}
+            ledger_marker.settle(store, self.root, known, meta.get("ledger_id"))
+            found = meta.get("projection_version")
+            due = found is None or int(found) != PROJECTION_VERSION
+            if projections and (write or due):
                 from projections import engine
 
                 engine.install(store)

@@ -92,3 +92,78 @@ class WaitTimeoutError(SpError):
             f"still running after {timeout_s:g}s: {', '.join(pending[:5])}"
             + (" ..." if len(pending) > 5 else "")
         )
+
+
+class LedgerDamagedError(LedgerError):
+    """The ledger file is corrupt (SQLite said so, or a row is not what sp wrote): not a
+    transient condition, so never exit 75 (automation would retry for ever)."""
+
+    def __init__(self, path: str, what: str, seq: int | None = None) -> None:
+        where = f"event seq {seq}: " if seq is not None else ""
+        super().__init__(f"ledger {path} is damaged: {where}{what}; run sp verify")
+        self.path, self.what, self.seq = path, what, seq
+
+
+class LedgerWipedError(LedgerError):
+    """The home remembers a ledger (``ledger.id``) that is gone, empty or another one."""
+
+    def __init__(self, path: str, what: str) -> None:
+        super().__init__(
+            f"ledger {path} {what}; restore it from a backup, or run sp init --force to "
+            "start a new one (recorded)"
+        )
+        self.path = path
+
+
+class DiskFullError(SpError):
+    """No space (or quota) left where sp writes: the ledger, a log, a blob."""
+
+    exit_code = 1
+
+    def __init__(self, where: str) -> None:
+        super().__init__(f"disk full: no space left for {where}; free some space and rerun")
+        self.where = where
+
+
+# SQLite's primary result codes (the low byte of an extended code).
+_SQLITE_CORRUPT, _SQLITE_FULL, _SQLITE_NOTADB = 11, 13, 26
+_NO_SPACE_ERRNOS = (28, 122)  # ENOSPC, EDQUOT on Linux
+
+
+def translate(exc: BaseException, path: str) -> SpError | None:
+    """The domain error for a driver or OS error that is not a bug in sp: a damaged ledger
+    (SQLITE_CORRUPT, SQLITE_NOTADB, text that is not UTF-8) or a full disk (SQLITE_FULL,
+    ENOSPC, EDQUOT). ``None`` for anything else. ``path`` names the ledger.
+
+    Duck-typed on the exception (``sqlite_errorcode``, ``errno``) so that the CLI can ask
+    without importing sqlite3.
+    """
+    if isinstance(exc, SpError):
+        return exc
+    if isinstance(exc, OSError):
+        if exc.errno in _NO_SPACE_ERRNOS:
+            return DiskFullError(exc.filename or path)
+        return None
+    if type(exc).__module__ != "sqlite3":
+        return None
+    code = getattr(exc, "sqlite_errorcode", None)
+    primary = code & 0xFF if isinstance(code, int) else None
+    if primary == _SQLITE_FULL:
+        return DiskFullError(path)
+    if primary in (_SQLITE_CORRUPT, _SQLITE_NOTADB):
+        return LedgerDamagedError(path, str(exc))
+    if "Could not decode to UTF-8" in str(exc):
+        # Raised by Python's driver, not SQLite (no error code): a text column holds bytes
+        # sp never wrote. The caller that knows the row names its seq.
+        return LedgerDamagedError(path, "a row holds text that is not valid UTF-8")
+    return None
+
+
+class LedgerTamperedError(LedgerError):
+    """``sp replay`` refused to rebuild from (and append to) a log that ``sp verify`` flags."""
+
+    def __init__(self, path: str, seq: int | None, reason: str) -> None:
+        where = f"at seq {seq}" if seq is not None else "at its end"
+        super().__init__(f"ledger {path} fails sp verify {where}: {reason}; nothing was changed "
+                         "(sp replay --force rebuilds from it anyway)")
+        self.seq, self.reason = seq, reason

@@ -485,6 +485,17 @@ class LedgerArchived(Event, frozen=True, tag="ledger.archived"):
     sha256: str
 
 
+class LedgerReinitialised(Event, frozen=True, tag="ledger.reinitialised"):
+    """``sp init --force`` started a new ledger in a home whose ledger was gone, empty or
+    another one: the first event of the new ledger says what was found and where it went."""
+
+    previous_id: str  # the id the home's ledger.id remembered ("" if none)
+    found: str  # what was wrong, as the refusal said it
+    moved_to: list[str] = []  # the old files, kept beside the new ledger
+    previous_verified_seq: int = 0  # the head the last clean sp verify saw (0: none)
+    previous_verified_hash: str = ""
+
+
 AnyEvent = (
     ActionSubmitted
     | ActionValidationStarted
@@ -532,6 +543,7 @@ AnyEvent = (
     | ScheduleSkipped
     | GcCompleted
     | LedgerArchived
+    | LedgerReinitialised
 )
 
 EVENT_TYPES: tuple[type[Event], ...] = AnyEvent.__args__  # type: ignore[attr-defined]

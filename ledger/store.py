@@ -12,19 +12,22 @@ import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
 from . import codec
-from .clock import Clock, SystemClock
+from .clock import Clock, default_clock
 from .errors import (
     ConcurrencyError,
     LedgerBusyError,
+    LedgerDamagedError,
     LedgerError,
     SchemaTooNewError,
+    SpError,
+    translate,
 )
 from .events import AnyEvent, Event
 from .schema import MIGRATIONS, SCHEMA_VERSION
@@ -105,6 +108,40 @@ def _execute_locked(conn: sqlite3.Connection, sql: str, path: str) -> None:
 def _is_busy(e: sqlite3.Error) -> bool:
     msg = str(e)
     return "locked" in msg or "busy" in msg
+
+
+def ledger_error(e: sqlite3.Error, path: str) -> SpError:
+    """The one translation of a driver error into a domain error (code above ledger/ never
+    sees sqlite3): a damaged file or a full disk is named as such, never "busy" (exit 75
+    would make automation retry for ever) nor an internal error."""
+    found = translate(e, path)
+    if found is not None:
+        return found
+    if isinstance(e, sqlite3.OperationalError) and _is_busy(e):
+        return LedgerBusyError(path, BUSY_TIMEOUT_S)
+    return LedgerError(f"ledger {path}: {e}")
+
+
+_TEXT_COLUMNS = ("stream", "type", "data", "prev_hash", "hash")
+
+
+def first_invalid_text(conn: sqlite3.Connection, after_seq: int) -> tuple[int, str] | None:
+    """The first event after ``after_seq`` with a text column that is not valid UTF-8, and
+    that column: the driver's decode error names neither (read as bytes here instead)."""
+    cols = ", ".join(f"CAST({c} AS BLOB)" for c in _TEXT_COLUMNS)
+    cur = conn.execute(f"SELECT seq, {cols} FROM events WHERE seq > ? ORDER BY seq", (after_seq,))
+    try:
+        for seq, *values in cur:
+            for name, value in zip(_TEXT_COLUMNS, values, strict=True):
+                try:
+                    value.decode()
+                except UnicodeDecodeError as e:
+                    return int(seq), f"column {name} is not valid UTF-8 (byte {e.start})"
+                except AttributeError:  # NULL: the NOT NULL constraint says it cannot be
+                    return int(seq), f"column {name} is NULL"
+    finally:
+        cur.close()
+    return None
 
 
 class Transaction:
@@ -267,7 +304,7 @@ class EventStore:
         hooks: Sequence[AppendHook] = (),
     ) -> None:
         self.path = str(path)
-        self.clock: Clock = clock or SystemClock()
+        self.clock: Clock = clock or default_clock()
         self.synchronous = synchronous or os.environ.get("SP_SYNCHRONOUS", "FULL")
         self.hooks: list[AppendHook] = list(hooks)
         # socket.gethostname() is uname's nodename; importing socket costs a cron run 3 ms
@@ -275,8 +312,16 @@ class EventStore:
         try:
             self._conn = connect(self.path, self.synchronous)
         except sqlite3.Error as e:
-            raise LedgerError(f"cannot open ledger {self.path}: {e}") from e
-        self._migrate()
+            found = translate(e, self.path)
+            raise found or LedgerError(f"cannot open ledger {self.path}: {e}") from e
+        try:
+            self._migrate()
+        except sqlite3.Error as e:  # a damaged header or schema shows up here first
+            self._conn.close()
+            raise ledger_error(e, self.path) from e
+        except BaseException:
+            self._conn.close()
+            raise
 
     # -- lifecycle -----------------------------------------------------------------------------
     def close(self) -> None:
@@ -309,12 +354,11 @@ class EventStore:
         try:
             _execute_locked(conn, "BEGIN IMMEDIATE", self.path)
         except sqlite3.Error as e:
-            raise LedgerError(f"cannot begin a transaction on {self.path}: {e}") from e
+            raise _begin_error(e, self.path) from e
         try:
             yield conn
         except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
+            _rollback(conn)
             raise
         try:
             _execute_locked(conn, "COMMIT", self.path)
@@ -342,7 +386,7 @@ class EventStore:
         try:
             return self._conn.execute(sql, params).fetchall()
         except sqlite3.Error as e:
-            raise LedgerError(f"ledger {self.path}: {e}") from e
+            raise ledger_error(e, self.path) from e
 
     def query_one(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> Row | None:
         rows = self.query(sql, params)
@@ -351,14 +395,35 @@ class EventStore:
     def read_stream(self, stream: str) -> list[Recorded]:
         return self._read_stream(self._conn, stream)
 
-    @staticmethod
-    def _read_stream(conn: sqlite3.Connection, stream: str) -> list[Recorded]:
-        rows = conn.execute(
-            "SELECT seq, stream, version, type, ts, data FROM events"
-            " WHERE stream = ? ORDER BY version",
-            (stream,),
-        ).fetchall()
+    def _read_stream(self, conn: sqlite3.Connection, stream: str) -> list[Recorded]:
+        try:
+            rows = conn.execute(
+                "SELECT seq, stream, version, type, ts, data FROM events"
+                " WHERE stream = ? ORDER BY version",
+                (stream,),
+            ).fetchall()
+        except sqlite3.Error as e:
+            raise self._read_error(e, 0) from e
+        # The read goes through the (stream, version) index: a damaged index page returns
+        # another stream's rows, or skips some, without any error from SQLite.
+        for i, r in enumerate(rows, 1):
+            if r[1] != stream or r[2] != i:
+                raise LedgerDamagedError(
+                    self.path, f"stream {stream} reads as seq {r[0]} ({r[1]} version {r[2]}) "
+                    f"where its version {i} belongs: the index of events is damaged")
         return [Recorded(r[0], r[1], r[2], r[3], r[4], codec.decode(r[5], r[0])) for r in rows]
+
+    def _read_error(self, e: sqlite3.Error, after_seq: int) -> SpError:
+        """:func:`ledger_error`, naming the row when a text column is not UTF-8."""
+        found = ledger_error(e, self.path)
+        if isinstance(found, LedgerDamagedError) and "UTF-8" in found.what:
+            try:
+                bad = first_invalid_text(self._conn, after_seq)
+            except sqlite3.Error:
+                bad = None
+            if bad is not None:
+                return LedgerDamagedError(self.path, bad[1], bad[0])
+        return found
 
     def read_all(self, after_seq: int = 0, batch: int = 5000) -> Iterator[Recorded]:
         """Every event after ``after_seq`` in global order, decoded.
@@ -370,16 +435,43 @@ class EventStore:
                 yield Recorded(r[0], r[1], r[2], r[3], r[4], codec.decode(r[5], r[0]))
 
     def read_all_raw(self, after_seq: int = 0, batch: int = 5000) -> Iterator[list[Row]]:
-        """Undecoded rows ``(seq, stream, version, type, ts, data)`` in chunks."""
-        cur = self._conn.execute(
+        """Undecoded rows ``(seq, stream, version, type, ts, data)`` in chunks.
+
+        :raises LedgerDamagedError: a row cannot be read (its seq named when known).
+        """
+        return self._scan(
             "SELECT seq, stream, version, type, ts, data FROM events WHERE seq > ? ORDER BY seq",
-            (after_seq,),
-        )
-        while True:
-            chunk = cur.fetchmany(batch)
-            if not chunk:
-                return
-            yield chunk
+            after_seq, batch)
+
+    def read_chain_raw(self, batch: int = 10000) -> Iterator[list[Row]]:
+        """Every row with its hashes, ``(seq, stream, version, type, ts, data, prev_hash,
+        hash)``, in chunks: what ``sp verify`` walks. Raises as :meth:`read_all_raw`."""
+        return self._scan(
+            "SELECT seq, stream, version, type, ts, data, prev_hash, hash FROM events"
+            " WHERE seq > ? ORDER BY seq", 0, batch)
+
+    def _scan(self, sql: str, after_seq: int, batch: int) -> Iterator[list[Row]]:
+        try:
+            cur = self._conn.execute(sql, (after_seq,))
+        except sqlite3.Error as e:
+            raise self._read_error(e, after_seq) from e
+        last = after_seq
+        try:
+            while True:
+                try:
+                    chunk = cur.fetchmany(batch)
+                except sqlite3.Error as e:
+                    raise self._read_error(e, last) from e
+                if not chunk:
+                    return
+                last = chunk[-1][0]
+                yield chunk
+        finally:
+            # An open statement would keep its tables locked: a caller that stops on a bad
+            # row and then drops a scratch table would see "database table is locked". (A
+            # generator collected after its store closed has nothing left to close.)
+            with suppress(sqlite3.ProgrammingError):
+                cur.close()
 
     def head(self) -> tuple[int, str]:
         row = self.query_one(_HEAD)
@@ -403,7 +495,7 @@ class _TransactionScope:
         try:
             _execute_locked(conn, "BEGIN IMMEDIATE", store.path)
         except sqlite3.Error as e:
-            raise LedgerError(f"cannot begin a transaction on {store.path}: {e}") from e
+            raise _begin_error(e, store.path) from e
         return Transaction(store, conn)
 
     def __exit__(
@@ -412,18 +504,31 @@ class _TransactionScope:
         store = self.store
         conn = store._conn
         if exc is not None:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            if isinstance(exc, sqlite3.OperationalError) and _is_busy(exc):
-                raise LedgerBusyError(store.path, BUSY_TIMEOUT_S) from exc
+            _rollback(conn)
             if isinstance(exc, sqlite3.Error):
-                raise LedgerError(f"ledger {store.path}: {exc}") from exc
+                raise ledger_error(exc, store.path) from exc
             return
         try:
             _execute_locked(conn, "COMMIT", store.path)
         except LedgerBusyError:
-            conn.execute("ROLLBACK")
+            _rollback(conn)
             raise LedgerBusyError(store.path, time.monotonic() - self.start) from None
+        except sqlite3.Error as e:  # a full disk shows up at COMMIT, when the WAL grows
+            _rollback(conn)
+            raise ledger_error(e, store.path) from e
+
+
+def _begin_error(e: sqlite3.Error, path: str) -> SpError:
+    found = translate(e, path)
+    return found or LedgerError(f"cannot begin a transaction on {path}: {e}")
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    """Roll back if a transaction is open; a rollback that fails (damaged file, no space for
+    the journal) must not hide the error that caused it."""
+    if conn.in_transaction:
+        with suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
 
 
 def _split_sql(script: str) -> list[str]:

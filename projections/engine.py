@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import gc
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from contextlib import AbstractContextManager, nullcontext
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import msgspec
 
@@ -30,6 +31,9 @@ from . import (
 )
 from .rows import RowDict, Rows, Table
 from .version import PROJECTION_VERSION
+
+if TYPE_CHECKING:
+    from ledger.verify import ChainCheck
 
 TABLES: dict[str, Table] = {
     t.name: t
@@ -307,8 +311,16 @@ def create_scratch(tx: Transaction, prefix: str) -> None:
         tx.execute(f"CREATE TEMP TABLE {prefix}{name} AS SELECT * FROM main.{name} WHERE 0")
 
 
-def fold_all(store: EventStore, tx: Transaction, prefix: str = "") -> int:
-    """Fold the whole log into ``prefix``-named tables (which must exist, empty). Returns count."""
+def fold_all(store: EventStore, tx: Transaction, prefix: str = "",
+             chain: ChainCheck | None = None) -> int:
+    """Fold the whole log into ``prefix``-named tables (which must exist, empty). Returns count.
+
+    With ``chain``, each chunk of rows is also walked by the hash-chain check (``sp replay``
+    refuses a log that ``sp verify`` flags, at the cost of hashing, not of a second scan).
+
+    :raises CorruptEventError: a row does not decode.
+    :raises Bad: ``chain`` found a bad row.
+    """
     rows = ProjectionRows(tx, full=True, prefix=prefix)
     apply = apply_event
     decode = codec._decoder.decode
@@ -319,8 +331,11 @@ def fold_all(store: EventStore, tx: Transaction, prefix: str = "") -> int:
     collecting = gc.isenabled()
     gc.disable()
     try:
-        for chunk in store.read_all_raw(0, 10000):
-            for seq, stream, version, type_, ts, data in chunk:
+        scan = store.read_all_raw(0, 10000) if chain is None else store.read_chain_raw()
+        for chunk in scan:
+            if chain is not None:
+                chain.feed(chunk)
+            for seq, stream, version, type_, ts, data, *_ in chunk:
                 try:
                     event = decode(data)
                 except msgspec.DecodeError as e:
@@ -337,12 +352,20 @@ def fold_all(store: EventStore, tx: Transaction, prefix: str = "") -> int:
     return count
 
 
-def rebuild(store: EventStore) -> int:
-    """Drop every projection and rebuild it from the log, in one transaction. Returns count."""
-    with store.transaction() as tx:
+def rebuild(store: EventStore, verify: bool = False) -> int:
+    """Drop every projection and rebuild it from the log, in one transaction. Returns count.
+
+    ``verify``: walk the hash chain in the same scan; a bad row rolls everything back.
+
+    :raises LedgerTamperedError: with ``verify``, the log fails ``sp verify``'s walk.
+    :raises CorruptEventError: a row does not decode.
+    """
+    with _chain(store, verify) as chain, store.transaction() as tx:
         drop_all(tx)
         create_tables(tx)
-        count = fold_all(store, tx)
+        count = fold_all(store, tx, chain=chain)
+        if chain is not None:
+            chain.finish()
         create_indexes(tx)
         tx.execute(
             "INSERT OR REPLACE INTO meta (key, value) VALUES ('projection_version', ?)",
@@ -351,22 +374,34 @@ def rebuild(store: EventStore) -> int:
     return count
 
 
+def _chain(store: EventStore, verify: bool) -> AbstractContextManager[ChainCheck | None]:
+    if not verify:
+        return nullcontext()
+    from ledger.verify import chain_guard
+
+    return chain_guard(store)
+
+
 class Difference(msgspec.Struct, frozen=True):
     table: str
     key: str
     detail: str
 
 
-def check(store: EventStore) -> tuple[int, Difference | None]:
+def check(store: EventStore, verify: bool = False) -> tuple[int, Difference | None]:
     """Rebuild into scratch (temporary) tables and compare with the live ones.
 
     Returns the event count and the first difference, or ``None`` when identical.
+
+    :raises LedgerTamperedError: with ``verify``, the log fails ``sp verify``'s walk.
     """
     prefix = "scratch_"
-    with store.transaction() as tx:
+    with _chain(store, verify) as chain, store.transaction() as tx:
         try:
             create_scratch(tx, prefix)
-            count = fold_all(store, tx, prefix)
+            count = fold_all(store, tx, prefix, chain)
+            if chain is not None:
+                chain.finish()
             diff = _first_difference(tx, prefix)
         finally:
             for name in [*TABLES, "projection_tracking"]:

@@ -21,4 +21,5 @@ def _nothing(rows: Rows, rec: Recorded) -> None:
 HANDLERS: dict[str, Callable[[Rows, Recorded], None]] = {
     ev.tag_of(ev.GcCompleted): _nothing,
     ev.tag_of(ev.LedgerArchived): _nothing,
+    ev.tag_of(ev.LedgerReinitialised): _nothing,
 }

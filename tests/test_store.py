@@ -270,7 +270,7 @@ def test_a_migration_applies_atomically(db_path: Path) -> None:
     conn.execute("CREATE TABLE events (x)")  # collides with migration 1
     conn.commit()
     conn.close()
-    with pytest.raises(sqlite3.OperationalError, match="already exists"):
+    with pytest.raises(LedgerError, match="already exists"):  # translated at the boundary
         EventStore(db_path)
     conn = sqlite3.connect(db_path)
     try:

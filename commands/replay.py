@@ -1,0 +1,50 @@
+"""``sp replay``: rebuild the projections from the log, then recover orphaned actions; or,
+with ``--check``, prove that the live projections equal a rebuild.
+
+Neither trusts a log that ``sp verify`` flags: the hash chain is walked in the same scan that
+folds the rows (a bad row rolls the rebuild back, nothing appended), and SQLite's quick_check
+runs first, so a damaged index is named here rather than by the next writer. ``force`` skips
+both, for a user who has decided to rebuild from a damaged log anyway.
+"""
+
+from __future__ import annotations
+
+from ledger.errors import LedgerDamagedError
+from ledger.integrity import sqlite_damage
+from ledger.store import EventStore
+from projections import engine
+
+from .recovery import Recovered, recover
+
+
+def refuse_damaged(store: EventStore) -> None:
+    """:raises LedgerDamagedError: SQLite's quick_check finds the file damaged."""
+    damage = sqlite_damage(store)
+    if damage:
+        more = f" (and {len(damage) - 1} more)" if len(damage) > 1 else ""
+        raise LedgerDamagedError(store.path, f"quick_check: {damage[0]}{more}")
+
+
+def replay(store: EventStore, force: bool = False) -> tuple[int, list[Recovered]]:
+    """Rebuild every projection, then record a recovery event for each orphaned action.
+    Returns the event count and what was recovered.
+
+    :raises LedgerTamperedError: the log fails the chain walk (not with ``force``).
+    :raises LedgerDamagedError: SQLite finds the file damaged (not with ``force``).
+    """
+    if not force:
+        refuse_damaged(store)
+    count = engine.rebuild(store, verify=not force)
+    return count, recover(store)
+
+
+def check(store: EventStore, force: bool = False) -> tuple[int, engine.Difference | None]:
+    """Rebuild into scratch tables and compare (:func:`projections.engine.check`), after the
+    same checks as :func:`replay`. Changes nothing.
+
+    :raises LedgerTamperedError: the log fails the chain walk (not with ``force``).
+    :raises LedgerDamagedError: SQLite finds the file damaged (not with ``force``).
+    """
+    if not force:
+        refuse_damaged(store)
+    return engine.check(store, verify=not force)
