@@ -134,6 +134,8 @@ def agent_policy(app: App, agent_id: str, policy_file: str | None, clear: bool,
         rows.append((cat, allowed if isinstance(allowed, str) else ", ".join(allowed) or "none",
                      ", ".join(rule["denied"]) or "-"))
     echo_table(("capability", "allowed", "denied"), rows, wide=("denied",))
+    if "unix_sockets" in info:
+        click.echo(f"unix sockets: {info['unix_sockets']}")
     for name, value in info["quotas"].items():
         click.echo(f"quota {name}: {value} bytes")
     enforcement = info.get("enforcement") or {}
@@ -153,6 +155,12 @@ def _enforcement_line(e: dict[str, Any]) -> str:
         parts.append("tcp connect only " + ",".join(map(str, tcp["connect"])))
     if tcp.get("deny"):
         parts.append("tcp deny " + ",".join(map(str, tcp["deny"])))
+    if e.get("unix_sockets"):
+        parts.append("unix sockets refused")
+    if e.get("exec_mounts"):
+        parts.append("only allowed programs executable (noexec mounts)")
+    if e.get("memfd_exec"):
+        parts.append("no memfd execution")
     if e.get("no_new_privs"):
         parts.append("no_new_privs")
     if e.get("dropped_capabilities"):

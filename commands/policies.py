@@ -230,6 +230,7 @@ def describe(store: EventStore, agent_id: str) -> dict[str, Any]:
         "agent_id": agent_id, "version": row[1], "source": row[2], "updated_ms": row[3],
         "default": p.default, "categories": cats, "quotas": quotas,
         "output_dirs": p.output_dirs,
+        "unix_sockets": "none" if p.blocks_unix_sockets else "any",
     }
     try:
         from security import sandbox

@@ -61,6 +61,13 @@ def _python_roots() -> list[str]:
     return sorted(roots)
 
 
+def _python_libraries() -> list[str]:
+    """Where sp's own interpreter maps compiled modules from (kept executable under an
+    execute allow-list: security.execmounts)."""
+    paths = sysconfig.get_paths()
+    return [paths[k] for k in ("platstdlib", "platlib", "stdlib", "purelib") if paths.get(k)]
+
+
 def _ports(rules: list[NetRule]) -> tuple[list[int] | None, bool]:
     """(ports, any): the TCP ports a rule list names; ``any`` when a rule covers every port."""
     ports: set[int] = set()
@@ -132,6 +139,9 @@ def sandbox_spec(policy: Policy, *, tmpdir: str, shell: bool, env_path: str | No
         deny_write=_existing([*policy.deny_write, *off_limits]),
         deny_execute=deny_execute, fs=fs, tcp_connect=tcp_connect, tcp_deny=tcp_deny,
         network=network, namespaces=True, denials_path=denials_path,
+        unix_sockets=not policy.blocks_unix_sockets,
+        libraries=_existing(_python_libraries())
+        if python or real(sys.executable) in (execute or []) else [],
     )
 
 
@@ -170,6 +180,10 @@ def reduce(spec: sandbox.SandboxSpec, caps: Any) -> sandbox.SandboxSpec:
         changes["namespaces"] = False
     if "net" not in (getattr(caps, "namespaces", None) or []):
         changes["network"] = True
+    from . import seccomp
+
+    if seccomp.supported():
+        changes["unix_sockets"] = True
     return msgspec.structs.replace(spec, **changes)
 
 

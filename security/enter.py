@@ -33,7 +33,7 @@ import signal
 import sys
 from typing import Any, NoReturn
 
-from security import landlock, linux
+from security import execmounts, landlock, linux, seccomp
 
 SANDBOX_EXIT = 125
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
@@ -104,6 +104,47 @@ def _ruleset(cfg: dict[str, Any], program: str | None) -> landlock.Ruleset | Non
     return rs
 
 
+def _exec_mounts(cfg: dict[str, Any], argv: list[str]) -> None:
+    """Only the allowed programs (and the libraries) executable (:mod:`security.execmounts`)."""
+    plan = cfg.get("exec_mounts")
+    if not plan:
+        return
+    program = _which(argv[0])
+    try:
+        execmounts.apply(plan["noexec"], [*plan["executable"], *landlock.loaders(program)],
+                         plan["writable"])
+    except OSError as e:
+        _fail(f"noexec mounts ({e.filename or 'mount'})", _why(e))
+
+
+def _memfd_noexec(cfg: dict[str, Any]) -> bool:
+    """Set ``vm.memfd_noexec=2`` in our pid namespace (memfds cannot be executable, and no
+    nested namespace can lower it); True when it could not be, so that seccomp refuses
+    memfds created without ``MFD_NOEXEC_SEAL`` instead."""
+    if not cfg.get("memfd_exec"):
+        return False
+    if "pid" not in (cfg.get("namespaces") or []):
+        return True
+    try:
+        with open("/proc/sys/vm/memfd_noexec", "w") as f:
+            f.write("2")
+        return False
+    except OSError:  # an older kernel, or not root in the initial user namespace
+        return True
+
+
+def _seccomp(cfg: dict[str, Any], memfd_sealed: bool) -> None:
+    """Last, after ``no_new_privs``: the filter binds init, the program and its children."""
+    unix = bool(cfg.get("unix_sockets"))
+    exec_fd = bool(cfg.get("exec_fd"))
+    if not (unix or exec_fd or memfd_sealed):
+        return
+    try:
+        seccomp.install(unix=unix, exec_fd=exec_fd, memfd_sealed=memfd_sealed)
+    except OSError as e:
+        _fail("seccomp filter", _why(e))
+
+
 def _init(cfg: dict[str, Any], argv: list[str], status_w: int,
           dispositions: dict[int, Any]) -> NoReturn:
     namespaces = cfg.get("namespaces") or []
@@ -119,6 +160,8 @@ def _init(cfg: dict[str, Any], argv: list[str], status_w: int,
                             linux.MS_NOSUID | linux.MS_NODEV | linux.MS_NOEXEC)
         except OSError as e:
             _fail("mount namespace", _why(e))
+        _exec_mounts(cfg, argv)
+    memfd_sealed = _memfd_noexec(cfg)
     if "uts" in namespaces:
         try:
             linux.sethostname(cfg.get("hostname") or "sp-sandbox")
@@ -151,6 +194,7 @@ def _init(cfg: dict[str, Any], argv: list[str], status_w: int,
         except OSError as e:
             _fail("landlock_restrict_self", _why(e))
         rs.close()
+    _seccomp(cfg, memfd_sealed)
 
     # Block the forwarded signals across the fork so none is lost in between: the program
     # gets its dispositions back before unblocking, init installs its forwarders first.

@@ -79,6 +79,8 @@ class Policy(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     output_space: int | None = None
     log_space: int | None = None
     output_dirs: list[str] = []
+    # "any" or "none" unix-domain sockets (None: as the network; see blocks_unix_sockets)
+    unix_sockets: Literal["any", "none"] | None = None
 
     @property
     def restricts_fs(self) -> bool:
@@ -87,7 +89,15 @@ class Policy(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
 
     @property
     def restricts_network(self) -> bool:
-        return self.network is not None or bool(self.deny_network)
+        return self.network is not None or bool(self.deny_network) or self.blocks_unix_sockets
+
+    @property
+    def blocks_unix_sockets(self) -> bool:
+        """``unix_sockets: none``; unset, the default follows ``network``: a policy that lists
+        the network it allows (``network: []`` included) allows no unix sockets either."""
+        if self.unix_sockets is not None:
+            return self.unix_sockets == "none"
+        return self.network is not None
 
     @property
     def has_quotas(self) -> bool:
@@ -201,10 +211,10 @@ def decode(capabilities: Any, storage: Any = None, where: str = "$.capabilities"
     caps = capabilities or {}
     if not isinstance(caps, dict):
         raise UsageError(f"{where}: expected a mapping with allowed and/or denied")
-    unknown = set(caps) - {"allowed", "denied", "default"}
+    unknown = set(caps) - {"allowed", "denied", "default", "unix_sockets"}
     if unknown:
         raise UsageError(f"{where}: unknown key {sorted(unknown, key=str)[0]!r}; expected"
-                         " allowed, denied or default")
+                         " allowed, denied, default or unix_sockets")
     default = caps.get("default", "allow")
     if default not in ("allow", "deny"):
         raise UsageError(f"{where}.default: expected allow or deny, got {default!r}")
@@ -219,8 +229,25 @@ def decode(capabilities: Any, storage: Any = None, where: str = "$.capabilities"
         dhere = f"{where}.denied.{cat}"
         if cat in denied:
             fields[f"deny_{cat}"] = _convert(cat, denied[cat], dhere)
+    if caps.get("unix_sockets") is not None:
+        fields["unix_sockets"] = _unix_sockets(caps["unix_sockets"], f"{where}.unix_sockets")
     fields.update(_storage(storage, storage_where))
     return Policy(**fields)
+
+
+def _unix_sockets(value: Any, where: str) -> str:
+    """``unix_sockets: any`` or ``none`` (a list of socket paths is refused: see below).
+
+    :raises UsageError: anything else, naming ``where``.
+    """
+    if isinstance(value, list):
+        # Landlock (ABI <= 7) does not check connect() to a pathname socket, and seccomp
+        # cannot read the path it is given: a per-path list would not be enforced.
+        raise UsageError(f"{where}: a list of socket paths cannot be enforced on Linux (the"
+                         " kernel checks no socket path on connect); use any or none")
+    if value not in ("any", "none"):
+        raise UsageError(f"{where}: expected any or none, got {value!r}")
+    return str(value)
 
 
 def _convert(cat: str, values: list[str], where: str) -> list[Any]:

@@ -70,6 +70,12 @@ class SandboxSpec(msgspec.Struct, frozen=True, kw_only=True):
     namespaces: bool = True
     hostname: str = "sp-sandbox"
     denials_path: str | None = None
+    # False: no unix-domain socket can be created (security.seccomp); the policy's
+    # ``unix_sockets:``. ``libraries``: folders beyond the system's that code is mapped from
+    # (sp's own interpreter's packages), kept executable under an execute allow-list.
+    unix_sockets: bool = True
+    libraries: list[str] = []
+
 
 
 class Capabilities(msgspec.Struct, frozen=True, kw_only=True):
@@ -210,6 +216,7 @@ def plan(spec: SandboxSpec, caps: Capabilities) -> tuple[dict[str, Any], list[st
     # confined, so their absence is stated in ``enforced`` rather than listed as missing.
     if os.geteuid() == 0 and not caps.user_namespace:
         enforced["dropped_capabilities"] = sorted(DROPPED_CAPABILITIES)
+    _exec_and_sockets(spec, namespaces, enforced, missing)
     enforced["denial_log"] = None
     if spec.denials_path and uses_landlock:
         if caps.kernel_audit:
@@ -217,6 +224,42 @@ def plan(spec: SandboxSpec, caps: Capabilities) -> tuple[dict[str, Any], list[st
         else:
             enforced["denial_log_reason"] = f"no kernel audit: {caps.audit_reason}"
     return enforced, missing
+
+
+def _exec_and_sockets(spec: SandboxSpec, namespaces: list[str], enforced: dict[str, Any],
+                      missing: list[str]) -> None:
+    """What closes the execute allow-list's side doors (:mod:`security.execmounts`: the
+    loader, files written by the action; the pid namespace's ``vm.memfd_noexec`` and
+    :mod:`security.seccomp`: memfds and ``execveat`` of a descriptor) and unix sockets."""
+    from security import execmounts, seccomp
+
+    allow_list = spec.fs and spec.execute is not None
+    no_filter = seccomp.supported()
+    if allow_list:
+        if "mnt" in namespaces:
+            writable = execmounts.existing([*spec.write, *execmounts.ALWAYS_WRITABLE])
+            enforced["exec_mounts"] = {
+                "noexec": execmounts.existing([*execmounts.PROGRAM_DIRS, *writable]),
+                "executable": execmounts.existing([
+                    *execmounts.executable_dirs(spec.execute or []), *spec.libraries,
+                    *(spec.execute or [])]),
+                "writable": writable}
+        else:
+            missing.append("an execute allow-list needs a mount namespace (noexec mounts), or"
+                           " the dynamic loader runs any program")
+        if no_filter:
+            missing.append(f"refusing to execute memfds needs a seccomp filter: {no_filter}")
+        else:
+            # vm.memfd_noexec=2 is per pid namespace; without one, memfd_create itself is
+            # refused unless MFD_NOEXEC_SEAL (the shim also falls back to that)
+            enforced["memfd_exec"] = ("refused (vm.memfd_noexec=2)" if "pid" in namespaces
+                                      else "refused (seccomp: sealed memfds only)")
+            enforced["exec_fd"] = "refused (seccomp: execveat AT_EMPTY_PATH)"
+    if not spec.unix_sockets:
+        if no_filter:
+            missing.append(f"refusing unix sockets needs a seccomp filter: {no_filter}")
+        else:
+            enforced["unix_sockets"] = "refused (seccomp: socket(AF_UNIX), io_uring)"
 
 
 def wrap(spec: SandboxSpec, argv: list[str], caps: Capabilities | None = None) -> list[str]:
