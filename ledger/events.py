@@ -146,6 +146,15 @@ class ActionSecurityDenied(Event, frozen=True, tag="action.security_denied"):
     dropped: int = 0  # denials beyond the recorded ones (a loop can produce millions)
 
 
+class ActionBlobStored(Event, frozen=True, tag="action.blob_stored"):
+    """The worker stored a file of a sandboxed action as ``blobs/<sha256>``: the action, the
+    action compensating it and the actions of its plan may fetch it back through the broker;
+    no other sandboxed action may (``blob_owners``)."""
+
+    sha256: str
+    size: int = 0
+
+
 class ActionSkipped(Event, frozen=True, tag="action.skipped"):
     """Failed for good, but the task's recovery strategy is ``skip``: dependents go ahead."""
 
@@ -509,6 +518,7 @@ AnyEvent = (
     | ActionFailed
     | ActionSkipped
     | ActionSecurityDenied
+    | ActionBlobStored
     | ActionInterrupted
     | ActionCancelRequested
     | ActionCancelled

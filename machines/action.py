@@ -61,6 +61,8 @@ TRANSITIONS: list[dict[str, Any]] = [
     },
     # the policy refused something (recorded before the outcome, the state stays)
     {"trigger": "deny", "source": S.EXECUTING, "dest": None},
+    # the worker stored a blob for the action (recorded, the state stays)
+    {"trigger": "store_blob", "source": S.EXECUTING, "dest": None},
     # compensation
     {"trigger": "rollback", "source": S.COMPLETED, "dest": S.ROLLING_BACK},
     {"trigger": "finish_rollback", "source": S.ROLLING_BACK, "dest": S.ROLLED_BACK},
@@ -88,6 +90,7 @@ TRIGGER_OF: dict[type[ev.Event], str] = {
     ev.ActionRollbackFailed: "fail_rollback",
     ev.ActionNotified: "notify",
     ev.ActionSecurityDenied: "deny",
+    ev.ActionBlobStored: "store_blob",
 }
 INITIAL_EVENT = ev.ActionSubmitted
 

@@ -209,4 +209,5 @@ HANDLERS: dict[str, Callable[[RowDict, Recorded, Any], None]] = {
     ev.tag_of(ev.ActionRollbackFailed): _rollback_failed,
     ev.tag_of(ev.ActionNotified): _nothing,
     ev.tag_of(ev.ActionSecurityDenied): _nothing,
+    ev.tag_of(ev.ActionBlobStored): _nothing,  # blob_owners (projections.blobs)
 }

@@ -18,6 +18,7 @@ from machines.action import FOLD, ActionState
 from . import (
     actions,
     alerts,
+    blobs,
     checkpoints,
     control,
     maintenance,
@@ -39,10 +40,11 @@ TABLES: dict[str, Table] = {
     t.name: t
     for t in (actions.TABLE, *queue.TABLES, *metrics.TABLES, *rollback.TABLES,
               *checkpoints.TABLES, *control.TABLES, *schedules.TABLES, *plans.TABLES,
-              *triggers.TABLES, *alerts.TABLES)
+              *triggers.TABLES, *alerts.TABLES, *blobs.TABLES)
 }
 DDL = "\n".join([actions.DDL, queue.DDL, metrics.DDL, rollback.DDL, checkpoints.DDL,
-                 control.DDL, schedules.DDL, plans.DDL, triggers.DDL, alerts.DDL])
+                 control.DDL, schedules.DDL, plans.DDL, triggers.DDL, alerts.DDL,
+                 blobs.DDL])
 TRACKING_DDL = (
     "CREATE TABLE IF NOT EXISTS projection_tracking (name TEXT PRIMARY KEY, seq INTEGER NOT NULL)"
     " WITHOUT ROWID"
@@ -50,6 +52,7 @@ TRACKING_DDL = (
 
 _SUBMITTED = ev.tag_of(ev.ActionSubmitted)
 _CHECKPOINTED = ev.tag_of(ev.ActionCheckpointed)
+_BLOB_STORED = ev.tag_of(ev.ActionBlobStored)
 _FAILED = ev.tag_of(ev.ActionFailed)
 _ATTEMPT_ENDS = frozenset(
     ev.tag_of(c) for c in (ev.ActionCompleted, ev.ActionFailed, ev.ActionSkipped,
@@ -207,6 +210,8 @@ def apply_event(rows: Rows, rec: Recorded) -> None:
         rows.dirty["actions"].add(stream)
     if type_ == _CHECKPOINTED:
         checkpoints.on_checkpoint(rows, rec, a)
+    elif type_ == _BLOB_STORED:
+        blobs.on_stored(rows, rec, a)
     if moves:
         if ends_attempt:
             metrics.on_attempt_end(rows, a, rec)

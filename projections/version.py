@@ -1,2 +1,2 @@
 # Bump when any projection DDL or fold logic changes: the tables are then rebuilt on open.
-PROJECTION_VERSION = 13
+PROJECTION_VERSION = 14

@@ -114,10 +114,11 @@ class Attempt:
             from runner.broker import Broker
 
             compensates = claim.spec.payload.get("compensates")
+            run_as = getattr(claim.sandbox, "user", None)  # a policy's user: (resolved)
             self.broker = Broker(store, str(home.root), self.action_id,
                                  compensates if isinstance(compensates, str) else None,
                                  os.path.join(str(self.tmpdir), ".sp-broker"),
-                                 claim.spec.agent)
+                                 claim.spec.agent, run_as["uid"] if run_as else None)
         from security.quotas import watch_for
 
         self.quota = watch_for(store, str(home.root), self.action_id, claim.spec.agent,
@@ -345,6 +346,8 @@ class Attempt:
                      "io_write_bytes": int(r.ru_oublock) * 512}
         self._close_pidfd()
         self.child_pending = None
+        if self.broker is not None:
+            self.broker.close()  # the action's folders, held open while it could ask
         try:
             facts = _facts(self.log, self.offset)
         finally:

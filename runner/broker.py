@@ -11,9 +11,22 @@ the work as the attempt's owner and only for this action:
 * ``checkpoint`` / ``progress`` of the action itself;
 * ``checkpoints``: the recorded checkpoint data of the action itself or of the action it
   compensates (a rollback step), nothing else;
-* ``put_blob``: a file the action wrote in its own folder goes into the content-addressed blob
-  store (hashed by the worker); ``get_blob``: a blob, by hash, copied into the action's folder;
+* ``put_blob``: a file the action wrote in its own folder (a regular file with one name, owned
+  by the action, at most :data:`MAX_BLOB_BYTES`) goes into the content-addressed blob store
+  (hashed by the worker), is recorded as ``action.blob_stored`` and removed from the folder;
+  ``get_blob``: a blob, by hash, copied into the broker's folder under a fresh name, only for
+  the action that stored it, the action it compensates or an action of its plan
+  (:mod:`commands.blobs`);
 * ``alert``: ``alert.sent`` from the action.
+
+The worker is root and the action owns its folder, so the worker acts only on what it checked
+(:mod:`runner.beneath`): it holds directory fds of the action's folder and of the broker's folder
+from the attempt's start, reaches every file relative to them without following a symlink
+(``openat2`` with ``RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS``, else ``openat(O_NOFOLLOW)`` per
+component), checks the opened fd (``fstat``), reads or writes through it, creates with
+``O_CREAT | O_EXCL | O_NOFOLLOW`` and removes a name only while it still names the inode it
+read. Swapping a folder for a symlink, or planting a symlink or a hard link where the worker
+reads or writes, gets a refusal, never a file outside the action's folder.
 
 The client side (:func:`call`) is what :mod:`runner.api`, ``sp checkpoint``/``sp progress`` and
 :mod:`actions.blobs` use when ``$SP_BROKER`` is set. A request the worker does not answer within
@@ -26,13 +39,18 @@ import contextlib
 import itertools
 import json
 import os
-import shutil
+import stat
 import time
 from pathlib import Path
 from typing import Any
 
+from runner import beneath
+
 CALL_TIMEOUT_S = 60.0
 MAX_REQUEST_BYTES = 1 << 20  # one request line; a checkpoint's data is meant to be small
+# The largest file put_blob takes (the worker reads it whole): before-images of config files,
+# not disk images.
+MAX_BLOB_BYTES = 64 << 20
 _ENV = "SP_BROKER"
 _ids = itertools.count(1)
 _offset: dict[str, int] = {}
@@ -111,16 +129,49 @@ class Broker:
     """Serves one attempt's requests (call :meth:`serve` from the attempt's poll)."""
 
     def __init__(self, store: Any, home_root: str, action_id: str, compensates: str | None,
-                 folder: str, agent: str | None) -> None:
+                 folder: str, agent: str | None, uid: int | None = None) -> None:
+        """``uid``: whom the action runs as (a policy's ``user:``); sp's own user by default."""
         self.store, self.home_root, self.action_id = store, home_root, action_id
         self.compensates, self.folder, self.agent = compensates, folder, agent
         self.offset = 0
         self.partial = b""
-        os.makedirs(os.path.dirname(folder), mode=0o700, exist_ok=True)  # the private TMPDIR
-        os.makedirs(folder, mode=0o700, exist_ok=True)
-        for name in ("requests", "responses"):
+        self.requests_ino: tuple[int, int] | None = None
+        # The action's folder (its TMPDIR) and the broker's folder in it, held by fd from here
+        # on: every file the worker touches for the action is reached through them (beneath).
+        tmpdir = os.path.dirname(folder)
+        self.uid = os.geteuid() if uid is None else uid  # the action's files must be its own
+        self.root = beneath.Folder(os.path.dirname(tmpdir), os.path.basename(tmpdir), self.uid)
+        try:
+            self.fd = self._broker_folder(os.path.basename(folder))
+        except BaseException:
+            self.root.close()
+            raise
+
+    def _broker_folder(self, name: str) -> int:
+        """Create (or reuse) the broker's folder in the action's folder, empty of requests and
+        responses of an earlier attempt; its fd. Whatever an earlier attempt left under that
+        name that is not a folder (a symlink, say) is removed, never followed."""
+        try:
+            st = os.stat(name, dir_fd=self.root.fd, follow_symlinks=False)
+        except FileNotFoundError:
+            st = None
+        if st is not None and not stat.S_ISDIR(st.st_mode):
+            os.unlink(name, dir_fd=self.root.fd)
+            st = None
+        if st is None:
+            os.mkdir(name, 0o700, dir_fd=self.root.fd)
+        fd = beneath.open_dir(self.root.fd, name)
+        for leftover in ("requests", "responses"):
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(os.path.join(folder, name))
+                os.unlink(leftover, dir_fd=fd)
+        return fd
+
+    def close(self) -> None:
+        """Release the folders' fds (the attempt is over)."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        self.root.close()
 
     @property
     def env(self) -> dict[bytes, bytes]:
@@ -128,17 +179,11 @@ class Broker:
 
     def serve(self) -> int:
         """Answer every complete request written since the last call; how many."""
-        path = os.path.join(self.folder, "requests")
-        try:
-            size = os.stat(path).st_size
-        except FileNotFoundError:
+        if self.fd < 0:
             return 0
-        if size <= self.offset:
+        data = self._new_requests()
+        if not data:
             return 0
-        with open(path, "rb") as f:
-            f.seek(self.offset)
-            data = f.read(size - self.offset)
-        self.offset += len(data)
         data = self.partial + data
         end = data.rfind(b"\n") + 1
         self.partial = data[end:]
@@ -148,14 +193,63 @@ class Broker:
         for raw in data[:end].splitlines():
             answers.append(self._answer(raw))
         if answers:
-            out = b"".join(json.dumps(a, separators=(",", ":")).encode() + b"\n" for a in answers)
-            fd = os.open(os.path.join(self.folder, "responses"),
-                         os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-            try:
-                os.write(fd, out)
-            finally:
-                os.close(fd)
+            self._respond(b"".join(json.dumps(a, separators=(",", ":")).encode() + b"\n"
+                                   for a in answers))
         return len(answers)
+
+    def _new_requests(self) -> bytes:
+        """What was appended to ``requests`` since the last call (a regular file of the
+        action's, reached through the held folder; anything else there is ignored)."""
+        try:
+            fd = beneath.open_file(self.fd, "requests", self.uid, "requests")
+        except OSError:  # none yet, or not a plain file of the action's: nothing to serve
+            return b""
+        try:
+            st = os.fstat(fd)
+            if (st.st_dev, st.st_ino) != self.requests_ino:  # a new file: read it from 0
+                self.requests_ino, self.offset, self.partial = (st.st_dev, st.st_ino), 0, b""
+            if st.st_size <= self.offset:
+                return b""
+            want = min(st.st_size - self.offset, 4 * MAX_REQUEST_BYTES)
+            data = os.pread(fd, want, self.offset)
+        finally:
+            os.close(fd)
+        self.offset += len(data)
+        return data
+
+    def _respond(self, out: bytes) -> None:
+        """Append to ``responses`` in the held folder. A name there that is not the plain file
+        the worker writes (a symlink, a hard link, a FIFO, the action's own file) is replaced;
+        one that cannot be (a folder the action made) loses the answers: its calls time out."""
+        try:
+            fd = self._responses()
+        except OSError:
+            return
+        try:
+            os.write(fd, out)
+        finally:
+            os.close(fd)
+
+    def _responses(self) -> int:
+        flags = os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+        try:
+            fd = os.open("responses", flags, dir_fd=self.fd)
+        except FileNotFoundError:
+            fd = -1
+        except OSError:  # ELOOP: a symlink; ENXIO: a FIFO nobody reads; ...
+            os.unlink("responses", dir_fd=self.fd)
+            fd = -1
+        if fd >= 0:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1 or st.st_uid != os.geteuid():
+                os.close(fd)
+                beneath.unlink_same(self.fd, "responses", st)
+                fd = -1
+        if fd < 0:
+            fd = os.open("responses", flags | os.O_CREAT | os.O_EXCL, 0o600, dir_fd=self.fd)
+            if self.uid != os.geteuid():
+                os.fchown(fd, self.uid, -1)
+        return fd
 
     def _answer(self, raw: bytes) -> dict[str, Any]:
         try:
@@ -205,31 +299,40 @@ class Broker:
         return [r.event.data for r in self.store.read_stream(str(target))
                 if isinstance(r.event, ev.ActionCheckpointed)]
 
-    def _inside(self, path: str) -> Path:
-        real = os.path.realpath(path)
-        root = os.path.realpath(os.path.dirname(self.folder))
-        if not real.startswith(root + os.sep) or os.path.islink(path):
-            raise PermissionError(f"{path} is not a file in the action's own folder")
-        return Path(real)
-
     def _op_put_blob(self, req: dict[str, Any]) -> str:
-        src = self._inside(str(req.get("path", "")))
-        if not src.is_file():
-            raise FileNotFoundError(f"{src} is not a regular file")
-        from actions.blobs import store_blob
+        path = str(req.get("path", ""))
+        rel = self.root.relative(path)
+        self.root.check()
+        with beneath.parent_of(self.root.fd, rel) as (parent, name):
+            fd = beneath.open_file(parent, name, self.uid, path)
+            try:
+                st = os.fstat(fd)
+                data = beneath.read_capped(fd, MAX_BLOB_BYTES, path)
+            finally:
+                os.close(fd)
+            from actions.blobs import store_blob
+            from commands import blobs
 
-        sha = store_blob(Path(self.home_root), src.read_bytes())
-        src.unlink()
+            sha = store_blob(Path(self.home_root), data)
+            blobs.record_stored(self.store, self.action_id, sha, len(data),
+                                by=f"action:{self.action_id}")
+            beneath.unlink_same(parent, name, st)
         return sha
 
     def _op_get_blob(self, req: dict[str, Any]) -> str:
         sha = str(req.get("sha", ""))
         if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
             raise ValueError("not a sha256")
-        source = Path(self.home_root) / "blobs" / sha
-        out = Path(self.folder) / f"blob-{sha}"
-        shutil.copyfile(source, out)
-        return str(out)
+        from commands import blobs
+
+        if not blobs.may_fetch(self.store, self.action_id, self.compensates, sha):
+            raise PermissionError(f"blob {sha} was not stored by action {self.action_id},"
+                                  " the action it compensates or its plan")
+        data = (Path(self.home_root) / "blobs" / sha).read_bytes()
+        # A fresh, unguessable name, created exclusively: nothing the action planted is used.
+        name = f"blob-{sha}-{os.urandom(6).hex()}"
+        beneath.create_file(self.fd, name, data, self.uid)
+        return os.path.join(self.folder, name)
 
     def _op_alert(self, req: dict[str, Any]) -> None:
         from runner.iot import record_alert

@@ -118,7 +118,7 @@ def test_check_event_uses_the_events_trigger(cls: type[ev.Event]) -> None:
 
 def _instance(cls: type[ev.Event]) -> ev.Event:
     required: dict[str, Any] = {"reason": "r", "attempt": 1, "owner": "o", "pid": 1,
-                                "channel": "url", "ok": True}
+                                "channel": "url", "ok": True, "sha256": "0" * 64}
     fields = {f for f in cls.__struct_fields__}
     return cls(**{k: v for k, v in required.items() if k in fields})
 
