@@ -10,7 +10,9 @@ A type is registered once, under its name, with
 * ``requires(payload, rollback)``: the programs it needs on this machine (the seed's
   ``check_prerequisites``), each with the path in the plan that names it;
 * ``check(payload, rollback)``: problems decoding cannot see (an empty command), each with
-  its path below the step.
+  its path below the step;
+* ``check_files(payload, directory)`` (optional): problems only the files the step will read
+  can show, relative to the step's directory (a template's file names after rendering).
 
 Built in: ``shell``, ``modify_files``, ``configure_tooling``, ``clone_template``, ``run_tests``,
 ``deploy``/``generate_preview``, ``compress``/``decompress``, ``http_request``, ``sqlite_query``,
@@ -62,6 +64,9 @@ class ActionType:
     compensation: Callable[[Any, Any], Command | None]
     requires: Callable[[Any, Any], list[Requirement]]
     check: Callable[[Any, Any], list[tuple[str, str]]]
+    # Problems only the files can show (a template's rendered file names), given the step's
+    # directory: checked by plan validation like ``check``.
+    check_files: Callable[[Any, Path], list[tuple[str, str]]] | None = None
 
 
 _TYPES: dict[str, ActionType] = {}

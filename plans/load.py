@@ -304,6 +304,8 @@ class _Loader:
         """The type's own checks, then the programs it needs (the seed's
         ``check_prerequisites``); whether all is well."""
         checked = t.check(payload, undo)
+        if not checked and t.check_files is not None:
+            checked = t.check_files(payload, Path(_cwd(base, None)))
         for sub, message in checked:
             self.add(file, f"{path}.{sub}", message)
         ok = not checked
