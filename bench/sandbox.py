@@ -10,6 +10,8 @@ Landlock port rules a deny-only TCP spec needs (in-process, no sandbox applied).
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -24,6 +26,14 @@ if str(REPO) not in sys.path:
 
 from security import landlock  # noqa: E402
 from security.sandbox import SandboxSpec, probe, wrap  # noqa: E402
+
+
+def _real(name: str) -> str:
+    return os.path.realpath(shutil.which(name) or name)
+
+
+# unix_sockets exists since the seccomp filter (issue 11); the bench still runs on older trees
+_NO_UNIX = {"unix_sockets": False} if "unix_sockets" in SandboxSpec.__struct_fields__ else {}
 
 
 def _time(argv: list[str], runs: int) -> tuple[float, float]:
@@ -56,6 +66,10 @@ def main() -> None:
                                      ["true"]),
             "... + tcp deny-only (65,535 port rules)": wrap(
                 SandboxSpec(read=["/"], write=[tmp], tcp_deny=[22]), ["true"]),
+            "... + execute allow-list (true)": wrap(
+                SandboxSpec(read=["/"], write=[tmp], execute=[_real("true")]), ["true"]),
+            "... + no network, no unix sockets": wrap(
+                SandboxSpec(read=["/"], write=[tmp], network=False, **_NO_UNIX), ["true"]),
             "... + tcp allow-list (2 port rules)": wrap(
                 SandboxSpec(read=["/"], write=[tmp], tcp_connect=[80, 443]), ["true"]),
         }
