@@ -68,7 +68,7 @@ def _openat2(dirfd: int, rel: str, flags: int) -> int | None:
         if e.errno in (errno.ENOSYS, errno.E2BIG) and _openat2_works is None:
             _openat2_works = False  # an older kernel (before 5.6): the walk instead
             return None
-        if e.errno in (errno.ELOOP, errno.EXDEV):
+        if e.errno in (errno.ELOOP, errno.EXDEV, errno.ENOTDIR):
             raise Refused(f"{rel!r} goes through a symlink or out of the action's folder"
                           ) from None
         raise OSError(e.errno, e.strerror, rel) from None
@@ -102,8 +102,9 @@ def _open_nofollow(name: str, flags: int, dirfd: int, mode: int = 0o600) -> int:
     try:
         return os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=dirfd)
     except OSError as e:
-        if e.errno == errno.ELOOP:
-            raise Refused(f"{name!r} is a symlink") from None
+        # O_DIRECTORY | O_NOFOLLOW on a symlink fails with ENOTDIR rather than ELOOP.
+        if e.errno == errno.ELOOP or (e.errno == errno.ENOTDIR and flags & os.O_DIRECTORY):
+            raise Refused(f"{name!r} is a symlink or not a folder") from None
         raise
 
 
