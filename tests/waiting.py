@@ -1,0 +1,32 @@
+"""Waiting on a condition instead of sleeping: a test that needs something to have happened
+polls for exactly that, so it is as fast as the machine allows and never too early under load."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+def wait_until(predicate: Callable[[], T], timeout: float = 30.0, what: str = "",
+               every: float = 0.01) -> T:
+    """Poll ``predicate`` until it returns something true and return that value.
+
+    The timeout is a bound for a broken run, not a wait: a passing run returns as soon as the
+    condition holds, so it is generous (the machine may be loaded by other test runs).
+
+    :raises AssertionError: the condition did not hold within ``timeout`` seconds; the message
+        names ``what`` (else the predicate) and the last value seen.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for "
+                                 f"{what or getattr(predicate, '__qualname__', predicate)} "
+                                 f"(last: {value!r})")
+        time.sleep(every)
