@@ -1,6 +1,7 @@
 """``install_dependencies`` for real: pip into a real venv and npm into a real project, from
-PyPI and the npm registry (the test fails, saying so, when they are unreachable); install,
-upgrade, the recorded sets and diff, and rollback to the exact previous set."""
+PyPI and the npm registry (skipped, saying why, when a registry cannot be reached: probed once
+per session); install, upgrade, the recorded sets and diff, and rollback to the exact previous
+set."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import json
 import shutil
 import subprocess
 import sys
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -19,23 +19,26 @@ from commands import plans
 from commands.home import Home
 from ledger.store import EventStore
 from runner.worker import Worker
+from tests import registry
 from tests.conftest import Sp
 
 pytestmark = pytest.mark.timeout(300)
 
-REGISTRIES = {"PyPI": "https://pypi.org/simple/six/",
-              "the npm registry": "https://registry.npmjs.org/is-number"}
+def _skip_unless_reachable(which: str, url: str) -> None:
+    """Skip (never fail) the tests that install from a registry this machine cannot reach."""
+    reason = registry.unreachable(url)
+    if reason is not None:
+        pytest.skip(f"{which} is unreachable ({reason}): install_dependencies tests need it")
 
 
-def _reachable(which: str) -> None:
-    """Fail (never skip) when a registry the test installs from cannot be reached."""
-    url = REGISTRIES[which]
-    try:
-        with urllib.request.urlopen(url, timeout=20) as r:
-            assert r.status == 200
-    except Exception as e:  # any reason is reported as it is
-        pytest.fail(f"{which} is unreachable ({url}: {e}): install_dependencies tests need it",
-                    pytrace=False)
+@pytest.fixture(scope="session")
+def pypi() -> None:
+    _skip_unless_reachable("PyPI", registry.PYPI)
+
+
+@pytest.fixture(scope="session")
+def npm_registry() -> None:
+    _skip_unless_reachable("the npm registry", registry.NPM)
 
 
 def _pip_set(venv: Path) -> dict[str, str]:
@@ -43,9 +46,8 @@ def _pip_set(venv: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def venv(tmp_path_factory: pytest.TempPathFactory, pypi: None) -> Path:
     """One real venv for the module (creating one costs seconds)."""
-    _reachable("PyPI")
     path = tmp_path_factory.mktemp("pipproj") / ".venv"
     subprocess.run([sys.executable, "-m", "venv", str(path)], check=True)
     return path
@@ -174,8 +176,7 @@ def test_pip_creates_a_missing_venv_from_requirements_and_rollback_removes_it(
 
 
 @pytest.fixture
-def npm_project(tmp_path: Path) -> Path:
-    _reachable("the npm registry")
+def npm_project(tmp_path: Path, npm_registry: None) -> Path:
     project = tmp_path / "web"
     project.mkdir()
     (project / "package.json").write_bytes(b'{\n  "name": "web",  "version": "1.0.0"\n}\n')
