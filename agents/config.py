@@ -122,10 +122,15 @@ class Storage(_Strict, frozen=True):
 class Capabilities(_Strict, frozen=True):
     """The seed's capability policy: ``allowed`` / ``denied`` lists of single-key mappings,
     ``- read: [paths]``, ``- write: [paths]``, ``- network: [urls or host:port]``,
-    ``- execute: [names or paths]``. Normalised and checked by :mod:`security.policy`."""
+    ``- execute: [names or paths]``; ``user:``/``group:`` to run its actions as, and the
+    ``linux_capabilities:`` a root action keeps. Normalised and checked by
+    :mod:`security.policy`."""
 
     allowed: list[dict[str, Any]] | None = None
     denied: list[dict[str, Any]] = []
+    user: str | int | None = None
+    group: str | int | None = None
+    linux_capabilities: list[str] = []
 
 
 class AgentConfig(_Strict, frozen=True):

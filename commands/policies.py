@@ -51,15 +51,16 @@ def decode_file(path: str | Path, agent_id: str) -> Policy:
     doc = load_document(path)
     if not isinstance(doc, dict) or not doc:
         raise UsageError(f"{where}: $: expected a mapping with capabilities (allowed/denied)")
-    unknown = set(doc) - {"capabilities", "storage", "allowed", "denied", "default"}
+    unknown = set(doc) - {"capabilities", "storage", *_POLICY_KEYS}
     if unknown:
         raise UsageError(f"{where}: $: unknown key {sorted(unknown, key=str)[0]!r}; expected"
-                         " capabilities, storage, allowed, denied or default")
+                         " capabilities, storage, allowed, denied, default, user, group or"
+                         " linux_capabilities")
     storage = doc.get("storage")
     if "capabilities" in doc:
         caps = doc["capabilities"]
         base = f"{where}: $.capabilities"
-        if isinstance(caps, dict) and caps and not set(caps) & {"allowed", "denied", "default"}:
+        if isinstance(caps, dict) and caps and not set(caps) & set(_POLICY_KEYS):
             # several agents: pick this one's
             if agent_id not in caps:
                 names = ", ".join(sorted(map(str, caps))) or "none"
@@ -69,8 +70,12 @@ def decode_file(path: str | Path, agent_id: str) -> Policy:
             if isinstance(caps, dict) and "storage" in caps:
                 storage, caps = caps["storage"], {k: v for k, v in caps.items() if k != "storage"}
         return pol.decode(caps, storage, base, f"{where}: $.storage")
-    caps = {k: v for k, v in doc.items() if k in ("allowed", "denied", "default")}
+    caps = {k: v for k, v in doc.items() if k in _POLICY_KEYS}
     return pol.decode(caps, storage, f"{where}: $", f"{where}: $.storage")
+
+
+# The keys of one agent's policy (the seed's three, and whom its actions run as).
+_POLICY_KEYS = ("allowed", "denied", "default", *pol.IDENTITY_KEYS)
 
 
 def set_policy(store: EventStore, agent_id: str, policy: Policy | None, source: str = "",
@@ -200,6 +205,20 @@ def refuse(store: EventStore | Transaction, specs: list[Any], wheres: list[str])
         denials = check_spec(policy, spec, where)
         if denials:
             raise UsageError(f"{denials[0].line()} (agent {agent})")
+        why = identity_problem(policy)
+        if why is not None:
+            raise UsageError(f"{where}: {why} (agent {agent})")
+
+
+def identity_problem(policy: Policy) -> str | None:
+    """Why the policy's ``user:``/``group:`` cannot be run as on this machine, or None."""
+    from security import identity
+
+    try:
+        identity.resolve(policy.user, policy.group)
+    except identity.UnknownIdentityError as e:
+        return f"the policy runs its actions as {policy.user!r}, but {e}"
+    return None
 
 
 def describe(store: EventStore, agent_id: str) -> dict[str, Any]:
@@ -249,6 +268,11 @@ def describe(store: EventStore, agent_id: str) -> dict[str, Any]:
 # -- when an attempt is claimed ------------------------------------------------------------------
 
 
+def home_of(tx: Transaction) -> str:
+    """sp's home: the folder of the ledger."""
+    return os.path.dirname(os.path.abspath(tx.store.path))
+
+
 def attempt_sandbox(tx: Transaction, action_id: str, attempt: int, spec: ev.ActionSubmitted,
              ) -> tuple[Any, dict[str, Any], Any, list[dict[str, Any]], tuple[str, str] | None]:
     """The agent's policy for this attempt: (sandbox spec, what the started event records,
@@ -268,11 +292,23 @@ def attempt_sandbox(tx: Transaction, action_id: str, attempt: int, spec: ev.Acti
         record["quotas"] = {k: getattr(policy, k) for k in ("temp_space", "output_space",
                                                             "log_space")
                             if getattr(policy, k) is not None}
-    if not (policy.restricts_fs or policy.restricts_network):
+    if not (policy.restricts_fs or policy.restricts_network or policy.sets_identity):
         return None, record, policy, [], None
-    from security import enforce, sandbox
+    from security import enforce, identity, sandbox
 
-    home = os.path.dirname(os.path.abspath(tx.store.path))
+    try:  # the user database may have changed since the submit
+        run_as = identity.resolve(policy.user, policy.group)
+    except identity.UnknownIdentityError as e:
+        return None, {**record, "refused": True}, policy, [], (
+            f"refused by the policy of agent {spec.agent}: it runs its actions as"
+            f" {policy.user!r}, but {e}", "policy_denied")
+    home = home_of(tx)
+    tmpdir = os.path.join(home, "tmp", action_id)
+    blocked = identity.unreachable(tmpdir, run_as) if run_as is not None else None
+    if blocked is not None and run_as is not None:
+        return None, {**record, "refused": True}, policy, [], (
+            f"refused by the policy of agent {spec.agent}: user {run_as['name']} cannot reach"
+            f" its TMPDIR {tmpdir}: {blocked} is not searchable by it", "sandbox_unavailable")
     shell = spec.shell or any(s.get("shell") for s in spec.steps)
     programs = [s["command"][0] for s in spec.steps if s.get("command")] if spec.steps else (
         spec.command[:1])
@@ -281,9 +317,10 @@ def attempt_sandbox(tx: Transaction, action_id: str, attempt: int, spec: ev.Acti
         os.path.realpath(shutil.which(p) or p) == os.path.realpath(sys.executable)
         for p in programs)
     sb = enforce.sandbox_spec(
-        policy, tmpdir=os.path.join(home, "tmp", action_id), shell=shell,
+        policy, tmpdir=tmpdir, shell=shell,
         env_path=spec.env.get("PATH"), programs=programs, python=python,
-        denials_path=sandbox.denials_file(home, action_id, attempt), home=home)
+        denials_path=sandbox.denials_file(home, action_id, attempt), home=home,
+        run_as=dict(run_as) if run_as is not None else None)
     prepared = enforce.prepare(sb, spec.allow_unsandboxed)
     record.update(enforce.summarised(prepared.enforced, home))
     if prepared.refused is not None:

@@ -135,6 +135,7 @@ class Attempt:
             return
         if self.tmpdir is not None:
             os.makedirs(self.tmpdir, mode=0o700, exist_ok=True)
+            self._hand_over(self.tmpdir)
         if self.denials_path is not None:
             os.makedirs(os.path.dirname(self.denials_path), mode=0o700, exist_ok=True)
             with contextlib.suppress(FileNotFoundError):
@@ -142,6 +143,16 @@ class Attempt:
         if self.claim.prepared is not None:
             self.prepared = self.claim.prepared
         self._next_step()
+
+    def _hand_over(self, tmpdir: str) -> None:
+        """A policy's ``user:``: the action's TMPDIR and broker folder become that user's
+        (:func:`security.identity.hand_over`; the broker was told whose files to expect)."""
+        run_as = getattr(self.claim.sandbox, "user", None)
+        if run_as is None:
+            return
+        from security import identity
+
+        identity.hand_over([tmpdir, os.path.join(tmpdir, ".sp-broker")], run_as)
 
     def abandon(self, kind: str, text: str) -> None:
         """End an attempt that was claimed but never started (its outcome: not run)."""

@@ -10,6 +10,7 @@ the attempt must be refused.
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import sys
 import sysconfig
@@ -18,15 +19,51 @@ from typing import Any
 import msgspec
 
 from . import sandbox
-from .policy import SYSTEM_READ, SYSTEM_WRITE, NetRule, Policy, real, resolve_program
+from .policy import SECRETS, SYSTEM_READ, SYSTEM_WRITE, NetRule, Policy, real, resolve_program
 
 
 def _existing(paths: list[str]) -> list[str]:
+    """The resolved paths that exist, globs (``/etc/python3*``) expanded, each once."""
     out: list[str] = []
-    for p in paths:
-        r = real(p)
-        if os.path.exists(r) and r not in out:
-            out.append(r)
+    for pattern in paths:
+        for p in sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]:
+            r = real(p)
+            if os.path.exists(r) and r not in out:
+                out.append(r)
+    return out
+
+
+def _secrets(policy: Policy, needed: list[str]) -> list[str]:
+    """What of :data:`~security.policy.SECRETS` stays unreadable under ``policy``: all of it,
+    except a secret the policy names itself in ``read`` or ``write``; where it names a path
+    inside a secret folder (``/root/project``), or the attempt ``needed`` one inside (its
+    TMPDIR in a home under ``/root``, sp's interpreter in ``/root/.pyenv``, which an action
+    also runs for ``sp checkpoint``, an allowed program), the rest of that folder stays out of
+    reach."""
+    named = [real(p) for p in [*(policy.read or []), *(policy.write or [])]]
+    out: list[str] = []
+    for secret in _existing(list(SECRETS)):
+        if secret in named:
+            continue
+        inside = [p for p in [*named, *map(real, needed)]
+                  if p.startswith(secret.rstrip("/") + "/")]
+        out.extend(_around(secret, inside) if inside else [secret])
+    return out
+
+
+def _around(folder: str, keep: list[str]) -> list[str]:
+    """The entries of ``folder`` (recursively along the way) that lead to none of ``keep``."""
+    out: list[str] = []
+    try:
+        names = sorted(os.listdir(folder))
+    except OSError:
+        return out
+    for name in names:
+        path = os.path.join(folder, name)
+        if path in keep:
+            continue
+        below = [k for k in keep if k.startswith(path + "/")]
+        out.extend(_around(path, below) if below else [path])
     return out
 
 
@@ -81,7 +118,7 @@ def _ports(rules: list[NetRule]) -> tuple[list[int] | None, bool]:
 def sandbox_spec(policy: Policy, *, tmpdir: str, shell: bool, env_path: str | None,
                  programs: list[str] | None = None, python: bool = False,
                  denials_path: str | None = None, home: str | None = None,
-                 ) -> sandbox.SandboxSpec:
+                 run_as: dict[str, Any] | None = None) -> sandbox.SandboxSpec:
     """The sandbox for one attempt of an action under ``policy``.
 
     ``programs`` are the argv[0]s it will run (allowed executables resolved through PATH),
@@ -90,7 +127,9 @@ def sandbox_spec(policy: Policy, *, tmpdir: str, shell: bool, env_path: str | No
     ``tmpdir`` is out of reach — the ledger, the blob store, the logs, other actions' folders —
     whatever the policy allows elsewhere, so a confined action cannot rewrite its own policy
     or read another action's data (it talks to sp through :mod:`runner.broker`). The
-    filesystem is therefore always restricted for a sandboxed action.
+    filesystem is therefore always restricted for a sandboxed action, and the
+    :data:`~security.policy.SECRETS` stay unreadable under any grant that does not name them.
+    ``run_as`` is the policy's ``user:`` resolved (:func:`security.identity.resolve`).
     """
     fs = policy.restricts_fs or home is not None
     off_limits = _home_entries(home, tmpdir) if home is not None else []
@@ -135,10 +174,13 @@ def sandbox_spec(policy: Policy, *, tmpdir: str, shell: bool, env_path: str | No
     tcp_deny = deny_ports or []
     return sandbox.SandboxSpec(
         read=read, write=write, execute=execute,
-        deny_read=_existing([*policy.deny_read, *off_limits]),
+        deny_read=_existing([*policy.deny_read, *off_limits, *_secrets(
+            policy, [tmpdir, *_python_roots(), *(execute or [])])]),
         deny_write=_existing([*policy.deny_write, *off_limits]),
         deny_execute=deny_execute, fs=fs, tcp_connect=tcp_connect, tcp_deny=tcp_deny,
         network=network, namespaces=True, denials_path=denials_path,
+        user=None if run_as is None else dict(run_as),
+        granted_capabilities=list(policy.linux_capabilities),
         unix_sockets=not policy.blocks_unix_sockets,
         libraries=_existing(_python_libraries())
         if python or real(sys.executable) in (execute or []) else [],
@@ -184,6 +226,8 @@ def reduce(spec: sandbox.SandboxSpec, caps: Any) -> sandbox.SandboxSpec:
 
     if seccomp.supported():
         changes["unix_sockets"] = True
+    if os.geteuid() != 0 or getattr(caps, "user_namespace", False):
+        changes["user"] = None  # only root can switch users: the program runs as sp's own
     return msgspec.structs.replace(spec, **changes)
 
 

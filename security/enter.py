@@ -33,7 +33,7 @@ import signal
 import sys
 from typing import Any, NoReturn
 
-from security import execmounts, landlock, linux, seccomp
+from security import execmounts, identity, landlock, linux, seccomp
 
 SANDBOX_EXIT = 125
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
@@ -173,7 +173,7 @@ def _init(cfg: dict[str, Any], argv: list[str], status_w: int,
         except OSError as e:
             _fail("network namespace (lo up)", _why(e))
     for name in cfg.get("dropped_capabilities") or []:
-        number = linux.DROPPED_CAPABILITIES.get(name)
+        number = linux.CAPABILITIES.get(name)
         if number is None:
             _fail("capability bounding set", f"unknown capability {name}")
         try:
@@ -205,6 +205,10 @@ def _init(cfg: dict[str, Any], argv: list[str], status_w: int,
             signal.signal(sig, handler)
         for sig in (signal.SIGPIPE, signal.SIGXFSZ):  # Python ignores these; programs must not
             signal.signal(sig, signal.SIG_DFL)
+        try:  # last before exec: the user switch and capability drops end what root can do
+            identity.apply(cfg)
+        except OSError as e:
+            _fail(str(e.filename or "identity"), _why(e))
         signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED)
         try:
             os.execvp(argv[0], argv)

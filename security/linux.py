@@ -43,6 +43,19 @@ DROPPED_CAPABILITIES = {
     "CAP_SYSLOG": 34, "CAP_WAKE_ALARM": 35, "CAP_BLOCK_SUSPEND": 36, "CAP_AUDIT_READ": 37,
     "CAP_PERFMON": 38, "CAP_BPF": 39, "CAP_CHECKPOINT_RESTORE": 40,
 }
+# The capabilities that step around the kernel's permission checks (file modes and owners, other
+# users' processes and IPC, rlimits, niceness): dropped from a sandboxed program too, unless its
+# policy grants them (``linux_capabilities:``). Without DAC_OVERRIDE and DAC_READ_SEARCH (which
+# also gates open_by_handle_at), root reads only what file modes let it; without SETUID/SETGID
+# it cannot become the owner of a file it may not read. What stays: NET_BIND_SERVICE and
+# NET_BROADCAST (Landlock's port rules and the network namespace still apply).
+GRANTABLE_CAPABILITIES = {
+    "CAP_CHOWN": 0, "CAP_DAC_OVERRIDE": 1, "CAP_DAC_READ_SEARCH": 2, "CAP_FOWNER": 3,
+    "CAP_FSETID": 4, "CAP_KILL": 5, "CAP_SETGID": 6, "CAP_SETUID": 7, "CAP_SETPCAP": 8,
+    "CAP_IPC_LOCK": 14, "CAP_IPC_OWNER": 15, "CAP_SYS_CHROOT": 18, "CAP_SYS_NICE": 23,
+    "CAP_SYS_RESOURCE": 24, "CAP_LEASE": 28, "CAP_SETFCAP": 31,
+}
+CAPABILITIES = {**DROPPED_CAPABILITIES, **GRANTABLE_CAPABILITIES}
 PR_SET_PDEATHSIG = 1
 
 # Landlock is the same syscall number on every architecture that has it except alpha/mips/...;

@@ -48,9 +48,36 @@ _SCHEME_PORTS = {"http": 80, "https": 443, "ssh": 22, "ftp": 21, "smtp": 25, "im
                  "postgres": 5432, "postgresql": 5432, "mysql": 3306, "redis": 6379}
 # Read (and executed from) by almost every program: the dynamic loader, libraries, locale and
 # resolver files. An allow-listed ``read`` adds these so that a program can start at all.
-SYSTEM_READ = ("/usr", "/lib", "/lib32", "/lib64", "/libx32", "/bin", "/sbin", "/etc",
+# From /etc only what programs read to start and to name users, hosts and certificates (an
+# allow-list, so that a secret added later to /etc is not readable either); a policy lists
+# anything else it needs. Globs are expanded when an attempt is claimed.
+SYSTEM_READ_ETC = (
+    "/etc/passwd", "/etc/group", "/etc/nsswitch.conf", "/etc/hosts", "/etc/host.conf",
+    "/etc/hostname", "/etc/resolv.conf", "/etc/gai.conf", "/etc/services", "/etc/protocols",
+    "/etc/networks", "/etc/rpc", "/etc/ethertypes", "/etc/ld.so.cache", "/etc/ld.so.conf",
+    "/etc/ld.so.conf.d", "/etc/ld.so.preload", "/etc/localtime", "/etc/timezone",
+    "/etc/locale.alias", "/etc/locale.conf", "/etc/default/locale", "/etc/ssl/certs",
+    "/etc/ssl/openssl.cnf", "/etc/ca-certificates", "/etc/ca-certificates.conf",
+    "/etc/pki/tls/certs", "/etc/pki/ca-trust", "/etc/crypto-policies", "/etc/os-release",
+    "/etc/debian_version", "/etc/mime.types", "/etc/magic", "/etc/magic.mime",
+    "/etc/terminfo", "/etc/inputrc", "/etc/shells", "/etc/alternatives", "/etc/fonts",
+    "/etc/mtab", "/etc/python3*", "/etc/perl", "/etc/java*")
+SYSTEM_READ = ("/usr", "/lib", "/lib32", "/lib64", "/libx32", "/bin", "/sbin",
+               *SYSTEM_READ_ETC,
                "/proc", "/sys/devices/system/cpu", "/dev/null", "/dev/zero", "/dev/random",
                "/dev/urandom", "/dev/full", "/dev/tty", "/dev/pts", "/dev/shm")
+# Never readable by a sandboxed action, whatever grant covers them (a ``read`` of ``/`` or of
+# ``/etc``, or an open ``read``), unless its policy names the path itself (or a path inside it)
+# in ``read`` or ``write``: password hashes, sudo rules, private keys, root's and users' key
+# folders. sp's own home is kept out of reach separately (security.enforce). Globs are expanded
+# when an attempt is claimed.
+SECRETS = (
+    "/etc/shadow", "/etc/shadow-", "/etc/gshadow", "/etc/gshadow-", "/etc/sudoers",
+    "/etc/sudoers.d", "/etc/ssh/*_key", "/etc/ssl/private", "/etc/pki/tls/private",
+    "/etc/krb5.keytab", "/etc/security/opasswd", "/etc/credstore", "/etc/credstore.encrypted",
+    "/etc/letsencrypt", "/etc/wireguard", "/etc/NetworkManager/system-connections",
+    "/etc/ipsec.secrets", "/etc/ppp/chap-secrets", "/etc/ppp/pap-secrets", "/root",
+    "/home/*/.ssh", "/home/*/.gnupg", "/var/lib/systemprompt-os")
 SYSTEM_WRITE = ("/dev/null", "/dev/zero", "/dev/full", "/dev/tty", "/dev/pts")
 
 
@@ -79,6 +106,11 @@ class Policy(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     output_space: int | None = None
     log_space: int | None = None
     output_dirs: list[str] = []
+    # whom the action runs as (security.identity; a name or a number, None = sp's own user),
+    # and the capabilities of linux.GRANTABLE_CAPABILITIES a root program keeps
+    user: str | None = None
+    group: str | None = None
+    linux_capabilities: list[str] = []
     # "any" or "none" unix-domain sockets (None: as the network; see blocks_unix_sockets)
     unix_sockets: Literal["any", "none"] | None = None
 
@@ -104,8 +136,13 @@ class Policy(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
         return any(q is not None for q in (self.temp_space, self.output_space, self.log_space))
 
     @property
+    def sets_identity(self) -> bool:
+        return self.user is not None or bool(self.linux_capabilities)
+
+    @property
     def empty(self) -> bool:
-        return not (self.restricts_fs or self.restricts_network or self.has_quotas)
+        return not (self.restricts_fs or self.restricts_network or self.has_quotas
+                    or self.sets_identity)
 
 
 def to_dict(policy: Policy) -> dict[str, Any]:
@@ -211,10 +248,11 @@ def decode(capabilities: Any, storage: Any = None, where: str = "$.capabilities"
     caps = capabilities or {}
     if not isinstance(caps, dict):
         raise UsageError(f"{where}: expected a mapping with allowed and/or denied")
-    unknown = set(caps) - {"allowed", "denied", "default", "unix_sockets"}
+    unknown = set(caps) - {"allowed", "denied", "default", "unix_sockets", *IDENTITY_KEYS}
     if unknown:
         raise UsageError(f"{where}: unknown key {sorted(unknown, key=str)[0]!r}; expected"
-                         " allowed, denied, default or unix_sockets")
+                         " allowed, denied, default, unix_sockets, user, group or"
+                         " linux_capabilities")
     default = caps.get("default", "allow")
     if default not in ("allow", "deny"):
         raise UsageError(f"{where}.default: expected allow or deny, got {default!r}")
@@ -232,7 +270,62 @@ def decode(capabilities: Any, storage: Any = None, where: str = "$.capabilities"
     if caps.get("unix_sockets") is not None:
         fields["unix_sockets"] = _unix_sockets(caps["unix_sockets"], f"{where}.unix_sockets")
     fields.update(_storage(storage, storage_where))
+    fields.update(_run_as(caps, where))
     return Policy(**fields)
+
+
+IDENTITY_KEYS = ("user", "group", "linux_capabilities")
+
+
+def _account(value: Any, where: str) -> str:
+    """A user or group: a name or a non-negative number (kept as text)."""
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise UsageError(f"{where}: expected a name or a number, got {value!r}")
+    text = str(value).strip()
+    if (isinstance(value, int) and value < 0) or not text or any(
+            c.isspace() or c in ":/" or ord(c) < 32 for c in text):
+        raise UsageError(f"{where}: expected a name or a number, got {value!r}")
+    return text
+
+
+def _run_as(caps: dict[str, Any], where: str) -> dict[str, Any]:
+    """``user:``, ``group:`` and ``linux_capabilities:`` (``[dac_override, CAP_CHOWN]``).
+
+    :raises UsageError: a malformed account, a group without a user, or a capability that is
+        unknown or cannot be granted (the sandbox-escaping ones).
+    """
+    from security import linux
+
+    out: dict[str, Any] = {}
+    if caps.get("user") is not None:
+        out["user"] = _account(caps["user"], f"{where}.user")
+    if caps.get("group") is not None:
+        if "user" not in out:
+            raise UsageError(f"{where}.group: a group needs a user: (whom to run as)")
+        out["group"] = _account(caps["group"], f"{where}.group")
+    raw = caps.get("linux_capabilities")
+    if raw is None:
+        return out
+    if not isinstance(raw, list):
+        raise UsageError(f"{where}.linux_capabilities: expected a list like [dac_override]")
+    names: list[str] = []
+    for i, item in enumerate(raw):
+        here = f"{where}.linux_capabilities[{i}]"
+        if not isinstance(item, str) or not item.strip():
+            raise UsageError(f"{here}: expected a capability name like dac_override")
+        name = item.strip().upper()
+        name = name if name.startswith("CAP_") else f"CAP_{name}"
+        if name in linux.DROPPED_CAPABILITIES:
+            raise UsageError(f"{here}: {item!r} cannot be granted: it would let the program"
+                             " step around the sandbox itself")
+        if name not in linux.GRANTABLE_CAPABILITIES:
+            grantable = ", ".join(n[4:].lower() for n in linux.GRANTABLE_CAPABILITIES)
+            raise UsageError(f"{here}: unknown capability {item!r}; grantable: {grantable}")
+        if name not in names:
+            names.append(name)
+    if names:
+        out["linux_capabilities"] = names
+    return out
 
 
 def _unix_sockets(value: Any, where: str) -> str:

@@ -24,9 +24,12 @@ a user namespace when not root). Decisions the spec leaves open:
   not listed as missing;
 - a program running as root loses the capabilities that would let it step around the sandbox
   or the machine (:data:`DROPPED_CAPABILITIES`: loading kernel modules, raw devices and raw
-  sockets, ptrace, mount and the rest of ``CAP_SYS_ADMIN``, audit control, BPF...) from its
-  bounding set before exec; it keeps the ordinary root ones (file ownership, ``DAC_OVERRIDE``
-  — Landlock still applies — setuid/setgid, binding low ports).
+  sockets, ptrace, mount and the rest of ``CAP_SYS_ADMIN``, audit control, BPF...) and those
+  that step around permission checks (``linux.GRANTABLE_CAPABILITIES``: ``DAC_OVERRIDE``,
+  ``DAC_READ_SEARCH``, ``FOWNER``, ``CHOWN``, ``SETUID``/``SETGID``, ``KILL``...; a policy may
+  grant these back) from all five capability sets before exec (:mod:`security.identity`); it
+  keeps only ``NET_BIND_SERVICE`` and ``NET_BROADCAST``. A policy's ``user:`` runs it as that
+  user (sp must run as root for that; otherwise it is listed as missing).
 """
 
 from __future__ import annotations
@@ -70,12 +73,15 @@ class SandboxSpec(msgspec.Struct, frozen=True, kw_only=True):
     namespaces: bool = True
     hostname: str = "sp-sandbox"
     denials_path: str | None = None
+    # The policy's ``user:`` resolved (security.identity.RunAs), and the capabilities it grants
+    # back from linux.GRANTABLE_CAPABILITIES (names like "CAP_DAC_OVERRIDE").
+    user: dict[str, Any] | None = None
+    granted_capabilities: list[str] = []
     # False: no unix-domain socket can be created (security.seccomp); the policy's
     # ``unix_sockets:``. ``libraries``: folders beyond the system's that code is mapped from
     # (sp's own interpreter's packages), kept executable under an execute allow-list.
     unix_sockets: bool = True
     libraries: list[str] = []
-
 
 
 class Capabilities(msgspec.Struct, frozen=True, kw_only=True):
@@ -215,7 +221,9 @@ def plan(spec: SandboxSpec, caps: Capabilities) -> tuple[dict[str, Any], list[st
     # Denial records are evidence, not confinement: without them the program is just as
     # confined, so their absence is stated in ``enforced`` rather than listed as missing.
     if os.geteuid() == 0 and not caps.user_namespace:
-        enforced["dropped_capabilities"] = sorted(DROPPED_CAPABILITIES)
+        enforced.update(_identity(spec))
+    elif spec.user is not None:
+        missing.append(f"running as user {spec.user['name']} needs sp to run as root")
     _exec_and_sockets(spec, namespaces, enforced, missing)
     enforced["denial_log"] = None
     if spec.denials_path and uses_landlock:
@@ -224,6 +232,19 @@ def plan(spec: SandboxSpec, caps: Capabilities) -> tuple[dict[str, Any], list[st
         else:
             enforced["denial_log_reason"] = f"no kernel audit: {caps.audit_reason}"
     return enforced, missing
+
+
+def _identity(spec: SandboxSpec) -> dict[str, Any]:
+    """Who the program runs as and what root capabilities it loses (sp runs as root): the
+    sandbox-escaping ones always, the permission-check ones unless the policy grants them."""
+    granted = sorted(set(spec.granted_capabilities) & set(linux.GRANTABLE_CAPABILITIES))
+    dropped = set(linux.CAPABILITIES) - set(granted)
+    out: dict[str, Any] = {"dropped_capabilities": sorted(dropped)}
+    if granted:
+        out["granted_capabilities"] = granted
+    if spec.user is not None:
+        out["user"] = dict(spec.user)
+    return out
 
 
 def _exec_and_sockets(spec: SandboxSpec, namespaces: list[str], enforced: dict[str, Any],

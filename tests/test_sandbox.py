@@ -454,7 +454,8 @@ def test_unprivileged_user_gets_the_same_sandbox_through_a_user_namespace() -> N
 def _run_as_nobody(tmp: Path, python: str) -> None:
     lib = tmp / "lib" / "security"
     lib.mkdir(parents=True)
-    for mod in ("__init__", "enter", "linux", "landlock", "audit", "execmounts", "seccomp"):
+    for mod in ("__init__", "enter", "linux", "landlock", "audit", "identity", "execmounts",
+                "seccomp"):
         shutil.copy(Path(landlock.__file__).with_name(f"{mod}.py"), lib / f"{mod}.py")
     out = tmp / "out"
     out.mkdir()

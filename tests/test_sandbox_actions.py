@@ -256,7 +256,7 @@ def test_a_root_program_loses_the_capabilities_that_step_around_the_sandbox(
             for line in report.read_text().splitlines()}
     for bit in (16, 21, 13, 30, 39):  # SYS_MODULE, SYS_ADMIN, NET_RAW, AUDIT_CONTROL, BPF
         assert not caps["CapEff"] & (1 << bit) and not caps["CapBnd"] & (1 << bit), bit
-    assert caps["CapEff"] & (1 << 1)  # DAC_OVERRIDE stays: Landlock still decides
+    assert not caps["CapEff"] & (1 << 1)  # DAC_OVERRIDE too (tests/test_sandbox_secrets.py)
     (started,) = _events(store, aid, "action.started")
     assert "CAP_SYS_ADMIN" in started["sandbox"]["dropped_capabilities"]
 
