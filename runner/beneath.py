@@ -145,8 +145,17 @@ def open_file(dirfd: int, name: str, uid: int, what: str) -> int:
     """
     pfd = _open_nofollow(name, os.O_PATH, dirfd)
     try:
-        check_file(os.fstat(pfd), uid, what)
-        return os.open(f"/proc/self/fd/{pfd}", os.O_RDONLY | os.O_CLOEXEC)
+        st = os.fstat(pfd)
+        check_file(st, uid, what)
+        try:
+            return os.open(f"/proc/self/fd/{pfd}", os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:  # no /proc here: open the name, then prove it is the same
+            fd = _open_nofollow(name, os.O_RDONLY | os.O_NONBLOCK, dirfd)
+            now = os.fstat(fd)
+            if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
+                os.close(fd)
+                raise Refused(f"{what} changed while it was opened") from None
+            return fd
     finally:
         os.close(pfd)
 
