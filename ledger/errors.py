@@ -126,8 +126,10 @@ class DiskFullError(SpError):
 
 
 # SQLite's primary result codes (the low byte of an extended code).
-_SQLITE_CORRUPT, _SQLITE_FULL, _SQLITE_NOTADB = 11, 13, 26
+_SQLITE_IOERR, _SQLITE_CORRUPT, _SQLITE_FULL, _SQLITE_NOTADB = 10, 11, 13, 26
 _NO_SPACE_ERRNOS = (28, 122)  # ENOSPC, EDQUOT on Linux
+# Below this much free space, an I/O error of SQLite's is taken for a full disk.
+LOW_SPACE_BYTES = 1 << 20
 
 
 def translate(exc: BaseException, path: str) -> SpError | None:
@@ -148,7 +150,9 @@ def translate(exc: BaseException, path: str) -> SpError | None:
         return None
     code = getattr(exc, "sqlite_errorcode", None)
     primary = code & 0xFF if isinstance(code, int) else None
-    if primary == _SQLITE_FULL:
+    if primary == _SQLITE_FULL or (primary == _SQLITE_IOERR and _no_space_at(path)):
+        # SQLite says SQLITE_FULL for a database write, but "disk I/O error" when the space
+        # runs out under its shared-memory file or a journal: free space tells them apart.
         return DiskFullError(path)
     if primary in (_SQLITE_CORRUPT, _SQLITE_NOTADB):
         return LedgerDamagedError(path, str(exc))
@@ -167,3 +171,13 @@ class LedgerTamperedError(LedgerError):
         super().__init__(f"ledger {path} fails sp verify {where}: {reason}; nothing was changed "
                          "(sp replay --force rebuilds from it anyway)")
         self.seq, self.reason = seq, reason
+
+
+def _no_space_at(path: str) -> bool:
+    import os
+
+    try:
+        st = os.statvfs(os.path.dirname(os.path.abspath(path)))
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < LOW_SPACE_BYTES

@@ -35,7 +35,7 @@ import msgspec
 from commands import execution
 from commands.execution import Claim, Outcome
 from commands.home import Home
-from ledger.errors import SpError
+from ledger.errors import DiskFullError, SpError, translate
 from ledger.store import EventStore
 from machines.states import ActionState
 
@@ -152,6 +152,12 @@ class Worker:
                                         else f"sp tick reached --max-seconds {max_seconds:g}")
                 full = len(self.running) >= self.concurrency or self.stopping
                 self._sleep(None if full else waker, now)
+        except (DiskFullError, OSError) as e:
+            no_space = translate(e, self.store.path)  # ENOSPC/EDQUOT in a log or blob too
+            if not isinstance(no_space, DiskFullError):
+                raise
+            self._stop_on_disk_full(str(no_space))
+            raise no_space from None
         finally:
             for s, handler in handlers.items():
                 signal.signal(s, handler)
@@ -306,6 +312,16 @@ class Worker:
                 self.ahead.remove(attempt)
                 attempt.abandon("cancelled", "cancelled before it ran")
                 self._ended(attempt, time.monotonic())
+
+    def _stop_on_disk_full(self, reason: str) -> None:
+        """No space left: claim nothing more, stop what runs (its output has nowhere to go),
+        and record what still fits. Whatever does not fit stays a started attempt without a
+        completion, which the next recovery sweep puts back in the queue."""
+        self.stopping = True
+        with contextlib.suppress(DiskFullError):
+            self._interrupt_all(reason)
+        for attempt in self.running.values():  # the record failed: at least stop them
+            attempt.stop("interrupted", reason, kill_now=True)
 
     def _interrupt_all(self, reason: str) -> None:
         """The grace period is over: stop what still runs and record it as interrupted."""
