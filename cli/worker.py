@@ -16,7 +16,9 @@ def _summary(summary: object) -> str:
     s = summary
     return (f"ran {s.ran}: {s.completed} completed, {s.failed} failed, "  # type: ignore[attr-defined]
             f"{s.retrying} retrying, {s.cancelled} cancelled, "  # type: ignore[attr-defined]
-            f"{s.interrupted} interrupted")  # type: ignore[attr-defined]
+            f"{s.interrupted} interrupted"  # type: ignore[attr-defined]
+            + (f"; recovered {s.recovered} left by dead workers"  # type: ignore[attr-defined]
+               if getattr(s, "recovered", 0) else ""))
 
 
 @click.command()

@@ -3,23 +3,48 @@
 Each gets a recorded event, never a silent fix-up: ``action.interrupted`` (back to the queue,
 to resume from its last checkpoint) when attempts remain, ``action.failed`` otherwise, or
 ``action.cancelled`` if a cancel had been requested. A second run finds nothing to do.
+
+This is the seed's supervisor. ``sp replay`` runs it, and so does every process that runs work
+(``sp tick``, ``sp worker``, ``sp daemon``, ``sp action execute``: see :mod:`runner.sweeper`),
+first and then every half lease period. Two sweeps never race: each holds the home's recovery
+lock (a ``flock`` on ``<home>/run/recovery.lock``); a sweep that finds it taken does nothing.
+The evidence (is the owner alive, did the attempt run: /proc, the log) is gathered before the
+write transaction; inside it the decision is taken again on what is still true (the same
+attempt, the same lease), and processes are stopped only after the commit.
+
+Which attempts count. An attempt counts when there is evidence that it ran: a child noted in
+its lease, a live process whose environment names it, output of its own in its log, or a
+checkpoint or progress it recorded. One with none of that (claimed, perhaps ahead, by a worker
+that died before spawning it) is queued again even when it was the last. But an action is never
+given more than ``max_attempts + 1`` attempts whatever the evidence (``attempts`` is counted from
+the ``started`` events, so replay agrees): a poison action that kills its worker before anything
+is noted ends ``failed``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import mmap
 import os
-from typing import Any
+from collections.abc import Iterator
+from typing import Any, NamedTuple
 
 import msgspec
 
 from ledger import events as ev
-from ledger.store import EventStore
+from ledger.store import EventStore, Transaction
 from machines import action as machine
 from machines.action import ActionState
 from runner import proc
 
 from .actions import cascade, state_of
+from .home import Home
+
+LOCK_FILE = "recovery.lock"  # in <home>/run/
+LOG_LOOK_BYTES = 1 << 16  # how much of an attempt's log is read for output of its own
+_SP_NOTE = b"--- sp: "  # lines the worker itself writes into a log
+_RAN_TYPES = tuple(ev.tag_of(t) for t in (ev.ActionCheckpointed, ev.ActionProgressed))
 
 
 class Recovered(msgspec.Struct, frozen=True):
@@ -28,19 +53,49 @@ class Recovered(msgspec.Struct, frozen=True):
     reason: str
 
 
+class _Lease(NamedTuple):
+    owner: str
+    pid: int
+    pid_start: int
+    host: str
+    expires_ms: int
+    child_pid: int | None
+    child_start: int | None
+
+
+class _Suspect(NamedTuple):
+    """An executing action whose owner looked gone, with the evidence gathered outside the
+    write transaction."""
+
+    action_id: str
+    attempt: int
+    lease: _Lease | None
+    reason: str
+    strays: list[tuple[int, int]]  # live processes whose environment names the attempt
+    log_output: bool  # the attempt wrote output of its own to its log
+
+
+def _lease(store: EventStore | Transaction, action_id: str) -> _Lease | None:
+    row = store.query_one(
+        "SELECT owner, pid, pid_start, host, expires_ms, child_pid, child_start FROM leases"
+        " WHERE name = ?", (action_id,),
+    )
+    return None if row is None else _Lease(*row)
+
+
 def owner_gone(store: EventStore, action_id: str, now_ms: int) -> str | None:
     """Why the owner of a running action is gone, or None if it is alive."""
-    lease = store.query_one(
-        "SELECT owner, pid, pid_start, host, expires_ms FROM leases WHERE name = ?",
-        (action_id,),
-    )
+    return _gone_because(_lease(store, action_id), store.host, now_ms)
+
+
+def _gone_because(lease: _Lease | None, host: str, now_ms: int) -> str | None:
     if lease is None:
         return "no lease: its owner never heartbeated or is gone"
-    owner, pid, pid_start, host, expires = lease
-    if host == store.host and not proc.alive(int(pid), int(pid_start)):
-        return f"owner {owner} (pid {pid}) is no longer running"
-    if expires < now_ms:
-        return f"heartbeat_missing: lease of {owner} expired {(now_ms - expires) // 1000}s ago"
+    if lease.host == host and not proc.alive(int(lease.pid), int(lease.pid_start)):
+        return f"owner {lease.owner} (pid {lease.pid}) is no longer running"
+    if lease.expires_ms < now_ms:
+        return (f"heartbeat_missing: lease of {lease.owner} expired "
+                f"{(now_ms - lease.expires_ms) // 1000}s ago")
     return None
 
 
@@ -62,95 +117,209 @@ def _denials_left(store: EventStore, action_id: str, attempt: int,
     return [security_denied(by, attempt, "run", found)], path
 
 
-def recover(store: EventStore, by: str = "replay") -> list[Recovered]:
-    """Record an event for every executing action whose owner is gone."""
-    now = store.clock.now_ms()
-    done: list[Recovered] = []
-    orphans: list[tuple[int, int]] = []
-    groups: list[dict[str, Any]] = []
-    leftovers: list[str] = []
-    stray_sets: list[list[tuple[int, int]]] = []
-    running = store.query("SELECT action_id FROM actions WHERE state = 'executing' "
-                          "ORDER BY submitted_seq")
-    for (action_id,) in running:
-        reason = owner_gone(store, action_id, now)
+@contextlib.contextmanager
+def sweep_lock(root: str, wait: bool = True) -> Iterator[bool]:
+    """Hold the home's recovery lock for a sweep; yields False at once, holding nothing, when
+    ``wait`` is False and another sweep holds it. The kernel drops a ``flock`` when its holder
+    dies, so a killed sweep leaves no stale lock behind.
+
+    :raises OSError: ``<home>/run`` cannot be created or the lock file opened.
+    """
+    run = os.path.join(root, "run")
+    os.makedirs(run, mode=0o700, exist_ok=True)
+    fd = os.open(os.path.join(run, LOCK_FILE), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def log_shows_output(path: str, action_id: str, attempt: int) -> bool:
+    """Whether this attempt wrote anything of its own to its log. The worker writes a header
+    (``--- sp: attempt N of ID``) when it takes an attempt, before spawning, and its own notes
+    start with ``--- sp: ``: any other byte after this attempt's header came from the action."""
+    header = f"--- sp: attempt {attempt} of {action_id}\n".encode()
+    try:
+        with open(path, "rb") as f:
+            if os.fstat(f.fileno()).st_size == 0:
+                return False
+            # mmap: rfind scans from the end in C, without reading a large log into memory.
+            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+                at = m.rfind(header)
+                if at < 0:
+                    return False
+                start = at + len(header)
+                rest = m[start:start + LOG_LOOK_BYTES]
+    except (OSError, ValueError):  # gone, unreadable, or emptied meanwhile
+        return False
+    return any(line.strip() and not line.startswith(_SP_NOTE) for line in rest.split(b"\n"))
+
+
+def _suspects(store: EventStore, now: int, skip_own: bool) -> list[_Suspect]:
+    """Executing actions whose owner looks gone, with the evidence of each attempt (a /proc
+    scan and a look at its log: side work kept out of the write transaction)."""
+    me = (os.getpid(), proc.start_time(os.getpid())) if skip_own else None
+    root = os.path.dirname(os.path.abspath(store.path))
+    home = Home(root)
+    found: list[_Suspect] = []
+    rows = store.query("SELECT action_id, attempts FROM actions WHERE state = 'executing'"
+                       " ORDER BY submitted_seq")
+    for action_id, attempts in rows:
+        lease = _lease(store, action_id)
+        if me is not None and lease is not None and (lease.pid, lease.pid_start) == me:
+            continue  # held by this very process: alive, and it ends its attempts itself
+        reason = _gone_because(lease, store.host, now)
         if reason is None:
             continue
-        with store.transaction() as tx:
-            # Decide again under the write lock: the owner may have finished meanwhile.
-            state, version = state_of(tx, action_id)
-            if state is not ActionState.EXECUTING:
-                continue
-            row = tx.query_one(
-                "SELECT attempts, max_attempts, cancel_requested, owner, started_ms"
-                " FROM actions WHERE action_id = ?", (action_id,),
-            )
-            assert row is not None
-            attempts, max_attempts, cancel_req, owner, started = row
-            duration = max(0, now - int(started or now))
-            event: ev.Event
-            child = tx.query_one("SELECT child_pid, child_start FROM leases WHERE name = ?",
-                                 (action_id,))
-            # Spawned? The lease notes the child (within 20 ms of its spawn); a live process
-            # whose environment names this attempt is evidence too (and is stopped below).
-            # Neither: the attempt was claimed (perhaps ahead, by a worker that keeps a pool)
-            # but maybe never spawned, and must not use up the last attempt: queued again,
-            # which the at-least-once guarantee allows either way.
-            strays = proc.of_attempt(action_id, int(attempts))
-            stray_sets.append(strays)
-            unspawned = not (child and child[0]) and not strays
-            if unspawned and attempts >= max_attempts:
-                reason = f"{reason}; no process of it was recorded, it may never have run"
-            if cancel_req:
-                event = ev.ActionCancelled(by=by, reason=f"cancelled; {reason}")
-                outcome = "cancelled"
-            elif attempts < max_attempts or unspawned:
-                spec = tx.read_stream(action_id)[0].event
-                then = spec.on_interrupt if isinstance(spec, ev.ActionSubmitted) else "resume"
-                event = ev.ActionInterrupted(by=by, reason=reason, owner=owner or "",
-                                             duration_ms=duration, then=then)
-                outcome = "interrupted" if then != "hold" else "held"
-            else:
-                kind = "heartbeat_missing" if reason.startswith("heartbeat") else "interrupted"
-                event = ev.ActionFailed(by=by, error_kind=kind,
-                                        error=f"{reason}; no attempts left", duration_ms=duration)
-                outcome = "failed"
-            new = machine.check_event(action_id, state, event)
-            denied, denials_file = _denials_left(store, action_id, int(attempts), by)
-            tx.append(action_id, [*denied, event], version)
-            if denials_file is not None:
-                leftovers.append(denials_file)
-            if child and child[0]:
-                orphans.append((int(child[0]), int(child[1] or 0)))
-            started = [r.event for r in tx.read_stream(action_id)
-                       if isinstance(r.event, ev.ActionStarted)]
-            if started and started[-1].limits.get("cgroups"):
-                groups.append(started[-1].limits)
-            tx.execute("DELETE FROM leases WHERE name = ?", (action_id,))
-            if new in (ActionState.FAILED, ActionState.CANCELLED):
-                cascade(tx, action_id, f"dependency {action_id} {new.value}", by)
-                from plans import reactor  # a plan (or its rollback) decides its next event
+        strays = proc.of_attempt(action_id, int(attempts))
+        output = log_shows_output(str(home.log_path(action_id)), action_id, int(attempts))
+        found.append(_Suspect(action_id, int(attempts), lease, reason, strays, output))
+    return found
 
-                reactor.on_action_finished(tx, action_id, new)
-        done.append(Recovered(action_id, outcome, reason))
-    # After the commit: stop process groups whose owner died, so a resumed attempt does not
-    # run beside its orphaned predecessor.
-    for pid, started_at in orphans:
+
+def _progressed(tx: Transaction, action_id: str) -> bool:
+    """Whether the current attempt recorded a checkpoint or progress (it ran)."""
+    marks = ", ".join("?" for _ in _RAN_TYPES)
+    row = tx.query_one(
+        f"SELECT count(*) FROM events WHERE stream = ? AND type IN ({marks}) AND version >"
+        " (SELECT max(version) FROM events WHERE stream = ? AND type = ?)",
+        (action_id, *_RAN_TYPES, action_id, ev.tag_of(ev.ActionStarted)),
+    )
+    return bool(row and row[0])
+
+
+def _unchanged(before: _Lease | None, now: _Lease | None) -> bool:
+    """The lease is the one the evidence was gathered for (not renewed, not taken over)."""
+    if before is None or now is None:
+        return before is None and now is None
+    return before[:5] == now[:5]
+
+
+class _Effects:
+    """What to do once the sweep's transactions have committed."""
+
+    def __init__(self) -> None:
+        self.groups: list[tuple[int, int]] = []  # process groups noted in leases
+        self.strays: list[tuple[int, int]] = []
+        self.files: list[str] = []  # denials files, recorded
+        self.cgroups: list[dict[str, Any]] = []
+
+
+def recover(store: EventStore, by: str = "replay", *, wait: bool = True,
+            skip_own: bool = False) -> list[Recovered]:
+    """Record an event for every executing action whose owner is gone.
+
+    ``wait``: wait for a sweep another process runs, else (``False``) return ``[]`` at once:
+    it does the work. ``skip_own``: leave the attempts this process holds alone (a worker's
+    own sweep).
+
+    :raises OSError: the home's recovery lock cannot be taken.
+    """
+    root = os.path.dirname(os.path.abspath(store.path))
+    with sweep_lock(root, wait) as held:
+        if not held:
+            return []
+        now = store.clock.now_ms()
+        done: list[Recovered] = []
+        effects = _Effects()
+        for suspect in _suspects(store, now, skip_own):
+            outcome = _recover_one(store, suspect, by, now, effects)
+            if outcome is not None:
+                done.append(outcome)
+        _after_commit(effects)
+        return done
+
+
+def _recover_one(store: EventStore, s: _Suspect, by: str, now: int,
+                 effects: _Effects) -> Recovered | None:
+    """Decide and record one suspect in a transaction of its own; None when it turns out
+    alive or changed meanwhile (it finished, a live owner renewed its lease)."""
+    action_id = s.action_id
+    with store.transaction() as tx:
+        state, version = state_of(tx, action_id)
+        row = tx.query_one(
+            "SELECT attempts, max_attempts, cancel_requested, owner, started_ms"
+            " FROM actions WHERE action_id = ?", (action_id,),
+        )
+        lease = _lease(tx, action_id)
+        if state is not ActionState.EXECUTING or row is None or int(row[0]) != s.attempt \
+                or not _unchanged(s.lease, lease):
+            return None
+        attempts, max_attempts, cancel_req, owner, started = row
+        duration = max(0, now - int(started or now))
+        noted = lease is not None and bool(lease.child_pid)
+        ran = noted or bool(s.strays) or s.log_output or _progressed(tx, action_id)
+        reason = s.reason
+        event: ev.Event
+        if cancel_req:
+            event = ev.ActionCancelled(by=by, reason=f"cancelled; {reason}")
+            outcome = "cancelled"
+        elif attempts < max_attempts or (not ran and attempts == max_attempts):
+            if attempts >= max_attempts:
+                reason = (f"{reason}; no process, output or checkpoint of it was recorded, it"
+                          " may never have run: queued once more")
+            spec = tx.read_stream(action_id)[0].event
+            then = spec.on_interrupt if isinstance(spec, ev.ActionSubmitted) else "resume"
+            event = ev.ActionInterrupted(by=by, reason=reason, owner=owner or "",
+                                         duration_ms=duration, then=then)
+            outcome = "interrupted" if then != "hold" else "held"
+        else:
+            kind = "heartbeat_missing" if reason.startswith("heartbeat") else "interrupted"
+            left = ("no attempts left" if ran else
+                    f"no attempts left (attempt {attempts} of {max_attempts}: one unproven"
+                    " attempt is given back, not more)")
+            event = ev.ActionFailed(by=by, error_kind=kind, error=f"{reason}; {left}",
+                                    duration_ms=duration)
+            outcome = "failed"
+        new = machine.check_event(action_id, state, event)
+        denied, denials_file = _denials_left(store, action_id, int(attempts), by)
+        tx.append(action_id, [*denied, event], version)
+        _note_effects(tx, action_id, lease, s, denials_file, effects)
+        tx.execute("DELETE FROM leases WHERE name = ?", (action_id,))
+        if new in (ActionState.FAILED, ActionState.CANCELLED):
+            cascade(tx, action_id, f"dependency {action_id} {new.value}", by)
+            from plans import reactor  # a plan (or its rollback) decides its next event
+
+            reactor.on_action_finished(tx, action_id, new)
+    return Recovered(action_id, outcome, reason)
+
+
+def _note_effects(tx: Transaction, action_id: str, lease: _Lease | None, s: _Suspect,
+                  denials_file: str | None, effects: _Effects) -> None:
+    """Remember what to stop and remove once this decision has committed."""
+    if denials_file is not None:
+        effects.files.append(denials_file)
+    if lease is not None and lease.child_pid:
+        effects.groups.append((int(lease.child_pid), int(lease.child_start or 0)))
+    effects.strays.extend(s.strays)
+    started = [r.event for r in tx.read_stream(action_id)
+               if isinstance(r.event, ev.ActionStarted)]
+    if started and started[-1].limits.get("cgroups"):
+        effects.cgroups.append(started[-1].limits)
+
+
+def _after_commit(effects: _Effects) -> None:
+    """Stop process groups whose owner died, so a resumed attempt does not run beside its
+    orphaned predecessor; remove what was recorded."""
+    for pid, started_at in effects.groups:
         proc.kill_group(pid, started_at)
-    for strays in stray_sets:
-        proc.kill_attempt(strays)
-    for path in leftovers:  # recorded above: the evidence is in the ledger now
+    proc.kill_attempt(effects.strays)
+    for path in effects.files:  # recorded: the evidence is in the ledger now
         with contextlib.suppress(OSError):
             os.unlink(path)
-    if groups:
+    if effects.cgroups:
         # Processes that left the process group are still in the attempt's cgroups.
         import signal
 
         from runner import limits
 
-        for enforced in groups:
+        for enforced in effects.cgroups:
             prepared = limits.from_enforced(enforced)
             if prepared is not None:
                 limits.kill_all(prepared, signal.SIGKILL)
                 limits.cleanup(prepared)
-    return done

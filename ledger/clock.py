@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Protocol
+
+# A file holding milliseconds to add to the system clock, re-read at every call: tests move the
+# time of real sp processes (a lease expires, a recovery sweep falls due) without sleeping.
+OFFSET_FILE_ENV = "SP_CLOCK_OFFSET_FILE"
 
 
 class Clock(Protocol):
@@ -44,3 +49,32 @@ class ManualClock:
     def jump(self, ms: int) -> None:
         """Move the wall clock only, as a suspend (the monotonic clock stops) or a clock step."""
         self._now += ms
+
+
+class OffsetClock(SystemClock):
+    """The system clock plus an offset in milliseconds read from a file at every call (both
+    clocks move by it, as after ``ManualClock.advance``). A missing, empty or unreadable file
+    is an offset of 0. Chosen by :func:`default_clock` when ``SP_CLOCK_OFFSET_FILE`` is set."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def offset_ms(self) -> int:
+        try:
+            with open(self.path, encoding="ascii") as f:
+                return int(f.read().strip() or 0)
+        except (OSError, ValueError):
+            return 0
+
+    def now_ms(self) -> int:
+        return super().now_ms() + self.offset_ms()
+
+    def monotonic_ms(self) -> int:
+        return super().monotonic_ms() + self.offset_ms()
+
+
+def default_clock() -> Clock:
+    """The clock of a store opened without one: the system's, or an :class:`OffsetClock`
+    when ``SP_CLOCK_OFFSET_FILE`` names a file (tests of real processes)."""
+    path = os.environ.get(OFFSET_FILE_ENV)
+    return OffsetClock(path) if path else SystemClock()

@@ -14,14 +14,18 @@ from ledger.store import EventStore
 from machines.states import ActionState
 
 from .attempt import Attempt
+from .sweeper import Sweeper
 from .worker import CANCEL_CHECK_S, HEARTBEAT_S, POLL_S
 
 
 def run_claimed(store: EventStore, home: Home, claim: Claim,
                 poll_s: float = POLL_S) -> ActionState:
     """Run ``claim`` and any retries of it until the action reaches a final state (or is
-    interrupted by SIGINT/SIGTERM, which is recorded and returns ``INTERRUPTED``)."""
+    interrupted by SIGINT/SIGTERM, which is recorded and returns ``INTERRUPTED``). Like every
+    process that runs work, it sweeps for actions dead workers left, first and then every half
+    lease period (:mod:`runner.sweeper`; its own attempt is never touched)."""
     stop: list[int] = []
+    sweeper = Sweeper(store, f"{claim.owner} (recovery sweep)")
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         stop.append(signum)
@@ -31,7 +35,7 @@ def run_claimed(store: EventStore, home: Home, claim: Claim,
         current: Claim | None = claim
         while True:
             assert current is not None
-            state = _one_attempt(store, home, current, stop, poll_s)
+            state = _one_attempt(store, home, current, stop, poll_s, sweeper)
             if state is not ActionState.RETRYING or stop:
                 return state if state is not None else ActionState.INTERRUPTED
             retry_at = execution.next_retry_ms(store) or store.clock.now_ms()
@@ -46,7 +50,8 @@ def run_claimed(store: EventStore, home: Home, claim: Claim,
 
 
 def _one_attempt(store: EventStore, home: Home, claim: Claim, stop: list[int],
-                 poll_s: float) -> ActionState | None:
+                 poll_s: float, sweeper: Sweeper) -> ActionState | None:
+    sweeper.sweep_if_due()
     attempt = Attempt(store, home, claim, claim.owner)
     attempt.start()
     next_cancel = time.monotonic() + CANCEL_CHECK_S
@@ -62,6 +67,7 @@ def _one_attempt(store: EventStore, home: Home, claim: Claim, stop: list[int],
         if now >= next_beat:
             next_beat = now + HEARTBEAT_S
             execution.heartbeat(store, [claim.action_id], claim.owner)
+        sweeper.sweep_if_due()
         time.sleep(poll_s)
     outcome = attempt.outcome
     assert outcome is not None

@@ -40,6 +40,7 @@ from ledger.store import EventStore
 from machines.states import ActionState
 
 from .attempt import Attempt
+from .sweeper import Sweeper
 from .wake import Waker
 
 POLL_S = 0.02  # timeouts, output patterns and free slots are checked at least this often
@@ -73,6 +74,7 @@ class WorkerSummary(msgspec.Struct):
     interrupted: int = 0
     skipped: int = 0
     peak_running: int = 0
+    recovered: int = 0  # actions of dead owners this worker's sweeps recovered
 
 
 class Worker:
@@ -115,7 +117,9 @@ class Worker:
             idle_poll_s: float = 1.0, wait_retries: bool = True) -> WorkerSummary:
         """Run until stopped; ``until_idle``: until nothing is running, ready or (with
         ``wait_retries``) waiting out a retry backoff; ``max_seconds``: stop claiming then and
-        interrupt what still runs (``sp tick``)."""
+        interrupt what still runs (``sp tick``). A recovery sweep runs first and then every
+        half lease period (:mod:`runner.sweeper`), so what a dead worker left is run again."""
+        sweeper = Sweeper(self.store, f"{self.owner} (recovery sweep)")
         waker = Waker(self.home.root)
         handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
         end = self._end = None if max_seconds is None else time.monotonic() + max_seconds
@@ -126,6 +130,8 @@ class Worker:
                 now = time.monotonic()
                 if end is not None and now >= end:
                     self.request_stop(grace_s=0.0)
+                if not self.stopping:
+                    self.summary.recovered += len(sweeper.sweep_if_due())
                 self._turn(now)
                 if not (self.running or self.ahead or self.ended):
                     if self.stopping:

@@ -10,8 +10,9 @@ its own, and a worker in the main thread.
 * SIGHUP reloads the applied trigger file (``sp trigger apply`` first): the new sources are
   built, the old ones stopped, the new ones started; a file that cannot be built (a secret
   variable unset) is refused and the old sources go on.
-* The daemon records nothing of its own — no start, no heartbeat: only what the sources fire
-  and what the worker runs.
+* The daemon records nothing of its own — no start, no heartbeat: only what the sources fire,
+  what the worker runs, and what its recovery sweeps find (first, then every half lease
+  period: actions a dead worker left ``executing``; see :mod:`runner.sweeper`).
 """
 
 from __future__ import annotations
@@ -173,10 +174,9 @@ class Daemon:
         manager.start()
         try:
             if self.concurrency > 0:
-                self._run_worker()
+                self._run_worker()  # its worker sweeps for what dead workers left
             else:
-                while not self.stop.wait(0.5):
-                    pass
+                self._sweep_only()
         finally:
             self.request_stop()
             manager.join(JOIN_S)
@@ -230,6 +230,22 @@ class Daemon:
                      f"{summary.failed} failed, {summary.interrupted} interrupted")
         finally:
             self._worker = None
+            store.close()
+
+    def _sweep_only(self) -> None:
+        """Without a worker (``-c 0``), still the supervisor: recover, every half lease
+        period, the actions dead workers left executing (``sp worker`` or a tick run them)."""
+        from runner.sweeper import Sweeper
+
+        store = self.home.open(clock=self.clock)
+        try:
+            sweeper = Sweeper(store, "daemon (recovery sweep)")
+            while True:
+                for r in sweeper.sweep_if_due():
+                    self.log(f"recovered {r.action_id}: {r.outcome} ({r.reason})")
+                if self.stop.wait(0.5):
+                    return
+        finally:
             store.close()
 
     def _supervise(self, source: Source, gen: _Generation) -> None:
