@@ -19,9 +19,9 @@ import sqlite3
 import msgspec
 from _common import big_home, fmt_rate, median, timed, verdict
 
+from commands.replay import refuse_damaged
 from ledger.events import AnyEvent
 from ledger.store import EventStore
-from commands.replay import refuse_damaged
 from projections import engine
 
 TARGET = 0.3
