@@ -94,9 +94,8 @@ def test_a_worker_that_fills_the_disk_stops_and_its_work_is_recovered(full_sp: S
 
     filler.unlink()  # the operator frees space
     assert full_sp("verify").stdout.startswith("ok: ")
-    # Until the automatic recovery sweep runs inside every worker (issue 11, item 14),
-    # sp replay is what puts the attempt the full disk cut short back in the queue.
-    full_sp("replay")
+    # No sp replay: the next worker's recovery sweep puts back the attempt the full disk cut
+    # short (its worker is gone), then runs it.
     full_sp("worker", "--until-idle")
     states = {a["action_id"]: a["state"] for a in json.loads(
         full_sp("status", "--format", "json").stdout)["actions"]}
