@@ -17,8 +17,10 @@ from ledger.clock import ManualClock
 from ledger.store import EventStore
 from ledger.verify import verify
 from projections import queries
+from runner.wake import fifo_path
 from runner.worker import Worker
 from tests.conftest import Sp
+from tests.waiting import asleep_in, holds_open, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -204,7 +206,10 @@ def test_two_workers_racing_never_run_one_action_twice(sp: Sp, tmp_path: Path) -
 def test_a_submit_wakes_an_idle_worker_at_once(sp: Sp) -> None:
     worker = sp.popen("worker")
     try:
-        time.sleep(1.5)  # let it go idle, past its first poll
+        # Idle: past its first turn, asleep on the wake-up pipe (submitted earlier, the action
+        # would be claimed by that first turn and the pipe would prove nothing).
+        wait_until(lambda: holds_open(worker.pid, fifo_path(sp.home.root))
+                   and asleep_in(worker.pid, "poll"), what="the worker to wait idle")
         a = sp.proc("submit", "--", "true").stdout.strip()
         p = sp.proc("wait", a, "--timeout", "10s")
         assert p.returncode == 0, p.stderr
@@ -221,7 +226,8 @@ def test_pause_and_resume_by_agent(store: EventStore, home: Home) -> None:
     from commands import control
 
     a, b = actions.submit(store, [actions.SubmitSpec(command=["true"], agent="x"),
-                                  actions.SubmitSpec(command=["true"], agent="y")])
+                                  actions.SubmitSpec(command=["true"], agent="y")],
+                          agent_create=True)
     assert control.pause(store, "x") is True and control.pause(store, "x") is False
     Worker(store, home).run(until_idle=True)
     assert _state(store, a)["state"] == "queued" and _state(store, b)["state"] == "completed"
@@ -302,10 +308,8 @@ def test_sigterm_grace_lets_short_actions_finish(sp: Sp, tmp_path: Path) -> None
     marker = tmp_path / "done"
     a = sp.proc("submit", "--shell", "--", f"sleep 0.5; touch {marker}").stdout.strip()
     worker = sp.popen("worker", "--grace", "10s")
-    deadline = time.monotonic() + 20
-    while json.loads(sp.proc("status", a, "--format", "json").stdout)["state"] != "executing":
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    wait_until(lambda: json.loads(sp.proc("status", a, "--format", "json").stdout)["state"]
+               == "executing", what=f"{a} to execute")
     worker.send_signal(signal.SIGTERM)
     assert worker.wait(30) == 0
     assert marker.exists()

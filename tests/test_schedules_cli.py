@@ -18,6 +18,7 @@ from commands.schedule_export import script_path
 from ledger import events as ev
 from ledger.clock import ManualClock
 from tests.conftest import Sp
+from tests.waiting import asleep_in, holds_open, wait_until
 
 AGENT = """\
 id: research-001
@@ -308,12 +309,18 @@ def test_sp_tick_fires_then_runs_the_work(sp: Sp, tmp_path: Path) -> None:
 def test_two_overlapping_tick_processes_fire_each_slot_once(sp: Sp, tmp_path: Path) -> None:
     _define_in_the_past(sp, tmp_path, 150)  # two or three slots are due
     # Hold the write lock while both start, so that both are queued on it, deciding the same
-    # slots, when it is released (the sleep only lets them get there; no test time passes).
+    # slots, when it is released: each has the ledger open and sleeps in SQLite's busy handler.
     blocker = sp.home.open()
     try:
         with blocker.transaction():
             procs = [sp.popen("tick", "--max-seconds", "10") for _ in range(2)]
-            time.sleep(1.5)
+
+            def waiting(p: subprocess.Popen[str]) -> bool:
+                return p.poll() is not None or (  # an early exit is reported just below
+                    holds_open(p.pid, sp.home.ledger_path) and asleep_in(p.pid, "nanosleep"))
+
+            wait_until(lambda: all(waiting(p) for p in procs),
+                       what="both ticks to wait for the write lock")
             assert all(p.poll() is None for p in procs)
     finally:
         blocker.close()

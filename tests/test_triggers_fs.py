@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import time
+import os
 from pathlib import Path
 
 import pytest
@@ -93,6 +93,23 @@ def test_zero_window_fires_every_event_and_flush_empties() -> None:
 # -- real inotify ------------------------------------------------------------------------------
 
 
+def inotify_watches(path: Path) -> int:
+    """How many inotify watches of this process the kernel holds on ``path`` (its inode and
+    device, as ``/proc/self/fdinfo`` lists them)."""
+    st = path.stat()
+    dev = (os.major(st.st_dev) << 20) | os.minor(st.st_dev)  # the kernel's own encoding
+    want = f"ino:{st.st_ino:x} sdev:{dev:x} "
+    n = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{fd}") != "anon_inode:inotify":
+                continue
+            n += Path(f"/proc/self/fdinfo/{fd}").read_text().count(want)
+        except OSError:  # closed meanwhile
+            continue
+    return n
+
+
 @pytest.fixture
 def watched(store: EventStore, tmp_path: Path) -> Path:
     apply_agent(store, tmp_path)
@@ -108,16 +125,23 @@ def test_a_written_file_enqueues_exactly_one_action_with_its_path(
          "glob": "*.csv", "debounce": "200ms", "action": "process_new_file"}]}})
     (source,) = filesystem.build(doc, context(home, doc))
     assert isinstance(source, filesystem.FileSource)
-    with running(source, home, doc) as r:
+    clock = ManualClock()  # the window passes when the test says, however slow the machine
+    with running(source, home, doc, clock=clock) as r:
         wait_for(source.watching.is_set)
         target = watched / "data.csv"
-        for i in range(4):  # a burst well inside the 200 ms window
+        for i in range(4):  # a burst inside the 200 ms window
             with target.open("a") as f:
                 f.write(f"row {i}\n")
         (ignored := watched / "notes.txt").write_text("not a csv\n")
-        ((name, action_id, detail),) = wait_for(lambda: fired(store))
-        time.sleep(0.4)  # two more windows: nothing else may fire
-        assert len(fired(store)) == 1, r.logs
+        (last := watched / "zz.csv").write_text("written after the burst\n")
+        # inotify reports in order: once the last file's close is seen, all of the burst is.
+        wait_for(lambda: [(b.key, b.last) for b in source.pending()] == [
+            (str(target), "close_write"), (str(last), "close_write")])
+        clock.advance(199)
+        assert fired(store) == []  # not before the window has passed
+        clock.advance(1)
+        ((name, action_id, detail), after) = wait_for(lambda: fired(store)[1:] and fired(store))
+        assert after[2].startswith(f"close_write {last}") and source.pending() == [], r.logs
     assert name == f"fs:{watched}"
     assert detail.startswith(f"close_write {target} (")
     assert payload_of(store, action_id) == {
@@ -136,14 +160,18 @@ def test_non_matching_glob_and_unwatched_events_fire_nothing(
         {"path": str(watched), "events": ["delete"], "glob": "*.csv", "debounce": "50ms",
          "action": "process_new_file"}]}})
     (source,) = filesystem.build(doc, context(home, doc))
-    with running(source, home, doc):
-        wait_for(source.watching.is_set)  # type: ignore[attr-defined]
+    assert isinstance(source, filesystem.FileSource)
+    clock = ManualClock()
+    with running(source, home, doc, clock=clock):
+        wait_for(source.watching.is_set)
         (watched / "a.txt").write_text("x")  # wrong name
         (watched / "b.csv").write_text("x")  # right name, but not a delete
         (watched / "a.txt").unlink()  # a delete, wrong name
-        time.sleep(0.3)
-        assert fired(store) == []
-        (watched / "b.csv").unlink()
+        (watched / "b.csv").unlink()  # the one that counts, reported after all the others
+        # The first thing the source keeps must be this delete: none of the above came first.
+        pending = wait_for(lambda: [(b.key, b.last) for b in source.pending()])
+        assert pending == [(str(watched / "b.csv"), "delete")]
+        clock.advance(50)
         ((_, action_id, _),) = wait_for(lambda: fired(store))
     assert payload_of(store, action_id)["event"] == "delete"
 
@@ -155,12 +183,18 @@ def test_recursive_watches_new_subdirectories_relative_to_the_file(
          "action": "process_new_file"}]}})
     (source,) = filesystem.build(
         doc, context(home, doc, str(tmp_path / "triggers.yaml")))
-    with running(source, home, doc):
-        wait_for(source.watching.is_set)  # type: ignore[attr-defined]
+    assert isinstance(source, filesystem.FileSource)
+    clock = ManualClock()
+    with running(source, home, doc, clock=clock):
+        wait_for(source.watching.is_set)
         sub = watched / "2026" / "11"
         sub.mkdir(parents=True)
-        time.sleep(0.1)  # pyinotify adds the new directories' watches as it sees them
+        # pyinotify adds the new directories' watches as it sees them: wait for the kernel's.
+        wait_for(lambda: inotify_watches(sub), what=f"a watch on {sub}")
         (sub / "report.pdf").write_bytes(b"%PDF")
+        wait_for(lambda: [(b.key, b.last) for b in source.pending()] == [
+            (str(sub / "report.pdf"), "close_write")])
+        clock.advance(50)
         ((name, action_id, _),) = wait_for(lambda: fired(store))
     assert name == "fs:incoming"
     assert payload_of(store, action_id)["path"] == str(sub / "report.pdf")

@@ -10,7 +10,7 @@ from typing import Any
 
 from commands import agents
 from commands.home import Home
-from ledger.clock import SystemClock
+from ledger.clock import Clock, SystemClock
 from ledger.store import EventStore
 from tests.waiting import wait_until
 from triggers.config import TriggerFile, decode_triggers
@@ -58,10 +58,11 @@ def payload_of(store: EventStore, action_id: str) -> dict[str, Any]:
     return value
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, every: float = 0.02) -> Any:
+def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, every: float = 0.02,
+             what: str = "") -> Any:
     """``wait_until`` under its old name: the timeout bounds a broken run only, so it is
     generous enough for a loaded machine (a passing run returns as soon as it holds)."""
-    return wait_until(predicate, timeout, every=every)
+    return wait_until(predicate, timeout, what, every)
 
 
 def context(home: Home, doc: TriggerFile, source: str | None = None) -> SourceContext:
@@ -78,11 +79,13 @@ class Running:
 
 
 @contextmanager
-def running(source: Source, home: Home, doc: TriggerFile,
-            source_file: str | None = None) -> Iterator[Running]:
-    """Run a source in a thread of its own on a real clock; stop it and re-raise its error."""
+def running(source: Source, home: Home, doc: TriggerFile, source_file: str | None = None,
+            clock: Clock | None = None) -> Iterator[Running]:
+    """Run a source in a thread of its own (on a real clock unless given one, e.g. a manual
+    clock that lets a debounce window pass only when the test says); stop it and re-raise its
+    error."""
     logs: list[str] = []
-    ctx = SourceContext(home, doc, SystemClock(), logs.append, source=source_file)
+    ctx = SourceContext(home, doc, clock or SystemClock(), logs.append, source=source_file)
     stop = threading.Event()
     errors: list[BaseException] = []
 

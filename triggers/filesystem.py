@@ -105,6 +105,11 @@ class Debouncer:
         out.sort(key=lambda b: b.first_ms)
         return out
 
+    def pending(self) -> list[Burst]:
+        """The bursts still waiting for their quiet period, oldest first (a copy: safe to call
+        from another thread, for status and tests)."""
+        return sorted(list(self._pending.values()), key=lambda b: b.first_ms)
+
     def flush(self) -> list[Burst]:
         """Every pending burst, due or not (at shutdown: what was seen still fires)."""
         out = [*self._ready, *sorted(self._pending.values(), key=lambda b: b.first_ms)]
@@ -140,6 +145,10 @@ class FileSource:
         self._debouncer: Debouncer | None = None
         self._lost = False
         self._overflowed = False
+
+    def pending(self) -> list[Burst]:
+        """What the running source has seen and not fired yet (see ``Debouncer.pending``)."""
+        return [] if self._debouncer is None else self._debouncer.pending()
 
     def matches(self, path: str) -> bool:
         return fnmatch.fnmatchcase(os.path.basename(path), self.trigger.glob)
