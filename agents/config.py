@@ -27,6 +27,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 import yaml
 
+from ledger import configfile
 from ledger.errors import UsageError
 
 from . import documents, names
@@ -277,36 +278,56 @@ def _check_task(task: Task, where: str, siblings: dict[str, Any]) -> None:
 def load_document(path: str | Path) -> Any:
     """Read a YAML (.yaml/.yml) or TOML (.toml) file into plain data.
 
-    :raises UsageError: unreadable or not well-formed; the message names the file and line.
+    :raises UsageError: unreadable, not a regular file, over the size cap
+        (:mod:`ledger.configfile`), or not well-formed; the message names the file and the
+        line, never the file's text.
+    """
+    return load_document_marked(path)[0]
+
+
+def load_document_marked(path: str | Path) -> tuple[Any, documents.Marks]:
+    """:func:`load_document`, with where each value starts (:data:`documents.Marks`; empty
+    for TOML, which tomllib does not place).
+
+    :raises UsageError: as :func:`load_document`.
     """
     p = Path(path)
-    try:
-        text = p.read_bytes()
-    except OSError as e:
-        raise UsageError(f"{p}: cannot read: {e.strerror}") from None
+    text = configfile.read_config(p)
     if p.suffix.lower() == ".toml":
-        try:
-            body = text.decode()
-            return tomllib.loads(body)
-        except UnicodeDecodeError as e:
-            raise UsageError(f"{p}: not valid TOML: not UTF-8 at byte {e.start}") from None
-        except tomllib.TOMLDecodeError as e:
-            raise UsageError(f"{p}: not valid TOML: {e}") from None
-        except RecursionError:  # tomllib recurses once per nesting level
-            line = documents.toml_deep_line(body)
-            where = f" at line {line}" if line else ""
-            raise UsageError(f"{p}: not valid TOML{where}: nested too deeply") from None
+        return _toml(p, text), {}
     try:
-        return _yaml_keys(documents.safe_load(text))
+        data, marks = documents.safe_load_marked(text)
     except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        if isinstance(e, yaml.reader.ReaderError):  # bad encoding or a control character
-            where, problem = f" at position {e.position}", e.reason
-        else:
-            problem = getattr(e, "problem", None) or str(e)
-        problem = " ".join(str(problem).split())
-        raise UsageError(f"{p}: not valid YAML{where}: {problem}") from None
+        raise UsageError(f"{p}: not valid YAML{_yaml_error(e)}") from None
+    return _yaml_keys(data), marks
+
+
+def _toml(p: Path, text: bytes) -> Any:
+    """:raises UsageError: not UTF-8, not TOML, or nested too deeply."""
+    try:
+        body = text.decode()
+        return tomllib.loads(body)
+    except UnicodeDecodeError as e:
+        raise UsageError(f"{p}: not valid TOML: not UTF-8 at byte {e.start}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise UsageError(f"{p}: not valid TOML: {documents.redact(str(e))}") from None
+    except RecursionError:  # tomllib recurses once per nesting level
+        line = documents.toml_deep_line(body)
+        where = f" at line {line}" if line else ""
+        raise UsageError(f"{p}: not valid TOML{where}: nested too deeply") from None
+
+
+def _yaml_error(e: yaml.YAMLError) -> str:
+    """`` at line L, column C: problem``, without the file's text: PyYAML's ``str(e)`` quotes
+    the offending line (its mark's snippet), and its problems quote keys, aliases and tags;
+    a file that is not configuration at all (a secret) must not be echoed into a log."""
+    mark = getattr(e, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+    if isinstance(e, yaml.reader.ReaderError):  # bad encoding or a control character
+        where, problem = f" at position {e.position}", e.reason
+    else:
+        problem = getattr(e, "problem", None) or "malformed"
+    return f"{where}: {documents.redact(' '.join(str(problem).split()))}"
 
 
 def load_agent(path: str | Path) -> tuple[AgentConfig, Any]:

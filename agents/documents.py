@@ -16,6 +16,7 @@ Every refusal is a :class:`yaml.MarkedYAMLError`, so that the caller reports a l
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import yaml
@@ -91,15 +92,68 @@ def safe_load(text: bytes | str) -> Any:
 
     :raises yaml.YAMLError: malformed, or over a limit (a MarkedYAMLError names the place).
     """
+    return safe_load_marked(text)[0]
+
+
+# Where each value of a document starts, by its path as the decoders name it (``$``,
+# ``$.actions[0].payload``): (line, column), both from 1.
+Marks = dict[str, tuple[int, int]]
+
+
+def safe_load_marked(text: bytes | str) -> tuple[Any, Marks]:
+    """:func:`safe_load`, and the :data:`Marks` of the document.
+
+    :raises yaml.YAMLError: as :func:`safe_load`.
+    """
     loader = _Loader(text)
     try:
         root = loader.get_single_node()
         if root is None:
-            return None
+            return None, {}
         _check_size(root)
-        return loader.construct_document(root)
+        marks: Marks = {}
+        _mark(root, "$", marks)
+        return loader.construct_document(root), marks
     finally:
         loader.dispose()
+
+
+def _mark(node: yaml.Node, path: str, marks: Marks) -> None:
+    """Record where ``node`` and what it holds start (an alias's target is marked where the
+    anchor is: the first path that reaches a shared node wins)."""
+    if path in marks:
+        return
+    marks[path] = (node.start_mark.line + 1, node.start_mark.column + 1)
+    if isinstance(node, yaml.SequenceNode):
+        for i, child in enumerate(node.value):
+            _mark(child, f"{path}[{i}]", marks)
+    elif isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            if isinstance(key, yaml.ScalarNode) and key.tag != _MERGE:
+                _mark(value, f"{path}.{key.value}", marks)
+
+
+def place(marks: Marks, path: str) -> tuple[int, int] | None:
+    """Where the value at ``path`` (or the nearest enclosing one that is marked) starts."""
+    while path:
+        if path in marks:
+            return marks[path]
+        cut = max(path.rfind("."), path.rfind("["))
+        if cut <= 0:
+            break
+        path = path[:cut]
+    return marks.get("$")
+
+
+# A quoted piece of a parser's message: PyYAML and tomllib quote keys, aliases, tags and
+# characters of the document. Kept: the token names and punctuation they quote as syntax.
+_QUOTED = re.compile(r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"")
+_SYNTAX = re.compile(r"^['\"](?:<[a-z ]+>|[][{}(),:=?-]{1,2}|\\\\|\\)['\"]$")
+
+
+def redact(problem: str) -> str:
+    """A parser's problem without the document's own text (quoted pieces become ``'…'``)."""
+    return _QUOTED.sub(lambda m: m.group() if _SYNTAX.match(m.group()) else "'…'", problem)
 
 
 def toml_deep_line(text: str, limit: int = MAX_DEPTH) -> int | None:

@@ -40,14 +40,14 @@ def _when(ms: int | None) -> str:
 @click.option("--cwd", type=click.Path(file_okay=False), help="Working directory.")
 @click.option("--allow-unsandboxed", is_flag=True,
               help="Run even where the machine cannot enforce all of the agent's policy.")
-@click.option("--each", "each", type=click.File("r"),
+@click.option("--each", "each", type=click.Path(dir_okay=False, allow_dash=True),
               help="Submit one shell action per line of FILE ('-' for stdin).")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @pass_app
 def submit(app: App, name: str | None, agent: str | None, task: str | None, priority: int,
            timeout: str | None, retries: int, backoff: str, after: tuple[str, ...],
            delay: str | None, key: str | None, group: str | None, compensate: str | None,
-           use_shell: bool, cwd: str | None, allow_unsandboxed: bool, each: Any,
+           use_shell: bool, cwd: str | None, allow_unsandboxed: bool, each: str | None,
            command: tuple[str, ...]) -> None:
     """Queue an action; print its id (one per line with --each).
 
@@ -71,6 +71,7 @@ def submit(app: App, name: str | None, agent: str | None, task: str | None, prio
         compensation = None if compensate is None else shlex.split(compensate)
     except ValueError as e:
         raise UsageError(f"--compensate: {e}") from None
+    text = None if each is None else _each_text(each)  # bad input: refused before the ledger
     store = app.store()
     deps = [actions.resolve(store, a) for a in after]
     common: dict[str, Any] = dict(
@@ -78,20 +79,15 @@ def submit(app: App, name: str | None, agent: str | None, task: str | None, prio
         backoff=backoff, depends_on=deps, delay_ms=delay_ms, group=group,
         compensation=compensation, cwd=cwd, allow_unsandboxed=allow_unsandboxed,
     )
-    if each is not None:
+    if text is not None:
         if command:
             raise UsageError("give either --each FILE or a command, not both")
-        try:
-            text = each.read()
-        except UnicodeDecodeError as e:
-            raise UsageError(f"--each {getattr(each, 'name', 'input')}: not UTF-8 text "
-                             f"(byte {e.start})") from None
         lines = [(i + 1, ln.strip()) for i, ln in enumerate(text.split("\n"))]
         lines = [(n, ln) for n, ln in lines if ln and not ln.startswith("#")]
         specs = [actions.SubmitSpec(command=[ln], shell=True, name=name, **common,
                                     key=None if key is None else f"{key}:{n}")
                  for n, ln in lines]
-        wheres = [f"{getattr(each, 'name', 'input')}:{n}" for n, _ in lines]
+        wheres = [f"{each}:{n}" for n, _ in lines]
     else:
         if not command:
             raise UsageError("a command is required: sp submit [OPTIONS] -- CMD [ARGS...]")
@@ -101,6 +97,22 @@ def submit(app: App, name: str | None, agent: str | None, task: str | None, prio
     ids = actions.submit(store, specs, by=actions.who(), wheres=wheres)
     for action_id in ids:
         click.echo(action_id)
+
+
+def _each_text(each: str) -> str:
+    """The text of ``--each FILE`` (``-``: stdin), read as bounded configuration.
+
+    :raises UsageError: not a regular file, too large, or not UTF-8; the file and byte named.
+    """
+    from ledger import configfile
+    from ledger.errors import UsageError
+
+    data = (configfile.read_stream(sys.stdin.buffer, "--each -") if each == "-"
+            else configfile.read_config(each))
+    try:
+        return data.decode()
+    except UnicodeDecodeError as e:
+        raise UsageError(f"--each {each}: not UTF-8 text (byte {e.start})") from None
 
 
 @click.command()

@@ -16,7 +16,8 @@ import msgspec
 
 import actions
 from agents import names
-from agents.config import Retry, load_document
+from agents.config import Retry, load_document_marked
+from agents.documents import Marks, place
 from agents.units import enc_hook
 from ledger.errors import UsageError
 
@@ -112,9 +113,16 @@ class _Loader:
     # -- files and (sub-)plans -------------------------------------------------------------------
     def file(self, p: Path, depth: int, chain: list[Path],
              where: tuple[str, str] | None = None) -> tuple[PlanDoc | None, list[_Node] | None]:
+        """Load the plan file ``p`` (the plan itself, or a sub-plan included at ``where``).
+
+        An included file's problems are summed up as one problem of the including file, by
+        position only: its text (keys, values) is never shown, because a plan may name any
+        file as a sub-plan (``plan: /etc/shadow``) and its errors may end up in a log that
+        the plan's author reads. ``sp plan validate`` on the included file itself tells all.
+        """
         file = str(p)
         try:
-            raw = load_document(p)
+            raw, marks = load_document_marked(p)
         except UsageError as e:
             text = str(e)
             text = text[len(file) + 2:] if text.startswith(f"{file}: ") else text
@@ -123,6 +131,20 @@ class _Loader:
             else:
                 self.add(file, "$", text)
             return None, None
+        if where is None:
+            return self.document(raw, p, depth, chain)
+        outer, self.problems = self.problems, Problems()
+        try:
+            result = self.document(raw, p, depth, chain)
+        finally:
+            inner, self.problems = self.problems, outer
+        if inner.items:
+            self.add(where[0], where[1], _hidden(file, inner.items, marks))
+        return result
+
+    def document(self, raw: Any, p: Path, depth: int,
+                 chain: list[Path]) -> tuple[PlanDoc | None, list[_Node] | None]:
+        file = str(p)
         if not isinstance(raw, dict):
             self.add(file, "$", f"expected a mapping with actions, got {kind(raw)}")
             return None, None
@@ -346,6 +368,18 @@ class _Loader:
             start = first[cycle[0]]
             self.add(start.file, f"{start.path}.depends_on",
                      f"dependency cycle: {' -> '.join(cycle)}")
+
+
+def _hidden(file: str, problems: list[Problem], marks: Marks) -> str:
+    """An included file's problems, by count and first position: none of its text."""
+    n = len(problems)
+    first = problems[0]
+    at = place(marks, first.path) if first.file == file else None
+    where = (f"the first at line {at[0]}, column {at[1]}" if at is not None
+             else "no position known (TOML)" if first.file == file
+             else f"the first in {first.file}")
+    return (f"{file}: not a valid sub-plan: {n} problem{'s' if n > 1 else ''}, {where} (an "
+            f"included file's text is not shown: sp plan validate {file} shows it)")
 
 
 def _cwd(base: Path, cwd: str | None) -> str:
