@@ -226,8 +226,7 @@ def test_pause_and_resume_by_agent(store: EventStore, home: Home) -> None:
     from commands import control
 
     a, b = actions.submit(store, [actions.SubmitSpec(command=["true"], agent="x"),
-                                  actions.SubmitSpec(command=["true"], agent="y")],
-                          agent_create=True)
+                                  actions.SubmitSpec(command=["true"], agent="y")])
     assert control.pause(store, "x") is True and control.pause(store, "x") is False
     Worker(store, home).run(until_idle=True)
     assert _state(store, a)["state"] == "queued" and _state(store, b)["state"] == "completed"
