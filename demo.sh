@@ -16,7 +16,7 @@ say 'submit (a dependent summary, a flaky task with retries, a health check, bul
 summary=$(sp submit --name summarize_findings --agent research-001 --after "$scan" -- \
   sh -c 'echo "summary of $SP_ACTION_ID written"')
 flaky=$(sp action execute --agent research-001 --task flaky_sync --detach)
-sp submit --name health_check --agent monitor-001 --priority 10 -- uptime >/dev/null
+sp submit --name health_check --agent-create --agent monitor-001 --priority 10 -- uptime >/dev/null
 printf 'echo item-%s\n' 1 2 3 | sp submit --each - >/dev/null
 echo "submitted $summary $flaky and 4 more"
 say 'agent policy research-001'; sp agent policy research-001

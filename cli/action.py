@@ -40,6 +40,9 @@ def _when(ms: int | None) -> str:
 @click.option("--cwd", type=click.Path(file_okay=False), help="Working directory.")
 @click.option("--allow-unsandboxed", is_flag=True,
               help="Run even where the machine cannot enforce all of the agent's policy.")
+@click.option("--agent-create", is_flag=True,
+              help="Accept an --agent sp does not know yet (no agent file, policy or action):"
+                   " it runs with no policy, and is known from then on.")
 @click.option("--each", "each", type=click.Path(dir_okay=False, allow_dash=True),
               help="Submit one shell action per line of FILE ('-' for stdin).")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
@@ -47,7 +50,8 @@ def _when(ms: int | None) -> str:
 def submit(app: App, name: str | None, agent: str | None, task: str | None, priority: int,
            timeout: str | None, retries: int, backoff: str, after: tuple[str, ...],
            delay: str | None, key: str | None, group: str | None, compensate: str | None,
-           use_shell: bool, cwd: str | None, allow_unsandboxed: bool, each: str | None,
+           use_shell: bool, cwd: str | None, allow_unsandboxed: bool, agent_create: bool,
+           each: str | None,
            command: tuple[str, ...]) -> None:
     """Queue an action; print its id (one per line with --each).
 
@@ -94,7 +98,8 @@ def submit(app: App, name: str | None, agent: str | None, task: str | None, prio
         argv = [" ".join(command)] if use_shell else list(command)
         specs = [actions.SubmitSpec(command=argv, shell=use_shell, name=name, key=key, **common)]
         wheres = ["command"]
-    ids = actions.submit(store, specs, by=actions.who(), wheres=wheres)
+    ids = actions.submit(store, specs, by=actions.who(), wheres=wheres,
+                         agent_create=agent_create)
     for action_id in ids:
         click.echo(action_id)
 

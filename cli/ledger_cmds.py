@@ -30,6 +30,7 @@ def init(app: App, force: bool) -> None:
         from commands.ledger_marker import reinitialise
 
         click.echo(reinitialise(app.home))
+    app.new_home_expected = True
     store = app.store()
     seq, _ = store.head()
     click.echo(f"home {app.home.root}: ledger at {app.home.ledger_path} ({seq} events)")

@@ -65,12 +65,38 @@ class App:
         self.home = Home(home)
         self.debug = debug
         self._stores: list[Any] = []
+        self.new_home_expected = False  # sp init: creating the home is what was asked
 
     def store(self, write: bool = True, projections: bool = True) -> Any:
-        """Open the ledger (created on first use); closed when the command ends."""
+        """Open the ledger (created on first use); closed when the command ends.
+
+        A home with no ledger yet is a mistyped ``--home``/``SP_HOME`` as often as a new
+        one: a read-only command (``write=False``) refuses it rather than create it, and a
+        writing one says, in one line on stderr, that it created it (``sp init`` does not).
+
+        :raises UsageError: ``write=False`` and the home has no ledger.
+        """
+        new = self._no_ledger_yet()
+        if new and not write:
+            from ledger.errors import UsageError
+
+            raise UsageError(f"no ledger in {self.home.root}: nothing was ever recorded there "
+                             "(check --home / SP_HOME, or create it with sp init)")
         store = self.home.open(write=write, projections=projections)
         self._stores.append(store)
+        if new and not self.new_home_expected:
+            click.echo(f"sp: warning: created a new home at {self.home.root} (it had no "
+                       "ledger: if that is not the home you meant, check --home / SP_HOME)",
+                       err=True)
         return store
+
+    def _no_ledger_yet(self) -> bool:
+        """Neither a ledger nor the marker of one (a wiped ledger is refused by the home)."""
+        from commands.ledger_marker import read_marker
+
+        if self.home.ledger_path.exists():
+            return False
+        return not self.home.root.is_dir() or read_marker(self.home.root) is None
 
     def close(self) -> None:
         for store in self._stores:

@@ -141,17 +141,28 @@ def _check_names(spec: SubmitSpec, where: str) -> None:
 
 
 def submit(store: EventStore, specs: list[SubmitSpec], by: str = "",
-           wheres: list[str] | None = None) -> list[str]:
+           wheres: list[str] | None = None, *, agent_create: bool = False) -> list[str]:
     """Submit actions in one transaction; return their ids in order.
 
     An action whose idempotency ``key`` is already known returns the existing id and records
-    nothing new. Every spec is checked before anything is written.
+    nothing new. Every spec is checked before anything is written. An agent the ledger does
+    not know is refused unless ``agent_create`` (``sp submit --agent-create``): the action
+    then records it, and it is known from then on.
 
-    :raises UsageError: a spec is invalid or names an unknown dependency (nothing written).
+    :raises UsageError: a spec is invalid, names an unknown agent or an unknown dependency
+        (nothing written).
     """
     wheres = wheres or [f"action {i + 1}" for i in range(len(specs))]
     for spec, where in zip(specs, wheres, strict=True):
         _validate(spec, where)
+    if not agent_create:
+        from .agents import require_known
+
+        checked: set[str] = set()
+        for spec, where in zip(specs, wheres, strict=True):
+            if spec.agent and spec.agent not in checked:
+                require_known(store, spec.agent, where)
+                checked.add(spec.agent)
     if any(spec.agent for spec in specs):
         from .policies import refuse
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import shlex
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 
@@ -94,6 +94,42 @@ def get(store: EventStore, agent_id: str) -> AgentConfig:
     if row is None:
         raise UsageError(f"no agent {agent_id!r}: apply its file first (sp agent apply FILE)")
     return decode_agent(msgspec.json.decode(row[0]), f"agent {agent_id}")
+
+
+class _Query(Protocol):
+    def query(self, sql: str, params: Any = ...) -> Any: ...
+    def query_one(self, sql: str, params: Any = ...) -> Any: ...
+
+
+def is_known(q: _Query, agent_id: str) -> bool:
+    """Whether the ledger knows the agent: an agent file applied, a policy recorded, or an
+    action of it recorded (the first one submitted with ``--agent-create``, or before sp
+    refused unknown agents)."""
+    return any(q.query_one(sql, (agent_id,)) is not None for sql in (
+        "SELECT 1 FROM agents WHERE agent_id = ?",
+        "SELECT 1 FROM policies WHERE agent_id = ?",
+        "SELECT 1 FROM actions WHERE agent = ? LIMIT 1",  # index actions_agent
+    ))
+
+
+def require_known(q: _Query, agent_id: str, where: str) -> None:
+    """Refuse an agent the ledger does not know: a typo (``research-01`` for ``research_01``)
+    would otherwise run with no policy at all. The message suggests the closest known one.
+
+    :raises UsageError: unknown, with a "did you mean" hint and how to create it.
+    """
+    if is_known(q, agent_id):
+        return
+    import difflib
+
+    names = [str(r[0]) for r in q.query(
+        "SELECT agent_id FROM agents UNION SELECT agent_id FROM policies"
+        " UNION SELECT DISTINCT agent FROM actions WHERE agent IS NOT NULL")]
+    close = difflib.get_close_matches(agent_id, names, n=1, cutoff=0.6)
+    hint = f"did you mean {close[0]}? " if close else ""
+    raise UsageError(f"{where}: unknown agent {agent_id!r} (no agent file, policy or action "
+                     f"of it): {hint}sp agent apply FILE registers one; --agent-create "
+                     "starts a new agent without a policy")
 
 
 def listing(store: EventStore) -> list[dict[str, Any]]:

@@ -69,11 +69,16 @@ def apply(store: EventStore, path: str | Path, by: str = "") -> str:
     """Validate a plan file, record it and submit its actions (one transaction); its id.
 
     :raises PlanInvalidError: the file has problems (nothing written).
+    :raises UsageError: the plan's ``agent:`` is unknown (nothing written).
     """
     plan = load_plan(path)
     plan_id = new_plan_id()
     stream = stream_of(plan_id)
     with store.transaction() as tx:
+        if plan.agent:  # a mistyped agent would run the plan with no policy at all
+            from .agents import require_known
+
+            require_known(tx, plan.agent, f"{path}: $.agent")
         now = store.clock.now_ms()
         tx.append(stream, [ev.PlanApplied(
             by=by, plan_id=plan_id, name=plan.name, source=plan.source, sha256=plan.sha256,

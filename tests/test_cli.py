@@ -186,7 +186,8 @@ def test_dependencies_and_priority_order(sp: Sp, tmp_path: Path) -> None:
 
 
 def test_status_json_shape(sp: Sp) -> None:
-    a = sp("submit", "--name", "n1", "--agent", "research-001", "--", "true").stdout.strip()
+    a = sp("submit", "--name", "n1", "--agent-create", "--agent", "research-001", "--",
+           "true").stdout.strip()
     sp("worker", "--until-idle")
     doc = json.loads(sp("status", "--format", "json").stdout)
     assert set(doc) == {"counts", "actions"}

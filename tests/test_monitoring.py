@@ -40,9 +40,10 @@ def test_watch_prints_events_appended_by_another_process(sp: Sp) -> None:
     sp("init")
     watcher = sp.popen("action", "watch", "--agent", "a1", env={**os.environ, "NO_COLOR": "1"})
     try:
-        other = sp.proc("submit", "--agent", "other", "--", "true")
+        other = sp.proc("submit", "--agent-create", "--agent", "other", "--", "true")
         assert other.returncode == 0, other.stderr
-        mine = sp.proc("submit", "--agent", "a1", "--name", "mine", "--", "sh", "-c", "exit 3")
+        mine = sp.proc("submit", "--agent-create", "--agent", "a1", "--name", "mine", "--", "sh",
+                       "-c", "exit 3")
         assert mine.returncode == 0, mine.stderr
         aid = mine.stdout.strip()
         worker = sp.proc("worker", "--until-idle")
@@ -58,7 +59,7 @@ def test_watch_prints_events_appended_by_another_process(sp: Sp) -> None:
 
 
 def test_watch_json_from_a_seq(sp: Sp) -> None:
-    aid = sp("submit", "--agent", "a1", "--", "true").stdout.strip()
+    aid = sp("submit", "--agent-create", "--agent", "a1", "--", "true").stdout.strip()
     sp("worker", "--until-idle")
     proc = sp.popen("action", "watch", "--all", "--since-seq", "0", "--format", "json")
     try:
@@ -78,11 +79,11 @@ def test_watch_needs_agent_or_all(sp: Sp) -> None:
 
 
 def test_metrics_over_a_real_ledger(sp: Sp, home: Home) -> None:
-    sp("submit", "--agent", "a1", "--task", "t", "--", "true")
-    sp("submit", "--agent", "a1", "--task", "t", "--", "sh", "-c", "exit 3")
-    sp("submit", "--agent", "a1", "--task", "t", "--retries", "1", "--backoff", "linear",
-       "--", "false")
-    sp("submit", "--agent", "a2", "--", "true")
+    sp("submit", "--agent-create", "--agent", "a1", "--task", "t", "--", "true")
+    sp("submit", "--agent-create", "--agent", "a1", "--task", "t", "--", "sh", "-c", "exit 3")
+    sp("submit", "--agent-create", "--agent", "a1", "--task", "t", "--retries", "1",
+       "--backoff", "linear", "--", "false")
+    sp("submit", "--agent-create", "--agent", "a2", "--", "true")
     sp("worker", "--until-idle")  # waits out the retry backoff
 
     now = int(time.time() * 1000)
@@ -116,7 +117,7 @@ def test_monitoring_help_has_examples(sp: Sp) -> None:
 
 
 def test_resources_of_a_real_running_action(sp: Sp) -> None:
-    aid = sp("submit", "--agent", "busy", "--task", "spin", "--",
+    aid = sp("submit", "--agent-create", "--agent", "busy", "--task", "spin", "--",
              sys.executable, "-c", "while True: pass").stdout.strip()
     worker = sp.popen("worker", "--grace", "0")
     try:
@@ -181,7 +182,8 @@ def test_live_monitor_in_a_real_pty_quits_on_q(sp: Sp) -> None:
     import subprocess
     import termios
 
-    aid = sp("submit", "--agent", "busy", "--task", "tick", "--", sys.executable, "-c",
+    aid = sp("submit", "--agent-create", "--agent", "busy", "--task", "tick", "--",
+             sys.executable, "-c",
              "import time\nwhile True:\n print('tick-line', flush=True); time.sleep(0.1)",
              ).stdout.strip()
     worker = sp.popen("worker", "--grace", "0")
@@ -221,8 +223,8 @@ def test_live_monitor_in_a_real_pty_quits_on_q(sp: Sp) -> None:
 def test_html_report_is_self_contained(sp: Sp, tmp_path: Path) -> None:
     from html.parser import HTMLParser
 
-    sp("submit", "--agent", "a1", "--name", "good", "--", "true")
-    bad = sp("submit", "--agent", "a1", "--name", "bad", "--", "sh", "-c",
+    sp("submit", "--agent-create", "--agent", "a1", "--name", "good", "--", "true")
+    bad = sp("submit", "--agent-create", "--agent", "a1", "--name", "bad", "--", "sh", "-c",
              "echo last-words-here; exit 4").stdout.strip()
     sp("worker", "--until-idle")
     out = tmp_path / "r.html"
@@ -259,8 +261,9 @@ def test_html_report_opens_in_headless_chromium(sp: Sp, tmp_path: Path) -> None:
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
         pytest.skip("Debian's chromium is not installed (.ci/run installs it)")
-    sp("submit", "--agent", "a1", "--name", "good", "--", "true")
-    sp("submit", "--agent", "a1", "--name", "bad", "--", "sh", "-c", "echo boom; exit 4")
+    sp("submit", "--agent-create", "--agent", "a1", "--name", "good", "--", "true")
+    sp("submit", "--agent-create", "--agent", "a1", "--name", "bad", "--", "sh", "-c",
+       "echo boom; exit 4")
     sp("worker", "--until-idle")
     out = tmp_path / "r.html"
     sp("report", "--html", str(out), "--since", "7d")
@@ -296,7 +299,7 @@ def test_live_monitor_redraws_at_the_new_size_after_a_resize(sp: Sp) -> None:
         plain = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b[()][A-Z0-9]|\x1b[=>]", "", moved)
         return max((len(line) for line in re.split(r"[\r\n]", plain)), default=0)
 
-    sp("submit", "--agent", "wide", "--task", "t", "--", "sleep", "30")
+    sp("submit", "--agent-create", "--agent", "wide", "--task", "t", "--", "sleep", "30")
     worker = sp.popen("worker", "--grace", "0")
     master, slave = pty.openpty()
     winsize(slave, 30, 160)

@@ -258,7 +258,8 @@ def test_a_built_in_types_paths_are_checked_before_the_plan_is_recorded(
 def test_a_policy_tightened_after_submit_refuses_the_attempt_on_the_record(
         store: EventStore, home: Home, tmp_path: Path) -> None:
     (aid,) = actions.submit(store, [actions.SubmitSpec(command=["passwd", "--help"],
-                                                       agent="research-001")])
+                                                       agent="research-001")],
+                            agent_create=True)
     policies.set_policy(store, "research-001", pol.decode({"denied": [{"execute": ["passwd"]}]}))
     Worker(store, home).run(until_idle=True, wait_retries=False)
     row = store.query_one("SELECT state, error_kind FROM actions WHERE action_id = ?", (aid,))

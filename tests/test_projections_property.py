@@ -78,7 +78,7 @@ class LiveEqualsReplay(RuleBasedStateMachine):
             delay_ms=delay, depends_on=deps, agent=data.draw(st.sampled_from([None, "a1"])),
             compensation=["echo", "undo"] if group else None,
         )
-        (action_id,) = actions.submit(self.store, [spec], by="test")
+        (action_id,) = actions.submit(self.store, [spec], by="test", agent_create=True)
         return action_id
 
     @rule()

@@ -226,7 +226,8 @@ def test_pause_and_resume_by_agent(store: EventStore, home: Home) -> None:
     from commands import control
 
     a, b = actions.submit(store, [actions.SubmitSpec(command=["true"], agent="x"),
-                                  actions.SubmitSpec(command=["true"], agent="y")])
+                                  actions.SubmitSpec(command=["true"], agent="y")],
+                          agent_create=True)
     assert control.pause(store, "x") is True and control.pause(store, "x") is False
     Worker(store, home).run(until_idle=True)
     assert _state(store, a)["state"] == "queued" and _state(store, b)["state"] == "completed"

@@ -36,7 +36,7 @@ def build(root: Path) -> int:
             actions.SubmitSpec(command=["false"], name="b", retries=1, action_type="shell"),
             actions.SubmitSpec(command=["sh", "-c", "exit 3"], name="c", agent="ag2"),
             actions.SubmitSpec(command=["echo", "d"], name="d"),
-        ], by="test")
+        ], by="test", agent_create=True)
         ok = execution.Outcome(exit_code=0, duration_ms=1200)
         bad = execution.Outcome(exit_code=3, duration_ms=300, error_kind="exit_code",
                                 error="exit code 3")

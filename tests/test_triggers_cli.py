@@ -94,9 +94,13 @@ BAD = [
      "$.triggers.filesystem[0]: Object contains unknown field `globb`"),
     ("bad event", GOOD.replace("[close_write]", "[written]"),
      "$.triggers.filesystem[0].events[0]: Invalid enum value 'written'"),
-    ("same name twice", GOOD.replace("name: github", "name: fs:incoming"),
-     "$.triggers.network[0]: the name 'fs:incoming' is taken by $.triggers.filesystem[0] "
+    ("same name twice", GOOD.replace("      action: process_new_file",
+                                      "      action: process_new_file\n      name: github"),
+     "$.triggers.network[0]: the name 'github' is taken by $.triggers.filesystem[0] "
      "(set name:)"),
+    ("a name that is no name", GOOD.replace("name: github", "name: fs:incoming"),
+     "$.triggers.network[0].name: trigger name 'fs:incoming' contains ':'; use letters, "
+     "digits, '.', '_' and '-', starting with a letter or digit, at most 64"),
 ]
 
 
