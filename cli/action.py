@@ -13,6 +13,10 @@ import click
 
 from .main import App, echo_json, echo_table, format_option, pass_app
 
+# Bounds of integer options: what SQLite (64-bit) and range() accept, and far beyond use.
+MAX_ROWS = 1_000_000
+MAX_STEP = 2**31 - 1
+
 
 def _when(ms: int | None) -> str:
     if ms is None:
@@ -37,7 +41,8 @@ def _when(ms: int | None) -> str:
 @click.option("--group", help="Group (e.g. a plan) whose rollback plan includes this action.")
 @click.option("--compensate", help="Command that undoes this action (for its rollback plan).")
 @click.option("--shell", "use_shell", is_flag=True, help="Run the command through /bin/sh -c.")
-@click.option("--cwd", type=click.Path(file_okay=False), help="Working directory.")
+@click.option("--cwd", type=click.Path(exists=True, file_okay=False),
+              help="Working directory (an existing directory; made absolute here).")
 @click.option("--allow-unsandboxed", is_flag=True,
               help="Run even where the machine cannot enforce all of the agent's policy.")
 @click.option("--agent-create", is_flag=True,
@@ -81,7 +86,9 @@ def submit(app: App, name: str | None, agent: str | None, task: str | None, prio
     common: dict[str, Any] = dict(
         agent=agent, task=task, priority=priority, timeout_ms=timeout_ms, retries=retries,
         backoff=backoff, depends_on=deps, delay_ms=delay_ms, group=group,
-        compensation=compensation, cwd=cwd, allow_unsandboxed=allow_unsandboxed,
+        # Absolute: a worker runs elsewhere, and a relative cwd would mean its directory.
+        compensation=compensation, cwd=None if cwd is None else os.path.abspath(cwd),
+        allow_unsandboxed=allow_unsandboxed,
     )
     if text is not None:
         if command:
@@ -124,7 +131,7 @@ def _each_text(each: str) -> str:
 @click.argument("action", required=False)
 @click.option("--all", "everything", is_flag=True, help="List every action, not just recent.")
 @click.option("--agent", help="Only this agent's actions.")
-@click.option("--recent", type=int, default=10, show_default=True,
+@click.option("--recent", type=click.IntRange(0, MAX_ROWS), default=10, show_default=True,
               help="How many finished actions to show besides the unfinished ones.")
 @format_option()
 @pass_app
@@ -206,7 +213,8 @@ def cancel(app: App, action: str, reason: str) -> None:
 @click.command()
 @click.argument("action", required=False)
 @click.option("--all-failed", is_flag=True, help="Restart every failed action.")
-@click.option("--from-step", type=int, help="Resume at this step instead of the checkpoint.")
+@click.option("--from-step", type=click.IntRange(0, MAX_STEP),
+              help="Resume at this step (0 is the first) instead of the checkpoint.")
 @pass_app
 def restart(app: App, action: str | None, all_failed: bool, from_step: int | None) -> None:
     """Queue a failed, cancelled, interrupted or completed action for one more attempt.
@@ -226,6 +234,8 @@ def restart(app: App, action: str | None, all_failed: bool, from_step: int | Non
         raise UsageError("give an action id or --all-failed (not both)")
     store = app.store()
     ids = actions.failed_ids(store) if all_failed else [actions.resolve(store, action or "")]
+    for action_id in ids:  # every one checked before any is restarted
+        actions.check_from_step(store, action_id, from_step)
     for action_id in ids:
         state, requeued = actions.restart_with(store, action_id, from_step, by=actions.who())
         click.echo(f"{action_id}: {state.value}", err=True)
@@ -382,7 +392,8 @@ def _current_action(action: str | None) -> str:
 
 @click.command()
 @click.argument("data", default="null")
-@click.option("--step", type=int, help="The step just finished (a resume starts after it).")
+@click.option("--step", type=click.IntRange(0, MAX_STEP),
+              help="The step just finished (a resume starts after it).")
 @click.option("--action", help="Action id (default: $SP_ACTION_ID, set for running actions).")
 @pass_app
 def checkpoint(app: App, data: str, step: int | None, action: str | None) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -198,6 +199,10 @@ def _execute(app: App, agent_id: str, task: str, timeout: str | None, checkpoint
         import msgspec
 
         spec = msgspec.structs.replace(spec, allow_unsandboxed=True)
+    if spec.cwd is not None and not os.path.isdir(spec.cwd):  # refused now, not at spawn
+        from ledger.errors import UsageError
+
+        raise UsageError(f"agent {agent_id}, task {task}: cwd {spec.cwd}: no such directory")
     by = actions.who()
     if detach:
         (action_id,) = actions.submit(store, [spec], by=by, wheres=["task"])

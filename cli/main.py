@@ -10,6 +10,8 @@ Exit codes:
       a transition the lifecycle forbids. Nothing was written.
 70    internal error (a bug): rerun with ``--debug`` or ``SP_DEBUG=1`` for the traceback
 75    temporary: the ledger stayed locked, or another writer won a race; safe to retry
+141   the reader of stdout went away (``sp status | head -1``): quiet, as a tool killed
+      by SIGPIPE
 ====  ===================================================================================
 """
 
@@ -153,6 +155,8 @@ class SpGroup(click.Group):
         except KeyboardInterrupt:
             raise click.Abort() from None
         except Exception as e:
+            if isinstance(e, BrokenPipeError) and _reader_gone(sys.stdout):
+                raise _quiet_pipe_exit() from None
             # A full disk or a damaged ledger met outside the ledger's own translation (a log,
             # a blob, a driver call): still the user's one line, exit 1, whatever --debug says.
             known = _environmental(ctx, e)
@@ -193,6 +197,33 @@ def _damage_behind(app: App | None) -> SpError | None:
         return None
     more = f" (and {len(damage) - 1} more)" if len(damage) > 1 else ""
     return LedgerDamagedError(store.path, f"quick_check: {damage[0]}{more}")
+
+
+# `sp status | head -1`: the reader left, the command did its work. Exit as a classic tool
+# killed by SIGPIPE would (128 + 13: what a shell shows for cat or grep there), and quietly.
+EXIT_PIPE = 141
+
+
+def _reader_gone(stream: IO[str]) -> bool:
+    """Whether ``stream`` is a pipe whose reading end is closed (poll says POLLERR), so that
+    an EPIPE of some other pipe or socket (a bug, or a peer) is not mistaken for it."""
+    import select
+
+    try:
+        poller = select.poll()
+        poller.register(stream.fileno(), select.POLLOUT)
+        return any(ev & select.POLLERR for _, ev in poller.poll(0))
+    except (OSError, ValueError):  # no file descriptor (a test's captured stdout)
+        return False
+
+
+def _quiet_pipe_exit() -> click.exceptions.Exit:
+    """Point stdout at /dev/null (so that the flush at exit cannot fail again, as the Python
+    docs recommend) and the exit that says the reader left."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return click.exceptions.Exit(EXIT_PIPE)
 
 
 def _debug(ctx: click.Context) -> bool:

@@ -46,7 +46,7 @@ def _watch_line(line: Any, colour: bool) -> str:
 @action_group.command("watch")
 @click.option("--agent", help="Only this agent's actions.")
 @click.option("--all", "everything", is_flag=True, help="Every agent's actions.")
-@click.option("--since-seq", type=int, default=None,
+@click.option("--since-seq", type=click.IntRange(0, 2**63 - 1), default=None,
               help="Start after this event seq (default: the current end of the ledger).")
 @format_option("text", "json")
 @pass_app

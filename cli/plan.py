@@ -94,7 +94,7 @@ def plan_apply(app: App, file: str) -> None:
 
 
 @plan.command("list")
-@click.option("--limit", type=int, default=20, show_default=True)
+@click.option("--limit", type=click.IntRange(0, 1_000_000), default=20, show_default=True)
 @format_option()
 @pass_app
 def plan_list(app: App, limit: int, fmt: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import os
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -114,8 +115,38 @@ def report(app: App, out: str, since: str) -> None:
     from commands.durations import parse_duration_ms
 
     since_ms = None if since == "all" else parse_duration_ms(since, "--since")
-    Path(out).write_text(build(app, since_ms))
+    fd, tmp = _writable(out)
+    try:
+        with open(fd, "w", encoding="utf-8") as f:
+            f.write(build(app, since_ms))
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     click.echo(out)
+
+
+def _writable(out: str) -> tuple[int, str]:
+    """A new file beside ``out``, created before the report is built (so that a path that
+    cannot be written is said up front) and renamed over ``out`` once it is complete.
+
+    :raises UsageError: the folder is missing, not writable, or ``out`` is a directory.
+    """
+    import tempfile
+
+    from ledger.errors import UsageError
+
+    if os.path.isdir(out):
+        raise UsageError(f"--html {out}: is a directory")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".sp-report-", suffix=".tmp",
+                                   dir=os.path.dirname(os.path.abspath(out)))
+    except OSError as e:
+        raise UsageError(f"--html {out}: cannot write there: {e.strerror}") from None
+    umask = os.umask(0)
+    os.umask(umask)
+    os.fchmod(fd, 0o666 & ~umask)  # as a plain open() would (mkstemp makes it 0600)
+    return fd, tmp
 
 
 COMMANDS = [report]

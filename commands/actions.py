@@ -358,10 +358,33 @@ def restart_with(store: EventStore, action_id: str, from_step: int | None = None
 
     with store.transaction() as tx:
         state, version = state_of(tx, action_id)
+        check_from_step(tx, action_id, from_step)
         event = ev.ActionRestarted(by=by, from_step=from_step)
         new = machine.check_event(action_id, state, event)
         tx.append(action_id, [event], version)
         return new, reactor.on_action_restarted(tx, action_id, by)
+
+
+def check_from_step(reader: EventStore | Transaction, action_id: str,
+                    from_step: int | None) -> None:
+    """``restart --from-step N`` must name one of the action's steps (0 to steps - 1). An
+    action without declared steps counts its own (``$SP_RESUME_STEP``): any N >= 0.
+
+    :raises UsageError: N is negative, or past the action's last declared step.
+    """
+    if from_step is None:
+        return
+    row = reader.query_one("SELECT seq, data FROM events WHERE stream = ? AND version = 1",
+                           (action_id,))
+    if row is None:
+        raise ActionNotFoundError(action_id)
+    from ledger import codec
+
+    spec = codec.decode(row[1], int(row[0]))
+    steps = len(spec.steps) if isinstance(spec, ev.ActionSubmitted) else 0
+    if from_step < 0 or (steps and from_step >= steps):
+        has = f"steps 0 to {steps - 1}" if steps else "no declared steps (0 or more)"
+        raise UsageError(f"--from-step {from_step}: action {action_id} has {has}")
 
 
 def failed_ids(store: EventStore) -> list[str]:

@@ -130,6 +130,10 @@ def check(store: EventStore, doc: TriggerFile, source: str,
         if (w.secret is None) == (w.secret_env is None):
             raise UsageError(f"{where}: a shared secret is required: set exactly one of "
                              "secret or secret_env")
+        for field in ("secret", "secret_env"):
+            value = getattr(w, field)
+            if value is not None and not value.strip():  # the daemon could not serve it
+                raise UsageError(f"{where}.{field}: is empty; a shared secret is required")
         if w.max_body <= 0:
             raise UsageError(f"{where}.max_body: expected a positive size")
         if hosts.setdefault(w.port, w.host) != w.host:

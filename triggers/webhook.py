@@ -324,13 +324,22 @@ class WebhookServer:
 def build(doc: TriggerFile, ctx: SourceContext) -> list[Source]:
     """One server per port, serving every webhook trigger on it.
 
-    :raises UsageError: a hook without its secret, or two hooks that cannot share a port.
+    A hook whose secret cannot be had here (its variable unset or empty in the daemon's
+    environment, an empty inline secret applied by an older sp) is not served: one log line
+    names it, and every other trigger starts (one bad hook must not stop them all).
+
+    :raises UsageError: two hooks that cannot share a port.
     """
     servers: dict[int, WebhookServer] = {}
     for i, t in enumerate(doc.triggers.network):
         name = names.webhook(t)
         where = f"{ctx.source or 'trigger file'}: $.triggers.network[{i}]"
-        hook = Hook(name, t, resolve_secret(t, where))
+        try:
+            secret = resolve_secret(t, where)
+        except UsageError as e:
+            ctx.log(f"webhook /hooks/{name} not started: {e}")
+            continue
+        hook = Hook(name, t, secret)
         server = servers.setdefault(t.port, WebhookServer(t.host, t.port, {}))
         if server.host != t.host or name in server.hooks:
             raise UsageError(f"{where}: conflicts with another hook on port {t.port}")
