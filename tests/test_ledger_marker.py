@@ -83,11 +83,12 @@ def test_another_ledger_in_its_place_is_refused(sp: Sp, worked: Path, tmp_path: 
 
 def test_a_home_from_an_older_sp_with_logs_but_no_ledger_is_refused(sp: Sp, worked: Path
                                                                      ) -> None:
-    """No marker (made before markers existed): the logs are the witness."""
+    """No marker (made before markers existed): the logs are the witness. (A read-only
+    command refuses any home without a ledger; a writer would have created an empty one.)"""
     (sp.home.root / "ledger.id").unlink()
     _wipe(worked)
     worked.unlink()
-    err = _refused(sp, "status")
+    err = _refused(sp, "submit", "--name", "x", "--", "true")
     assert f"is empty but {sp.home.logs} holds {LOGS} action logs" in err
 
 

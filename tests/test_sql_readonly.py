@@ -59,7 +59,7 @@ def build(root: Path) -> int:
 def pristine(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int]:
     root = tmp_path_factory.mktemp("pristine")
     n = build(root)
-    assert sorted(p.name for p in root.iterdir() if p.name.startswith("ledger")) == [
+    assert sorted(p.name for p in root.iterdir() if p.name.startswith("ledger.db")) == [
         "ledger.db"], "the WAL must be checkpointed when the store closes"
     return root / "ledger.db", n
 
