@@ -8,6 +8,7 @@ import signal
 import subprocess
 
 from commands import actions, execution, recovery
+from commands.home import Home
 from ledger.clock import ManualClock
 from ledger.store import EventStore
 
@@ -63,3 +64,72 @@ def test_a_spawned_attempt_its_worker_never_noted_is_found_by_its_environment_an
     finally:
         if orphan.poll() is None:
             orphan.kill()
+
+
+def test_an_attempt_without_evidence_is_given_back_once_never_more(
+        store: EventStore, clock: ManualClock, home: Home) -> None:
+    """A poison action that kills its worker before anything is noted: at most
+    max_attempts + 1 runs, whatever the evidence."""
+    (aid,) = actions.submit(store, [actions.SubmitSpec(command=["true"])])  # one attempt
+    home.log_path(aid).write_text(f"--- sp: attempt 0 of {aid}\nan older attempt's output\n")
+    execution.claim(store, aid, "worker-that-died")
+    with home.log_path(aid).open("a") as log:  # the worker's own notes are no evidence
+        log.write(f"--- sp: attempt 1 of {aid}\n--- sp: step 0 fetch\n")
+    _expire(clock)
+    assert recovery.recover(store)[0].outcome == "interrupted"  # may never have run
+    execution.claim(store, aid, "worker-that-died-too")  # attempt 2 of 1
+    _expire(clock)
+    (done,) = recovery.recover(store)
+    assert done.outcome == "failed"
+    state, _ = _state(store, aid)
+    row = store.query_one("SELECT attempts, max_attempts, error FROM actions"
+                          " WHERE action_id = ?", (aid,))
+    assert state == "failed" and row is not None and row[:2] == (2, 1)
+    assert "one unproven attempt is given back, not more" in row[2]
+
+
+def test_output_in_the_attempts_log_counts_the_attempt(
+        store: EventStore, clock: ManualClock, home: Home) -> None:
+    (aid,) = actions.submit(store, [actions.SubmitSpec(command=["true"])])
+    execution.claim(store, aid, "worker-that-died")
+    # What the worker and its child left: the attempt's header, then the child's output.
+    home.log_path(aid).write_text(f"--- sp: attempt 1 of {aid}\nfetched 3 papers\n")
+    _expire(clock)
+    (done,) = recovery.recover(store)
+    assert done.outcome == "failed"
+    assert _state(store, aid)[0] == "failed"
+
+
+def test_a_checkpoint_of_the_attempt_counts_it(store: EventStore, clock: ManualClock) -> None:
+    (aid,) = actions.submit(store, [actions.SubmitSpec(command=["true"])])
+    execution.claim(store, aid, "worker-that-died")
+    actions.checkpoint(store, aid, {"cursor": 3}, step=0)
+    _expire(clock)
+    assert recovery.recover(store)[0].outcome == "failed"
+
+
+def test_a_sweep_leaves_a_lease_renewed_meanwhile_alone(
+        store: EventStore, clock: ManualClock) -> None:
+    """The evidence is gathered outside the write transaction; a live owner that heartbeats
+    before the decision keeps its attempt."""
+    (aid,) = actions.submit(store, [actions.SubmitSpec(command=["true"], retries=1)])
+    execution.claim(store, aid, "slow-worker")
+    _expire(clock)
+    now = clock.now_ms()
+    suspects = recovery._suspects(store, now, skip_own=False)
+    assert [s.action_id for s in suspects] == [aid]
+    execution.heartbeat(store, [aid], "slow-worker")  # it was alive after all
+    effects = recovery._Effects()
+    assert recovery._recover_one(store, suspects[0], "test", now, effects) is None
+    assert _state(store, aid)[0] == "executing"
+
+
+def test_a_sweep_skips_what_another_sweep_is_doing(
+        store: EventStore, clock: ManualClock, home: Home) -> None:
+    (aid,) = actions.submit(store, [actions.SubmitSpec(command=["true"], retries=1)])
+    execution.claim(store, aid, "worker-that-died")
+    _expire(clock)
+    with recovery.sweep_lock(str(home.root)) as held:
+        assert held
+        assert recovery.recover(store, wait=False) == []  # another sweep holds the lock
+    assert recovery.recover(store, wait=False)[0].outcome == "interrupted"
