@@ -209,12 +209,13 @@ def test_a_long_running_worker_sweeps_again_every_half_lease_period(
     assert busy.returncode == 0
 
 
-@pytest.mark.parametrize(("command", "runs"), [
+@pytest.mark.parametrize(("command", "most"), [
     ("echo poisoned; kill -9 $PPID", 1),  # output in its log: it ran, the attempt counts
-    ("kill -9 $PPID", 2),  # no evidence: given back once, never more
+    # No evidence (unless the worker noted the child before dying): given back once, no more.
+    ("kill -9 $PPID", 2),
 ])
 def test_an_action_that_kills_its_worker_ends_failed(
-        sp: Sp, store: EventStore, tmp_path: Path, command: str, runs: int) -> None:
+        sp: Sp, store: EventStore, tmp_path: Path, command: str, most: int) -> None:
     """$PPID of a ``--shell`` action is the worker itself (``sp tick`` here): each tick that
     runs it dies by it. The next tick's sweep counts the attempt, and ends the action."""
     clock = Clock(tmp_path)
@@ -226,9 +227,10 @@ def test_an_action_that_kills_its_worker_ends_failed(
         if _state(store, a) == "failed":
             break
     assert _state(store, a) == "failed", codes
-    assert codes == [-signal.SIGKILL] * runs + [0]
     types = _types(store, a)
-    assert types.count("action.started") == runs
+    runs = types.count("action.started")
+    assert 1 <= runs <= most  # max_attempts + 1 at most
+    assert codes == [-signal.SIGKILL] * runs + [0]
     assert types.count("action.interrupted") == runs - 1
     row = store.query_one("SELECT attempts, max_attempts, error FROM actions"
                           " WHERE action_id = ?", (a,))
