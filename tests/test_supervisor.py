@@ -175,6 +175,7 @@ def test_every_entry_point_that_runs_work_sweeps_first(
         assert daemon.returncode == 0, err
         if entry == "daemon":
             _assert_resumed_once(store, sp.home.logs, a)
+            assert "1 recovered from dead workers" in err
         else:  # no worker of its own: recovered, waiting for one
             assert f"recovered {a}: interrupted" in err
     else:

@@ -227,7 +227,8 @@ class Daemon:
                 worker.request_stop()
             summary = worker.run()
             self.log(f"worker ran {summary.ran}: {summary.completed} completed, "
-                     f"{summary.failed} failed, {summary.interrupted} interrupted")
+                     f"{summary.failed} failed, {summary.interrupted} interrupted, "
+                     f"{summary.recovered} recovered from dead workers")
         finally:
             self._worker = None
             store.close()
