@@ -160,14 +160,21 @@ actions:
   - {id: b, plan: missing.yaml}
   - {id: c, plan: loop.yaml}
 """))
+    # An included file's problems are one problem of its parent, by count and position: its
+    # text is never shown (tests/test_config_bounded.py); validated alone, it says all.
+    hidden = "(an included file's text is not shown: sp plan validate {} shows it)"
     assert [str(p) for p in problems] == [
-        f"{tmp_path}/inc.yaml: $.actions[0].type: unknown action type 'nope' "
-        f"(known: {', '.join(actions.known())})",
+        f"{tmp_path}/plan.yaml: $.actions[0].plan: {tmp_path}/inc.yaml: not a valid sub-plan:"
+        f" 1 problem, the first at line 2, column 19 {hidden.format(tmp_path / 'inc.yaml')}",
         f"{tmp_path}/plan.yaml: $.actions[1].plan: {tmp_path}/missing.yaml: cannot read: "
         "No such file or directory",
-        f"{tmp_path}/loop.yaml: $.actions[0].plan: the plan includes itself: "
-        "plan.yaml -> loop.yaml -> plan.yaml",
+        f"{tmp_path}/plan.yaml: $.actions[2].plan: {tmp_path}/loop.yaml: not a valid sub-plan:"
+        f" 1 problem, the first at line 2, column 23 {hidden.format(tmp_path / 'loop.yaml')}",
     ]
+    _, alone = check_plan(tmp_path / "inc.yaml")
+    assert [str(p) for p in alone] == [
+        f"{tmp_path}/inc.yaml: $.actions[0].type: unknown action type 'nope' "
+        f"(known: {', '.join(actions.known())})"]
 
 
 def test_toml_plan_and_shell_forms(tmp_path: Path) -> None:
