@@ -68,13 +68,14 @@ class App:
         self.debug = debug
         self._stores: list[Any] = []
         self.new_home_expected = False  # sp init: creating the home is what was asked
+        self.created_home = False
 
     def store(self, write: bool = True, projections: bool = True) -> Any:
         """Open the ledger (created on first use); closed when the command ends.
 
         A home with no ledger yet is a mistyped ``--home``/``SP_HOME`` as often as a new
         one: a read-only command (``write=False``) refuses it rather than create it, and a
-        writing one says, in one line on stderr, that it created it (``sp init`` does not).
+        writing one says that it created it (``sp init`` does not), in one line on stderr.
 
         :raises UsageError: ``write=False`` and the home has no ledger.
         """
@@ -86,11 +87,17 @@ class App:
                              "(check --home / SP_HOME, or create it with sp init)")
         store = self.home.open(write=write, projections=projections)
         self._stores.append(store)
-        if new and not self.new_home_expected:
-            click.echo(f"sp: warning: created a new home at {self.home.root} (it had no "
-                       "ledger: if that is not the home you meant, check --home / SP_HOME)",
-                       err=True)
+        # Said once the command ends (SpGroup.invoke): as its own line after a success, or in
+        # the error's one line, so that bad input is still exactly one line.
+        self.created_home = self.created_home or (new and not self.new_home_expected)
         return store
+
+    def home_note(self) -> str:
+        """What to tell about a home this command created, or ''."""
+        if not self.created_home:
+            return ""
+        return (f"created a new home at {self.home.root} (it had no ledger: if that is not "
+                "the home you meant, check --home / SP_HOME)")
 
     def _no_ledger_yet(self) -> bool:
         """Neither a ledger nor the marker of one (a wiped ledger is refused by the home)."""
@@ -139,10 +146,12 @@ class SpGroup(click.Group):
                                e.exit_code) from None
 
     def invoke(self, ctx: click.Context) -> Any:
+        told = False
         try:
             return super().invoke(ctx)
         except SpError as e:
-            raise SpClickError(str(e), _exit_code_for(e)) from None
+            told = True
+            raise SpClickError(_with_home_note(ctx, str(e)), _exit_code_for(e)) from None
         except click.exceptions.NoArgsIsHelpError:
             raise
         except click.UsageError as e:
@@ -161,12 +170,26 @@ class SpGroup(click.Group):
             # a blob, a driver call): still the user's one line, exit 1, whatever --debug says.
             known = _environmental(ctx, e)
             if known is not None:
-                raise SpClickError(str(known), _exit_code_for(known)) from None
+                told = True
+                raise SpClickError(_with_home_note(ctx, str(known)), _exit_code_for(known)
+                                   ) from None
             if _debug(ctx):
                 raise
             raise SpClickError(
                 f"internal error: {type(e).__name__}: {e} (rerun with --debug for details)", 70
             ) from None
+        finally:
+            app = ctx.find_object(App)
+            if not told and app is not None and app.home_note():
+                click.echo(f"sp: warning: {app.home_note()}", err=True)
+
+
+def _with_home_note(ctx: click.Context, message: str) -> str:
+    """An error's one line, saying too when this command created the home (a mistyped
+    ``--home`` and a bad input at once)."""
+    app = ctx.find_object(App)
+    note = app.home_note() if app is not None else ""
+    return f"{message} (sp {note})" if note else message
 
 
 def _environmental(ctx: click.Context, e: BaseException) -> SpError | None:

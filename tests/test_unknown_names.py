@@ -105,6 +105,12 @@ def test_a_writing_command_says_once_that_it_created_the_home(tmp_path: Path) ->
     assert f"created a new home at {typo.home.root}" in first.stderr
     again = typo.proc("submit", "--", "true")
     assert again.returncode == 0 and again.stderr == "", again.stderr
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("id: x\n")  # no tasks: refused after the home was opened
+    other = Sp(Home(tmp_path / "sp-hmoe"))
+    refused = other.proc("agent", "apply", str(bad))
+    assert refused.returncode == 2, refused.stderr
+    _one_line(refused.stderr, str(bad), f"created a new home at {other.home.root}")
     fresh = Sp(Home(tmp_path / "meant"))
     init = fresh.proc("init")
     assert init.returncode == 0 and "warning" not in init.stderr, init.stderr
