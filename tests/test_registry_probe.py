@@ -60,7 +60,7 @@ def test_a_closed_port_is_unreachable_at_once() -> None:
     began = time.monotonic()
     reason = unreachable(url)
     assert reason is not None and reason.startswith(url) and "refused" in reason
-    assert time.monotonic() - began < 2
+    assert time.monotonic() - began < 3  # refused at once: no waiting for the timeout
 
 
 def test_an_unroutable_address_is_unreachable_within_the_timeout() -> None:
@@ -68,7 +68,7 @@ def test_an_unroutable_address_is_unreachable_within_the_timeout() -> None:
     began = time.monotonic()
     reason = unreachable(url, timeout=0.5)
     assert reason is not None and reason.startswith(url)
-    assert time.monotonic() - began < 3  # the probe is bounded: it never hangs a session
+    assert time.monotonic() - began < 4  # bounded by its timeout: it never hangs a session
 
 
 def test_a_listener_that_does_not_speak_http_is_unreachable() -> None:
