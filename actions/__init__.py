@@ -18,7 +18,7 @@ Built in: ``shell``, ``modify_files``, ``configure_tooling``, ``clone_template``
 ``deploy``/``generate_preview``, ``compress``/``decompress``, ``http_request``, ``sqlite_query``,
 ``install_dependencies``;
 other packages add theirs through :func:`register`, ``@action_type`` or the ``sp.action_types``
-entry point group (:mod:`actions.custom`).
+entry point group (:mod:`sp.actions.custom`).
 """
 
 from __future__ import annotations
@@ -90,22 +90,22 @@ def known() -> list[str]:
 
 def _load_builtins() -> None:
     if "shell" not in _TYPES:
-        from . import shell  # noqa: F401  (registers itself)
+        from sp.actions import shell  # noqa: F401  (registers itself)
     if "run_tests" not in _TYPES:
-        from . import tests_type  # noqa: F401  (registers itself)
+        from sp.actions import tests_type  # noqa: F401  (registers itself)
     if "deploy" not in _TYPES:
-        from . import preview  # noqa: F401  (registers deploy and generate_preview)
+        from sp.actions import preview  # noqa: F401  (registers deploy and generate_preview)
     if "modify_files" not in _TYPES:
-        from . import files, template, tooling  # noqa: F401  (register themselves)
+        from sp.actions import files, template, tooling  # noqa: F401  (register themselves)
     if "compress" not in _TYPES:
-        from . import archive  # noqa: F401  (registers compress and decompress)
+        from sp.actions import archive  # noqa: F401  (registers compress and decompress)
     if "http_request" not in _TYPES:
-        from . import http  # noqa: F401  (registers itself)
+        from sp.actions import http  # noqa: F401  (registers itself)
     if "sqlite_query" not in _TYPES:
-        from . import sqlitedb  # noqa: F401  (registers itself)
+        from sp.actions import sqlitedb  # noqa: F401  (registers itself)
     if "install_dependencies" not in _TYPES:
-        from . import deps  # noqa: F401  (registers itself)
-    from . import custom
+        from sp.actions import deps  # noqa: F401  (registers itself)
+    from sp.actions import custom
 
     custom.load_entry_points()  # other packages' types (sp.action_types), once
 

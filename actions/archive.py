@@ -11,7 +11,7 @@
 
 gzip (:mod:`gzip`) and xz (:mod:`lzma`) are the standard library's; zstd needs the
 ``zstandard`` module, and a plan asking for it where that module is missing is refused at
-validation (``payload.format``). Runs as ``python -m actions.run compress|decompress apply
+validation (``payload.format``). Runs as ``python -m sp.actions.run compress|decompress apply
 '<payload JSON>'``. ``dest`` must not exist; it is written to a temporary file beside it and
 renamed into place. With ``remove_source`` the source's before-image (bytes and mode) is
 stored as a blob under ``$SP_HOME/blobs/`` before it is removed. The checkpoint
@@ -34,10 +34,9 @@ from typing import IO, Any, Literal
 
 import msgspec
 
-from ledger.errors import UsageError
-
-from . import ActionType, Command, Requirement, blobs, register
-from .run import argv_for
+from sp.actions import ActionType, Command, Requirement, blobs, register
+from sp.actions.run import argv_for
+from sp.ledger.errors import UsageError
 
 Format = Literal["gzip", "xz", "zstd"]
 
@@ -115,7 +114,7 @@ def _write(src: Path, dest: Path, fmt: str, compress: bool) -> None:
 
 
 def _apply(payload: ArchivePayload, compress: bool) -> dict[str, Any]:
-    from runner import api
+    from sp.runner import api
 
     problems = check(payload, None)
     if problems:

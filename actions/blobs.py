@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from ledger.errors import UsageError
+from sp.ledger.errors import UsageError
 
 
 def home_root() -> Path:
@@ -34,7 +34,7 @@ def put_blob(data: bytes) -> str:
 
 def store_blob(home: Path, data: bytes) -> str:
     """Store ``data`` under ``<home>/blobs/<sha256>`` (once) and return its hash; the worker
-    calls it for a sandboxed action (:mod:`runner.broker`)."""
+    calls it for a sandboxed action (:mod:`sp.runner.broker`)."""
     sha = hashlib.sha256(data).hexdigest()
     target = home / "blobs" / sha
     try:  # reused: fresh again, so that sp gc leaves it until this action records it
@@ -46,13 +46,13 @@ def store_blob(home: Path, data: bytes) -> str:
 
 def _brokered() -> bool:
     """A sandboxed action reaches the blob store and the ledger only through its worker."""
-    from runner import broker
+    from sp.runner import broker
 
     return broker.active()
 
 
 def _call(op: str, **args: Any) -> Any:
-    from runner import broker
+    from sp.runner import broker
 
     try:
         return broker.call(op, **args)
@@ -121,8 +121,8 @@ def checkpoints(action_id: str) -> list[Any]:
     """The data of every checkpoint the action recorded, oldest first (from the ledger)."""
     if _brokered():
         return list(_call("checkpoints", action_id=action_id))
-    from commands.home import Home
-    from ledger import events as ev
+    from sp.commands.home import Home
+    from sp.ledger import events as ev
 
     store = Home(str(home_root())).open()
     try:
@@ -137,8 +137,8 @@ def compensated_action(explicit: str | None) -> str:
     the running compensation's own submission (a plan's rollback records it there)."""
     if explicit:
         return explicit
-    from commands.home import Home
-    from ledger import events as ev
+    from sp.commands.home import Home
+    from sp.ledger import events as ev
 
     me = os.environ.get("SP_ACTION_ID")
     if not me:
@@ -170,7 +170,7 @@ def recorded(action_id: str, key: str) -> dict[str, Any] | None:
 
 def report(data: dict[str, Any], step: int) -> None:
     """Record ``data`` as a checkpoint of the running action (an event), when inside one."""
-    from runner import api
+    from sp.runner import api
 
     if api.current_action() is not None:
         api.checkpoint(data, step=step)

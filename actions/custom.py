@@ -3,7 +3,7 @@ that other packages add through the entry point group ``sp.action_types``.
 
 ```python
 import msgspec
-from actions.custom import action_type
+from sp.actions.custom import action_type
 
 class Greet(msgspec.Struct):
     who: str
@@ -17,9 +17,9 @@ def greet(payload: Greet) -> dict[str, str]:
 ```
 
 A plan step ``{type: greet, payload: {who: world}}`` then runs as a real process like every
-action: ``python -P -m actions.custom apply greet MODULE PAYLOAD_JSON`` imports the function's
+action: ``python -P -m sp.actions.custom apply greet MODULE PAYLOAD_JSON`` imports the function's
 module (so it must be importable: not ``__main__``), decodes the payload, calls the function,
-records a result other than None with :func:`runner.api.checkpoint`, and fails (exit 1, the
+records a result other than None with :func:`sp.runner.api.checkpoint`, and fails (exit 1, the
 traceback in the log) when the function raises. ``undo`` runs the same way with ``undo``.
 
 A package adds types with an entry point::
@@ -44,7 +44,7 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from . import ActionType, Command, Requirement, register
+from sp.actions import ActionType, Command, Requirement, register
 
 GROUP = "sp.action_types"
 F = TypeVar("F", bound=Callable[..., Any])
@@ -68,7 +68,7 @@ _FUNCTIONS: dict[str, _Function] = {}
 
 
 def _argv(verb: str, fn: _Function, *docs: Any) -> list[str]:
-    return [sys.executable, "-P", "-m", "actions.custom", verb, fn.name, fn.module,
+    return [sys.executable, "-P", "-m", "sp.actions.custom", verb, fn.name, fn.module,
             *(msgspec.json.encode(d).decode() for d in docs)]
 
 
@@ -83,9 +83,9 @@ def action_type(name: str, *, payload: type[msgspec.Struct],
     else always None). ``requires`` names programs the type needs on this machine.
 
     :raises ValueError: the function is defined in ``__main__`` (a worker could not import it),
-        or ``name`` is not a name (:mod:`agents.names`: it reaches argv, logs and plans).
+        or ``name`` is not a name (:mod:`sp.agents.names`: it reaches argv, logs and plans).
     """
-    from agents.names import problem
+    from sp.agents.names import problem
 
     why = problem(name) if isinstance(name, str) else "is not text"
     if why is not None:
@@ -139,16 +139,16 @@ def load_entry_points() -> None:
 
 def main(args: list[str]) -> int:
     if len(args) < 4 or args[0] not in ("apply", "undo"):
-        print("usage: python -m actions.custom apply|undo NAME MODULE PAYLOAD_JSON "
+        print("usage: python -m sp.actions.custom apply|undo NAME MODULE PAYLOAD_JSON "
               "[ROLLBACK_JSON]", file=sys.stderr)
         return 2
     verb, name, module = args[:3]
-    from runner import api
+    from sp.runner import api
 
     importlib.import_module(module)
     fn = _FUNCTIONS.get(name)
     if fn is None:
-        print(f"actions.custom: importing {module} registered no action type {name!r}",
+        print(f"sp.actions.custom: importing {module} registered no action type {name!r}",
               file=sys.stderr)
         return 2
     payload = msgspec.json.decode(args[3], type=fn.payload)
@@ -169,6 +169,6 @@ def main(args: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    from actions import custom  # the registry the imported module's decorator fills
+    from sp.actions import custom  # the registry the imported module's decorator fills
 
     sys.exit(custom.main(sys.argv[1:]))

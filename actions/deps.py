@@ -10,7 +10,7 @@
   payload: {manager: npm, project: web, packages: ["is-number@7.0.0"]}
 ```
 
-Runs as ``python -m actions.run install_dependencies apply '<payload JSON>'``. ``project`` is
+Runs as ``python -m sp.actions.run install_dependencies apply '<payload JSON>'``. ``project`` is
 relative to the step's directory. pip installs into ``venv`` (default ``.venv`` below the
 project; created with ``python -m venv`` when missing) with ``<venv>/bin/python -m pip install
 --disable-pip-version-check --no-input``; npm runs ``npm install`` in the project (with no
@@ -50,10 +50,9 @@ from typing import Any, Literal
 import msgspec
 from packaging.version import InvalidVersion, Version
 
-from ledger.errors import UsageError
-
-from . import ActionType, Command, Requirement, blobs, register
-from .run import argv_for
+from sp.actions import ActionType, Command, Requirement, blobs, register
+from sp.actions.run import argv_for
+from sp.ledger.errors import UsageError
 
 PIP_FLAGS = ["--disable-pip-version-check", "--no-input"]
 NPM_FLAGS = ["--no-audit", "--no-fund", "--no-update-notifier"]
@@ -211,7 +210,7 @@ def _before(payload: DepsPayload, project: Path) -> dict[str, Any]:
 
 
 def apply(payload: DepsPayload) -> dict[str, Any]:
-    from runner import api
+    from sp.runner import api
 
     problems = check(payload, None)
     if problems:

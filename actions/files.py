@@ -10,7 +10,7 @@
       - {path: old.txt, operation: delete}
 ```
 
-Runs as ``python -m actions.run modify_files apply '<payload JSON>'``. Before touching anything
+Runs as ``python -m sp.actions.run modify_files apply '<payload JSON>'``. Before touching anything
 it stores each path's before-image (bytes and mode) under ``$SP_HOME/blobs/<sha256>`` and
 records the hashes in a checkpoint (``{"before": [...]}``); each file is then written to a
 temporary file and renamed over (a modified file keeps its mode). A retried attempt reuses the
@@ -28,10 +28,9 @@ from typing import Any, Literal
 
 import msgspec
 
-from ledger.errors import UsageError
-
-from . import ActionType, Command, Requirement, blobs, register
-from .run import argv_for
+from sp.actions import ActionType, Command, Requirement, blobs, register
+from sp.actions.run import argv_for
+from sp.ledger.errors import UsageError
 
 
 class FileChange(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
@@ -90,7 +89,7 @@ def check(payload: FilesPayload, rollback: NoRollback | None) -> list[tuple[str,
 
 
 def apply(payload: FilesPayload) -> dict[str, Any]:
-    from runner import api
+    from sp.runner import api
 
     problems = check(payload, None)
     if problems:

@@ -13,7 +13,7 @@
     expect_status: [200, 201]
 ```
 
-Runs as ``python -m actions.run http_request apply '<payload JSON>'``. A connection error,
+Runs as ``python -m sp.actions.run http_request apply '<payload JSON>'``. A connection error,
 a timeout or a 5xx status not in ``expect_status`` is retried ``retries`` times with an
 exponential backoff (0.2 s, 0.4 s, ... at most 5 s). The response is recorded as a checkpoint
 ``{status, url, headers (a subset), body_size, body_sha256, body (the first 64 KiB, as text),
@@ -34,10 +34,9 @@ from typing import Any
 
 import msgspec
 
-from ledger.errors import UsageError
-
-from . import ActionType, Command, Requirement, blobs, register
-from .run import argv_for
+from sp.actions import ActionType, Command, Requirement, blobs, register
+from sp.actions.run import argv_for
+from sp.ledger.errors import UsageError
 
 BODY_LIMIT = 64 * 1024
 KEPT_HEADERS = ("content-type", "content-length", "content-encoding", "etag", "last-modified",

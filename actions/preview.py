@@ -7,11 +7,11 @@ versioned preview, served on 127.0.0.1.
   payload: {build_dir: dist, name: site}
 ```
 
-The action runs as a real process, ``python -m actions.preview apply '<payload JSON>'``:
+The action runs as a real process, ``python -m sp.actions.preview apply '<payload JSON>'``:
 
 * the build directory is copied to ``$SP_HOME/previews/<name>/v<N>/`` (N one more than the
   highest so far) and made current by an atomic symlink ``current -> vN``;
-* a static HTTP server for ``$SP_HOME/previews/`` is ensured: ``python -m actions.preview
+* a static HTTP server for ``$SP_HOME/previews/`` is ensured: ``python -m sp.actions.preview
   serve``, detached, its pid and port in ``$SP_HOME/preview-server/``; started when not
   running, restarted when dead (on the same port when it is free);
 * the result is recorded as a checkpoint: ``url`` (``http://127.0.0.1:PORT/<name>/current/``),
@@ -43,7 +43,7 @@ from typing import Any
 
 import msgspec
 
-from . import ActionType, Command, Requirement, register
+from sp.actions import ActionType, Command, Requirement, register
 
 HOST = "127.0.0.1"
 
@@ -59,7 +59,7 @@ class PreviewRollback(msgspec.Struct, forbid_unknown_fields=True, frozen=True, k
 
 def _argv(verb: str, payload: PreviewPayload) -> list[str]:
     # -P: the working directory's modules must not shadow sp's own packages
-    return [sys.executable, "-P", "-m", "actions.preview", verb,
+    return [sys.executable, "-P", "-m", "sp.actions.preview", verb,
             msgspec.json.encode(payload).decode()]
 
 
@@ -98,7 +98,7 @@ for _name in ("deploy", "generate_preview"):
 def home_root() -> Path:
     raw = os.environ.get("SP_HOME")
     if not raw:
-        raise SystemExit("actions.preview: $SP_HOME is not set")
+        raise SystemExit("sp.actions.preview: $SP_HOME is not set")
     return Path(raw)
 
 
@@ -170,7 +170,7 @@ def _locked(path: Path) -> Iterator[None]:
 def publish(home: Path, payload: PreviewPayload, build_dir: Path) -> dict[str, Any]:
     """Copy ``build_dir`` as the next version of the preview and make it current."""
     if not build_dir.is_dir():
-        raise SystemExit(f"actions.preview: no build directory {build_dir}")
+        raise SystemExit(f"sp.actions.preview: no build directory {build_dir}")
     site = previews_dir(home) / payload.name
     site.mkdir(parents=True, exist_ok=True)
     with _locked(_meta_dir(home, payload.name) / ".lock"):
@@ -274,7 +274,7 @@ def ensure_server(home: Path, timeout: float = 10.0) -> int:
         previews_dir(home).mkdir(parents=True, exist_ok=True)
         with open(d / "server.log", "ab") as log:
             child = subprocess.Popen(
-                [sys.executable, "-P", "-m", "actions.preview", "serve", str(home),
+                [sys.executable, "-P", "-m", "sp.actions.preview", "serve", str(home),
                  str(old_port or 0)],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
                 close_fds=True)
@@ -286,7 +286,7 @@ def ensure_server(home: Path, timeout: float = 10.0) -> int:
             if child.poll() is not None:
                 break
             time.sleep(0.05)
-        raise SystemExit(f"actions.preview: the preview server did not start "
+        raise SystemExit(f"sp.actions.preview: the preview server did not start "
                          f"(see {d / 'server.log'})")
 
 
@@ -354,10 +354,10 @@ def main(args: list[str]) -> int:
         serve(Path(args[1]), int(args[2]))
         return 0
     if len(args) != 2 or args[0] not in ("apply", "undo"):
-        print("usage: python -m actions.preview apply|undo PAYLOAD_JSON\n"
-              "       python -m actions.preview serve HOME PORT", file=sys.stderr)
+        print("usage: python -m sp.actions.preview apply|undo PAYLOAD_JSON\n"
+              "       python -m sp.actions.preview serve HOME PORT", file=sys.stderr)
         return 2
-    from runner import api
+    from sp.runner import api
 
     payload = msgspec.json.decode(args[1], type=PreviewPayload)
     home = home_root()

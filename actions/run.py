@@ -1,10 +1,10 @@
 """The entry point of the built-in file types, run as a process like any action::
 
-    python -m actions.run <type> apply '<payload JSON>'
-    python -m actions.run <type> undo  '<payload JSON>' [ORIGINAL_ACTION_ID]
+    python -m sp.actions.run <type> apply '<payload JSON>'
+    python -m sp.actions.run <type> undo  '<payload JSON>' [ORIGINAL_ACTION_ID]
 
-``<type>`` is ``modify_files`` (:mod:`actions.files`), ``configure_tooling``
-(:mod:`actions.tooling`) or ``clone_template`` (:mod:`actions.template`). The home is
+``<type>`` is ``modify_files`` (:mod:`sp.actions.files`), ``configure_tooling``
+(:mod:`sp.actions.tooling`) or ``clone_template`` (:mod:`sp.actions.template`). The home is
 ``$SP_HOME``, the action ``$SP_ACTION_ID``; what ``apply`` did is recorded as checkpoints, and
 ``undo`` reads them from the ledger: the original action is the argument, or else the
 ``compensates`` of the running compensation (a plan's rollback sets it). Exit 0 on success,
@@ -18,7 +18,7 @@ from typing import Any
 
 import msgspec
 
-from ledger.errors import UsageError
+from sp.ledger.errors import UsageError
 
 TYPES = ("modify_files", "configure_tooling", "clone_template", "compress", "decompress",
          "http_request", "sqlite_query", "install_dependencies")
@@ -26,38 +26,38 @@ TYPES = ("modify_files", "configure_tooling", "clone_template", "compress", "dec
 
 def argv_for(type_name: str, verb: str, payload: msgspec.Struct) -> list[str]:
     # -P: the action's working directory must not shadow sp's own packages
-    return [sys.executable, "-P", "-m", "actions.run", type_name, verb,
+    return [sys.executable, "-P", "-m", "sp.actions.run", type_name, verb,
             msgspec.json.encode(payload).decode()]
 
 
 def _module(type_name: str) -> Any:
     if type_name == "modify_files":
-        from . import files
+        from sp.actions import files
         return files
     if type_name == "configure_tooling":
-        from . import tooling
+        from sp.actions import tooling
         return tooling
     if type_name == "clone_template":
-        from . import template
+        from sp.actions import template
         return template
     if type_name in ("compress", "decompress"):
-        from . import archive
+        from sp.actions import archive
         return archive.RUNNERS[type_name]
     if type_name == "http_request":
-        from . import http
+        from sp.actions import http
         return http
     if type_name == "sqlite_query":
-        from . import sqlitedb
+        from sp.actions import sqlitedb
         return sqlitedb
     if type_name == "install_dependencies":
-        from . import deps
+        from sp.actions import deps
         return deps
     raise UsageError(f"unknown built-in type {type_name!r} (known: {', '.join(TYPES)})")
 
 
 def main(argv: list[str]) -> int:
     if len(argv) not in (3, 4) or argv[1] not in ("apply", "undo"):
-        print("usage: python -m actions.run TYPE apply|undo PAYLOAD_JSON [ORIGINAL_ID]",
+        print("usage: python -m sp.actions.run TYPE apply|undo PAYLOAD_JSON [ORIGINAL_ID]",
               file=sys.stderr)
         return 2
     try:

@@ -17,7 +17,7 @@ import shlex
 
 import msgspec
 
-from . import ActionType, Command, Requirement, register
+from sp.actions import ActionType, Command, Requirement, register
 
 
 class ShellPayload(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):

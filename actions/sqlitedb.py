@@ -9,7 +9,7 @@
     params: [alice]             # a list for ?, a mapping for :name
 ```
 
-Runs as ``python -m actions.run sqlite_query apply '<payload JSON>'``, in one transaction
+Runs as ``python -m sp.actions.run sqlite_query apply '<payload JSON>'``, in one transaction
 (``BEGIN IMMEDIATE`` for a write, committed when the statement succeeded, rolled back
 otherwise). Whether the statement writes is decided before it runs, by preparing it under
 SQLite's authorizer (anything but reading, selecting and calling functions counts as a write).
@@ -37,10 +37,9 @@ from typing import Any
 
 import msgspec
 
-from ledger.errors import UsageError
-
-from . import ActionType, Command, Requirement, blobs, register
-from .run import argv_for
+from sp.actions import ActionType, Command, Requirement, blobs, register
+from sp.actions.run import argv_for
+from sp.ledger.errors import UsageError
 
 FIRST_ROWS = 100
 _READS = {sqlite3.SQLITE_READ, sqlite3.SQLITE_SELECT, sqlite3.SQLITE_FUNCTION,
@@ -124,7 +123,7 @@ def _before_image(conn: sqlite3.Connection, path: Path) -> dict[str, Any]:
 
 
 def apply(payload: SqlitePayload) -> dict[str, Any]:
-    from runner import api
+    from sp.runner import api
 
     problems = check(payload, None)
     if problems:

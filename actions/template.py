@@ -37,10 +37,9 @@ from typing import Any
 
 import msgspec
 
-from ledger.errors import UsageError
-
-from . import ActionType, Command, Requirement, blobs, register
-from .run import argv_for
+from sp.actions import ActionType, Command, Requirement, blobs, register
+from sp.actions.run import argv_for
+from sp.ledger.errors import UsageError
 
 
 class TemplatePayload(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
@@ -221,7 +220,7 @@ def _listing(root: Path) -> list[str]:
 
 
 def apply(payload: TemplatePayload) -> dict[str, Any]:
-    from runner import api
+    from sp.runner import api
 
     problems = check(payload, None)
     if problems:

@@ -6,7 +6,7 @@
   payload: {cwd: ., command: [python, -m, pytest, -q]}
 ```
 
-The action runs as a real process, ``python -m actions.tests_type apply '<payload JSON>'``,
+The action runs as a real process, ``python -m sp.actions.tests_type apply '<payload JSON>'``,
 which runs the test command in ``cwd``, echoes its output, and parses the outcome from
 pytest's own summary line (``== 2 passed, 1 failed in 0.12s ==``) and from JUnit XML (written
 by the command at ``junit_xml``; for pytest a ``--junitxml`` file is added automatically).
@@ -30,7 +30,7 @@ from typing import Any
 
 import msgspec
 
-from . import ActionType, Command, Requirement, register
+from sp.actions import ActionType, Command, Requirement, register
 
 
 class RunTestsPayload(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
@@ -44,7 +44,7 @@ def command(payload: RunTestsPayload) -> Command:
     raw = msgspec.json.encode(payload).decode()
     # -P: it runs in the project's directory, whose modules (a runner.py, an actions/) must
     # not shadow sp's own packages
-    return Command(argv=[sys.executable, "-P", "-m", "actions.tests_type", "apply", raw],
+    return Command(argv=[sys.executable, "-P", "-m", "sp.actions.tests_type", "apply", raw],
                    cwd=payload.cwd, env=dict(payload.env))
 
 
@@ -176,9 +176,9 @@ def run(payload: RunTestsPayload) -> tuple[dict[str, Any], int]:
 
 def main(args: list[str]) -> int:
     if len(args) != 2 or args[0] != "apply":
-        print("usage: python -m actions.tests_type apply PAYLOAD_JSON", file=sys.stderr)
+        print("usage: python -m sp.actions.tests_type apply PAYLOAD_JSON", file=sys.stderr)
         return 2
-    from runner import api
+    from sp.runner import api
 
     payload = msgspec.json.decode(args[1], type=RunTestsPayload)
     result, code = run(payload)

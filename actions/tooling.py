@@ -31,10 +31,9 @@ from typing import Any, Literal
 import msgspec
 import yaml
 
-from ledger.errors import UsageError
-
-from . import ActionType, Command, Requirement, blobs, register
-from .run import argv_for
+from sp.actions import ActionType, Command, Requirement, blobs, register
+from sp.actions.run import argv_for
+from sp.ledger.errors import UsageError
 
 Format = Literal["json", "toml", "yaml", "ini"]
 SUFFIXES: dict[str, Format] = {".json": "json", ".toml": "toml", ".yaml": "yaml",
@@ -189,7 +188,7 @@ def configured(fmt: Format, text: str, keys: dict[str, Any]) -> str:
 
 
 def apply(payload: ToolingPayload) -> dict[str, Any]:
-    from runner import api
+    from sp.runner import api
 
     problems = check(payload, None)
     if problems:

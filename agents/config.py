@@ -27,11 +27,10 @@ from typing import Annotated, Any, Literal
 import msgspec
 import yaml
 
-from ledger import configfile
-from ledger.errors import UsageError
-
-from . import documents, names
-from .units import Duration, Percent, Size, dec_hook
+from sp.agents import documents, names
+from sp.agents.units import Duration, Percent, Size, dec_hook
+from sp.ledger import configfile
+from sp.ledger.errors import UsageError
 
 
 class _Strict(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True,
@@ -125,7 +124,7 @@ class Capabilities(_Strict, frozen=True):
     ``- read: [paths]``, ``- write: [paths]``, ``- network: [urls or host:port]``,
     ``- execute: [names or paths]``; ``user:``/``group:`` to run its actions as, and the
     ``linux_capabilities:`` a root action keeps. Normalised and checked by
-    :mod:`security.policy`."""
+    :mod:`sp.security.policy`."""
 
     allowed: list[dict[str, Any]] | None = None
     denied: list[dict[str, Any]] = []
@@ -279,7 +278,7 @@ def load_document(path: str | Path) -> Any:
     """Read a YAML (.yaml/.yml) or TOML (.toml) file into plain data.
 
     :raises UsageError: unreadable, not a regular file, over the size cap
-        (:mod:`ledger.configfile`), or not well-formed; the message names the file and the
+        (:mod:`sp.ledger.configfile`), or not well-formed; the message names the file and the
         line, never the file's text.
     """
     return load_document_marked(path)[0]

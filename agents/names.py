@@ -22,7 +22,7 @@ from __future__ import annotations
 import re
 import unicodedata
 
-from ledger.errors import UsageError
+from sp.ledger.errors import UsageError
 
 MAX = 64
 GRAMMAR = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")

@@ -19,9 +19,9 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from ledger import codec  # noqa: E402
-from ledger import events as ev  # noqa: E402
-from ledger.schema import MIGRATIONS, SCHEMA_VERSION  # noqa: E402
+from sp.ledger import codec  # noqa: E402
+from sp.ledger import events as ev  # noqa: E402
+from sp.ledger.schema import MIGRATIONS, SCHEMA_VERSION  # noqa: E402
 
 CACHE = Path(os.environ.get("SP_BENCH_CACHE", "/tmp/sp-bench"))
 TS0 = 1_767_225_600_000  # a fixed clock: ours and raw write byte-identical rows
@@ -43,7 +43,7 @@ def sp_argv() -> list[str]:
     script = Path(sys.executable).parent / "sp"
     if script.exists():
         return [sys.executable, str(script)]
-    return [sys.executable, "-m", "cli"]
+    return [sys.executable, "-m", "sp.cli"]
 
 
 def child_env() -> dict[str, str]:
@@ -232,7 +232,7 @@ def big_home(n_events: int = 1_000_000, quiet: bool = False) -> Path:
     import json
     import shutil
 
-    from ledger.store import EventStore
+    from sp.ledger.store import EventStore
 
     home = CACHE / f"home-{n_events}"
     marker = home / "bench-ledger.json"

@@ -43,9 +43,9 @@ from _common import (
     verdict,
 )
 
-from commands.home import Home
-from ledger import events as ev
-from ledger.clock import ManualClock
+from sp.commands.home import Home
+from sp.ledger import events as ev
+from sp.ledger.clock import ManualClock
 
 TARGET = 0.7
 Txn = list[tuple[str, list[ev.Event], int]]

@@ -89,9 +89,9 @@ def main() -> None:
 
     # -- 2. the 1,000,000-event ledger -------------------------------------------------------
     home = big_home(args.events)
-    from commands.actions import resolve
-    from commands.home import Home
-    from projections import queries
+    from sp.commands.actions import resolve
+    from sp.commands.home import Home
+    from sp.projections import queries
 
     store = Home(home).open()  # rebuilds the projections if they are missing (untimed)
     store.close()

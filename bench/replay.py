@@ -19,10 +19,10 @@ import sqlite3
 import msgspec
 from _common import big_home, fmt_rate, median, timed, verdict
 
-from commands.replay import refuse_damaged
-from ledger.events import AnyEvent
-from ledger.store import EventStore
-from projections import engine
+from sp.commands.replay import refuse_damaged
+from sp.ledger.events import AnyEvent
+from sp.ledger.store import EventStore
+from sp.projections import engine
 
 TARGET = 0.3
 

@@ -1,6 +1,6 @@
 """Benchmark: the startup cost of the sandbox shim (``true`` wrapped vs not).
 
-Runs ``true`` N times bare and under :func:`security.sandbox.wrap` with several specs, and
+Runs ``true`` N times bare and under :func:`sp.security.sandbox.wrap` with several specs, and
 prints the median and p90 wall time of one ``subprocess.run`` each; also times the 65,535
 Landlock port rules a deny-only TCP spec needs (in-process, no sandbox applied).
 
@@ -24,8 +24,8 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from security import landlock  # noqa: E402
-from security.sandbox import SandboxSpec, probe, wrap  # noqa: E402
+from sp.security import landlock  # noqa: E402
+from sp.security.sandbox import SandboxSpec, probe, wrap  # noqa: E402
 
 
 def _real(name: str) -> str:

@@ -46,8 +46,8 @@ from typing import NamedTuple
 
 from _common import CACHE, child_env, median, sp_argv, verdict
 
-from commands import actions
-from commands.home import Home
+from sp.commands import actions
+from sp.commands.home import Home
 
 XARGS_TARGET = 0.5
 HUEY_TARGET = 1.5

@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from .main import App, echo_json, echo_table, format_option, pass_app
+from sp.cli.main import App, echo_json, echo_table, format_option, pass_app
 
 # Bounds of integer options: what SQLite (64-bit) and range() accept, and far beyond use.
 MAX_ROWS = 1_000_000
@@ -66,10 +66,10 @@ def submit(app: App, name: str | None, agent: str | None, task: str | None, prio
       sp submit --after 3f2a --delay 10m -- make deploy
       seq 1 100 | sed 's/^/echo item /' | sp submit --each -
     """
-    from agents import names
-    from commands import actions
-    from commands.durations import parse_duration_ms
-    from ledger.errors import UsageError
+    from sp.agents import names
+    from sp.commands import actions
+    from sp.commands.durations import parse_duration_ms
+    from sp.ledger.errors import UsageError
 
     names.check_optional(name, "action name", "--name")
     names.check_optional(agent, "agent id", "--agent")
@@ -116,8 +116,8 @@ def _each_text(each: str) -> str:
 
     :raises UsageError: not a regular file, too large, or not UTF-8; the file and byte named.
     """
-    from ledger import configfile
-    from ledger.errors import UsageError
+    from sp.ledger import configfile
+    from sp.ledger.errors import UsageError
 
     data = (configfile.read_stream(sys.stdin.buffer, "--each -") if each == "-"
             else configfile.read_config(each))
@@ -144,9 +144,9 @@ def status(app: App, action: str | None, everything: bool, agent: str | None, re
       sp status
       sp status 3f2a --format json
     """
-    from commands.actions import resolve
-    from commands.durations import format_ms
-    from projections import queries
+    from sp.commands.actions import resolve
+    from sp.commands.durations import format_ms
+    from sp.projections import queries
 
     store = app.store(write=False)
     if action:
@@ -179,7 +179,7 @@ def _log_line(app: App, store: Any, action_id: str) -> None:
     if path.exists():
         click.echo(f"{'log':17} {path}")
         return
-    from security.retention import log_collected
+    from sp.security.retention import log_collected
 
     collected = log_collected(store, action_id)
     if collected is not None:
@@ -198,8 +198,8 @@ def cancel(app: App, action: str, reason: str) -> None:
     Example:
       sp cancel 3f2a --reason "wrong input"
     """
-    from commands import actions
-    from machines.states import ActionState
+    from sp.commands import actions
+    from sp.machines.states import ActionState
 
     store = app.store()
     action_id = actions.resolve(store, action)
@@ -227,8 +227,8 @@ def restart(app: App, action: str | None, all_failed: bool, from_step: int | Non
       sp restart 3f2a --from-step 2
       sp restart --all-failed
     """
-    from commands import actions
-    from ledger.errors import UsageError
+    from sp.commands import actions
+    from sp.ledger.errors import UsageError
 
     if bool(action) == all_failed:
         raise UsageError("give an action id or --all-failed (not both)")
@@ -257,11 +257,11 @@ def wait(app: App, action_ids: tuple[str, ...], timeout: str | None, fmt: str) -
     Example:
       sp wait $(sp submit -- make build) && echo built
     """
-    from commands.actions import resolve
-    from commands.durations import parse_duration_ms
-    from ledger.errors import WaitTimeoutError
-    from machines.states import FINAL, SATISFIED, ActionState
-    from projections import queries
+    from sp.commands.actions import resolve
+    from sp.commands.durations import parse_duration_ms
+    from sp.ledger.errors import WaitTimeoutError
+    from sp.machines.states import FINAL, SATISFIED, ActionState
+    from sp.projections import queries
 
     store = app.store(write=False)
     ids = [resolve(store, a) for a in action_ids]
@@ -305,9 +305,9 @@ def audit(app: App, action: str, fmt: str) -> None:
     """
     import msgspec
 
-    from commands.actions import resolve
-    from commands.retention import ActionArchivedError, audit_archived
-    from projections import queries
+    from sp.commands.actions import resolve
+    from sp.commands.retention import ActionArchivedError, audit_archived
+    from sp.projections import queries
 
     store = app.store(write=False)
     archived_to = None
@@ -348,15 +348,15 @@ def logs(app: App, action: str, follow: bool) -> None:
     Example:
       sp logs 3f2a -f
     """
-    from commands.actions import resolve
-    from machines.states import FINAL, ActionState
-    from projections import queries
+    from sp.commands.actions import resolve
+    from sp.machines.states import FINAL, ActionState
+    from sp.projections import queries
 
     store = app.store(write=False)
     action_id = resolve(store, action)
     path = app.home.log_path(action_id)
     if not path.exists():
-        from security.retention import log_collected
+        from sp.security.retention import log_collected
 
         collected = log_collected(store, action_id)
         if collected is not None:
@@ -382,7 +382,7 @@ def logs(app: App, action: str, follow: bool) -> None:
 
 
 def _current_action(action: str | None) -> str:
-    from ledger.errors import UsageError
+    from sp.ledger.errors import UsageError
 
     action = action or os.environ.get("SP_ACTION_ID")
     if not action:
@@ -405,16 +405,16 @@ def checkpoint(app: App, data: str, step: int | None, action: str | None) -> Non
     Example:
       sp checkpoint --step 2 '{"cursor": 4180}'
     """
-    from commands import actions
-    from ledger import jsoninput
-    from ledger.errors import UsageError
+    from sp.commands import actions
+    from sp.ledger import jsoninput
+    from sp.ledger.errors import UsageError
 
     try:
         value = jsoninput.decode(data)
     except UsageError as e:
         raise UsageError(f"checkpoint data: {e}") from None
     if _brokered(action):  # a sandboxed action: its worker records it
-        from runner import api
+        from sp.runner import api
 
         click.echo(str(api.checkpoint(value, step)))
         return
@@ -436,10 +436,10 @@ def progress(app: App, percent: float, message: str, action: str | None) -> None
     Example:
       sp progress 40 "classified 120 of 300 papers"
     """
-    from commands import actions
+    from sp.commands import actions
 
     if _brokered(action):
-        from runner import api
+        from sp.runner import api
 
         api.progress(percent, message)
         return
@@ -452,7 +452,7 @@ def _brokered(action: str | None) -> bool:
     """Inside a sandboxed action, about itself: the ledger is out of reach, the worker is not."""
     import os
 
-    from runner import broker
+    from sp.runner import broker
 
     return broker.active() and action in (None, os.environ.get("SP_ACTION_ID"))
 

@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 import click
 
-from .main import App, echo_json, echo_table, format_option, pass_app
+from sp.cli.main import App, echo_json, echo_table, format_option, pass_app
 
 
 @click.group()
@@ -33,7 +33,7 @@ def agent_apply(app: App, file: str) -> None:
     Example:
       sp agent apply agents/research-001.yaml
     """
-    from commands import actions, agents
+    from sp.commands import actions, agents
 
     agent_id, changed = agents.apply(app.store(), file, by=actions.who())
     click.echo(agent_id)
@@ -50,7 +50,7 @@ def agent_list(app: App, fmt: str) -> None:
     Example:
       sp agent list --format json
     """
-    from commands import agents
+    from sp.commands import agents
 
     rows = agents.listing(app.store(write=False))
     if fmt == "json":
@@ -75,7 +75,7 @@ def agent_show(app: App, agent_id: str, fmt: str) -> None:
     import msgspec
     import yaml
 
-    from commands import agents
+    from sp.commands import agents
 
     store = app.store(write=False)
     agents.get(store, agent_id)  # validates and raises for an unknown agent
@@ -108,8 +108,8 @@ def agent_policy(app: App, agent_id: str, policy_file: str | None, clear: bool,
     """
     from pathlib import Path
 
-    from commands import actions, policies
-    from ledger.errors import UsageError
+    from sp.commands import actions, policies
+    from sp.ledger.errors import UsageError
 
     if policy_file and clear:
         raise UsageError("--set and --clear: choose one")
@@ -182,11 +182,11 @@ def action() -> None:
 
 def _execute(app: App, agent_id: str, task: str, timeout: str | None, checkpoint_enabled: bool,
              notify_on_completion: bool, detach: bool, allow_unsandboxed: bool = False) -> None:
-    from agents import names
-    from commands import actions, agents, execution
-    from commands.durations import parse_duration_ms
-    from machines.states import ActionState
-    from runner.foreground import run_claimed
+    from sp.agents import names
+    from sp.commands import actions, agents, execution
+    from sp.commands.durations import parse_duration_ms
+    from sp.machines.states import ActionState
+    from sp.runner.foreground import run_claimed
 
     names.check(agent_id, "agent id", "--agent")
     names.check(task, "task name", "--task")
@@ -200,7 +200,7 @@ def _execute(app: App, agent_id: str, task: str, timeout: str | None, checkpoint
 
         spec = msgspec.structs.replace(spec, allow_unsandboxed=True)
     if spec.cwd is not None and not os.path.isdir(spec.cwd):  # refused now, not at spawn
-        from ledger.errors import UsageError
+        from sp.ledger.errors import UsageError
 
         raise UsageError(f"agent {agent_id}, task {task}: cwd {spec.cwd}: no such directory")
     by = actions.who()
@@ -213,7 +213,7 @@ def _execute(app: App, agent_id: str, task: str, timeout: str | None, checkpoint
     click.echo(claim.action_id)
     state = run_claimed(store, app.home, claim)
     if notify_on_completion:
-        from projections import queries
+        from sp.projections import queries
 
         row = queries.get_action(store, claim.action_id)
         click.echo(f"sp: {agent_id}/{task} {state.value} ({claim.action_id}, attempts "

@@ -8,7 +8,7 @@ from typing import Any
 import click
 import msgspec
 
-from .main import App, echo_json, format_option, pass_app
+from sp.cli.main import App, echo_json, format_option, pass_app
 
 
 @click.group()
@@ -25,9 +25,9 @@ def deploy() -> None:
 def deployment(store: Any, home_root: str | Path, ref: str) -> dict[str, Any]:
     """What the action's last checkpoint says, plus what is true now: the version ``current``
     points at, the server's pid and port, and the HTTP status of a GET on the URL."""
-    from actions import preview
-    from commands import actions
-    from ledger.errors import UsageError
+    from sp.actions import preview
+    from sp.commands import actions
+    from sp.ledger.errors import UsageError
 
     action_id = actions.resolve(store, ref)
     found = store.query_one("SELECT data FROM checkpoints WHERE action_id = ?", (action_id,))

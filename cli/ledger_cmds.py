@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from .main import App, echo_json, echo_table, format_option, pass_app
+from sp.cli.main import App, echo_json, echo_table, format_option, pass_app
 
 
 @click.command()
@@ -27,7 +27,7 @@ def init(app: App, force: bool) -> None:
       sp --home /srv/sp init --force
     """
     if force:
-        from commands.ledger_marker import reinitialise
+        from sp.commands.ledger_marker import reinitialise
 
         click.echo(reinitialise(app.home))
     app.new_home_expected = True
@@ -58,7 +58,7 @@ def replay(app: App, check: bool, report: bool, force: bool, fmt: str) -> None:
       sp replay
       sp replay --check
     """
-    from commands import replay as replaying
+    from sp.commands import replay as replaying
 
     store = app.store()
     if check:
@@ -105,7 +105,7 @@ def verify(app: App, archives: tuple[str, ...], full: bool, fmt: str) -> None:
       sp verify --full
       sp verify --archive /srv/sp/archive-2025.db
     """
-    from commands.ledger_marker import verify_home
+    from sp.commands.ledger_marker import verify_home
 
     store = app.store(write=False, projections=False)
     result = verify_home(app.home, store, archives, full)
@@ -142,7 +142,7 @@ def sql(app: App, query: str, fmt: str) -> None:
       sp sql "SELECT state, count(*) FROM actions GROUP BY state"
       sp sql "SELECT * FROM v_metrics WHERE dim = 'type'" --format json
     """
-    from ledger.readonly import run_readonly
+    from sp.ledger.readonly import run_readonly
 
     app.store(write=False)  # create / migrate on first use
     cols, rows = run_readonly(app.home.ledger_path, query)

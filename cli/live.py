@@ -13,8 +13,8 @@ from typing import Any
 
 import click
 
-from .agent import action as action_group
-from .main import App, echo_json, echo_table, format_option, pass_app
+from sp.cli.agent import action as action_group
+from sp.cli.main import App, echo_json, echo_table, format_option, pass_app
 
 ACTIVE = ("pending", "validating", "queued", "executing", "retrying", "interrupted",
           "rolling_back")
@@ -83,7 +83,7 @@ def render(rows: list[dict[str, Any]]) -> Any:
     from rich.progress_bar import ProgressBar
     from rich.table import Table
 
-    from .monitor import _bytes
+    from sp.cli.monitor import _bytes
 
     table = Table(title=f"sp monitor — {len(rows)} active (q quits)", expand=True)
     for col in ("action", "agent", "task", "state", "progress", "elapsed", "cpu", "mem", "log"):

@@ -24,7 +24,7 @@ from typing import IO, Any, TypeVar
 
 import click
 
-from ledger.errors import SpError
+from sp.ledger.errors import SpError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -62,7 +62,7 @@ class App:
     """Per-invocation context: where the home is, how to render."""
 
     def __init__(self, home: str | None, debug: bool) -> None:
-        from commands.home import Home
+        from sp.commands.home import Home
 
         self.home = Home(home)
         self.debug = debug
@@ -81,7 +81,7 @@ class App:
         """
         new = self._no_ledger_yet()
         if new and not write:
-            from ledger.errors import UsageError
+            from sp.ledger.errors import UsageError
 
             raise UsageError(f"no ledger in {self.home.root}: nothing was ever recorded there "
                              "(check --home / SP_HOME, or create it with sp init)")
@@ -101,7 +101,7 @@ class App:
 
     def _no_ledger_yet(self) -> bool:
         """Neither a ledger nor the marker of one (a wiped ledger is refused by the home)."""
-        from commands.ledger_marker import read_marker
+        from sp.commands.ledger_marker import read_marker
 
         if self.home.ledger_path.exists():
             return False
@@ -193,7 +193,7 @@ def _with_home_note(ctx: click.Context, message: str) -> str:
 
 
 def _environmental(ctx: click.Context, e: BaseException) -> SpError | None:
-    from ledger.errors import translate
+    from sp.ledger.errors import translate
 
     app = ctx.find_object(App)
     where = str(app.home.ledger_path) if app is not None else "the ledger"
@@ -208,8 +208,8 @@ def _damage_behind(app: App | None) -> SpError | None:
     what fails next is an invariant of sp. Before calling that a bug, ask SQLite."""
     if app is None or not app._stores:
         return None
-    from ledger.errors import LedgerDamagedError
-    from ledger.integrity import sqlite_damage
+    from sp.ledger.errors import LedgerDamagedError
+    from sp.ledger.integrity import sqlite_damage
 
     store = app._stores[0]
     try:
@@ -349,7 +349,7 @@ def _load(module_name: str) -> None:
         return
     import importlib
 
-    module = importlib.import_module(f"cli.{module_name}")
+    module = importlib.import_module(f"sp.cli.{module_name}")
     for command in module.COMMANDS:
         cli.add_command(command)
     _LOADED.add(module_name)

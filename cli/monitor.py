@@ -10,8 +10,8 @@ from typing import Any
 
 import click
 
-from .agent import action as action_group
-from .main import App, echo_json, echo_table, format_option, pass_app
+from sp.cli.agent import action as action_group
+from sp.cli.main import App, echo_json, echo_table, format_option, pass_app
 
 POLL_S = 0.2
 
@@ -62,7 +62,7 @@ def action_watch(app: App, agent: str | None, everything: bool, since_seq: int |
       sp action watch --agent backup
       sp action watch --all --since-seq 0 --format json
     """
-    from projections.monitoring import Follower
+    from sp.projections.monitoring import Follower
 
     if not agent and not everything:
         raise click.UsageError("give --agent A or --all")
@@ -98,8 +98,8 @@ def metrics_cmd(app: App, agent: str | None, task: str | None, since: str, fmt: 
       sp metrics --since 7d
       sp metrics --agent backup --task nightly --format json
     """
-    from commands.durations import parse_duration_ms
-    from projections.monitoring import metrics
+    from sp.commands.durations import parse_duration_ms
+    from sp.projections.monitoring import metrics
 
     since_ms = None if since == "all" else parse_duration_ms(since, "--since")
     m = metrics(app.store(write=False), agent=agent, task=task, since_ms=since_ms)
@@ -162,7 +162,7 @@ def action_resources(app: App, fmt: str) -> None:
       sp action resources
       sp action resources --format json
     """
-    from projections.monitoring import resources
+    from sp.projections.monitoring import resources
 
     r = resources(app.store(write=False))
     if fmt == "json":

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from .main import App, echo_json, echo_table, format_option, one_line, pass_app
+from sp.cli.main import App, echo_json, echo_table, format_option, one_line, pass_app
 
 
 def _invalid(err: Any, fmt: str) -> None:
@@ -22,7 +22,7 @@ def _invalid(err: Any, fmt: str) -> None:
 
 
 def _ms(ms: int | None) -> str:
-    from commands.durations import format_ms
+    from sp.commands.durations import format_ms
 
     return "unknown" if ms is None else format_ms(ms)
 
@@ -52,8 +52,8 @@ def plan_validate(app: App, file: str, fmt: str) -> None:
     Example:
       sp plan validate deploy.yaml
     """
-    from commands import plans
-    from plans.errors import PlanInvalidError
+    from sp.commands import plans
+    from sp.plans.errors import PlanInvalidError
 
     try:
         p = plans.validate(file)
@@ -80,8 +80,8 @@ def plan_apply(app: App, file: str) -> None:
       sp plan apply deploy.yaml
       sp worker -c 4 --until-idle
     """
-    from commands import actions, plans
-    from plans.errors import PlanInvalidError
+    from sp.commands import actions, plans
+    from sp.plans.errors import PlanInvalidError
 
     try:
         p = plans.validate(file)
@@ -104,7 +104,7 @@ def plan_list(app: App, limit: int, fmt: str) -> None:
     Example:
       sp plan list --format json
     """
-    from commands import plans
+    from sp.commands import plans
 
     rows = plans.listing(app.store(write=False), limit)
     if fmt == "json":
@@ -129,13 +129,13 @@ def plan_status(app: App, plan_id: str, fmt: str, timeline: bool) -> None:
       sp plan status 3f2a
       sp plan status 3f2a --timeline
     """
-    from commands import plans
+    from sp.commands import plans
 
     store = app.store(write=False)
     doc = plans.status(store, plans.resolve(store, plan_id))
     if timeline:
-        from cli.monitor import render_timeline
-        from projections.monitoring import timeline as plan_timeline
+        from sp.cli.monitor import render_timeline
+        from sp.projections.monitoring import timeline as plan_timeline
 
         tl = plan_timeline(store, [(s["step"], s["action_id"]) for s in doc["actions"]])
         if fmt == "json":
@@ -178,8 +178,8 @@ def plan_show(app: App, target: str, fmt: str) -> None:
       sp plan show deploy.yaml
       sp plan show 3f2a --format json
     """
-    from commands import plans
-    from plans.errors import PlanInvalidError
+    from sp.commands import plans
+    from sp.plans.errors import PlanInvalidError
 
     try:
         s = plans.show(app.store(write=False), target)
@@ -227,7 +227,7 @@ def plan_cancel(app: App, plan_id: str, reason: str, then_rollback: bool, fmt: s
       sp plan cancel 3f2a --reason "wrong target"
       sp plan cancel 3f2a --rollback
     """
-    from commands import actions, plans
+    from sp.commands import actions, plans
 
     store = app.store()
     pid = plans.resolve(store, plan_id)
@@ -259,7 +259,7 @@ def rollback(app: App, plan_id: str, dry_run: bool, fmt: str) -> None:
       sp rollback 3f2a --dry-run
       sp rollback 3f2a | xargs sp wait
     """
-    from commands import actions, plans
+    from sp.commands import actions, plans
 
     store = app.store(write=not dry_run)
     pid = plans.resolve(store, plan_id)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from .main import App, pass_app
+from sp.cli.main import App, pass_app
 
 _CSS = """body{font:14px system-ui,sans-serif;margin:2em;color:#222}h1{font-size:1.4em}
 table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 6px;text-align:left}
@@ -112,7 +112,7 @@ def report(app: App, out: str, since: str) -> None:
     Example:
       sp report --html /tmp/sp-report.html --since 7d
     """
-    from commands.durations import parse_duration_ms
+    from sp.commands.durations import parse_duration_ms
 
     since_ms = None if since == "all" else parse_duration_ms(since, "--since")
     fd, tmp = _writable(out)
@@ -134,7 +134,7 @@ def _writable(out: str) -> tuple[int, str]:
     """
     import tempfile
 
-    from ledger.errors import UsageError
+    from sp.ledger.errors import UsageError
 
     if os.path.isdir(out):
         raise UsageError(f"--html {out}: is a directory")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from .main import App, echo_json, echo_table, format_option, pass_app
+from sp.cli.main import App, echo_json, echo_table, format_option, pass_app
 
 
 def _size(n: int) -> str:
@@ -38,8 +38,8 @@ def gc(app: App, dry_run: bool, temp: str | None, completed: str | None, failed:
       sp gc --dry-run
       sp gc --completed 3d --format json
     """
-    from commands.actions import who
-    from commands.retention import gc as collect
+    from sp.commands.actions import who
+    from sp.commands.retention import gc as collect
 
     store = app.store()
     report = collect(store, app.home, temp=temp, completed=completed, failed=failed,
@@ -76,8 +76,8 @@ def archive(app: App, before: str, file: str, fmt: str) -> None:
       sp archive --before 2026-01-01 /srv/sp/archive-2025.db
       sp archive --before 90d archive.db --format json
     """
-    from commands.actions import who
-    from commands.retention import archive as move
+    from sp.commands.actions import who
+    from sp.commands.retention import archive as move
 
     store = app.store()
     report = move(store, before, file, by=who())

@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from .main import App, echo_json, echo_table, format_option, pass_app
+from sp.cli.main import App, echo_json, echo_table, format_option, pass_app
 
 
 def _iso(ms: int | None) -> str | None:
@@ -77,8 +77,8 @@ def schedule_add(app: App, name: str, cron: str | None, window: str | None, adap
           --timezone Europe/Paris --missed catchup:6h --overlap skip
       sp schedule add reindex --window 01:00-05:00 --adaptive --agent db-001 --task reindex
     """
-    from commands import actions, schedules
-    from commands.durations import parse_duration_ms
+    from sp.commands import actions, schedules
+    from sp.commands.durations import parse_duration_ms
 
     jitter_ms = 0 if jitter is None else parse_duration_ms(jitter, "--jitter")
     event = schedules.define(
@@ -106,7 +106,7 @@ def schedule_list(app: App, fmt: str) -> None:
     Example:
       sp schedule list --format json
     """
-    from commands import schedules
+    from sp.commands import schedules
 
     rows = schedules.listing(app.store(write=False))
     if fmt == "json":
@@ -136,8 +136,8 @@ def schedule_show(app: App, name: str, fmt: str) -> None:
     Example:
       sp schedule show daily-scan
     """
-    from commands import schedules
-    from ledger.errors import UsageError
+    from sp.commands import schedules
+    from sp.ledger.errors import UsageError
 
     store = app.store(write=False)
     history = schedules.history(store, name)
@@ -180,7 +180,7 @@ def schedule_rm(app: App, name: str, reason: str) -> None:
     Example:
       sp schedule rm daily-scan --reason "replaced by the weekly scan"
     """
-    from commands import actions, schedules
+    from sp.commands import actions, schedules
 
     schedules.remove(app.store(), name, reason, by=actions.who())
     click.echo(f"schedule {name}: removed", err=True)
@@ -196,7 +196,7 @@ def schedule_enable(app: App, name: str) -> None:
     Example:
       sp schedule enable daily-scan
     """
-    from commands import actions, schedules
+    from sp.commands import actions, schedules
 
     changed = schedules.enable(app.store(), name, by=actions.who())
     click.echo(f"schedule {name}: {'enabled' if changed else 'already enabled'}", err=True)
@@ -213,7 +213,7 @@ def schedule_disable(app: App, name: str, reason: str) -> None:
     Example:
       sp schedule disable daily-scan --reason "maintenance"
     """
-    from commands import actions, schedules
+    from sp.commands import actions, schedules
 
     changed = schedules.disable(app.store(), name, reason, by=actions.who())
     click.echo(f"schedule {name}: {'disabled' if changed else 'already disabled'}", err=True)
@@ -237,8 +237,8 @@ def schedule_export(app: App, as_crontab: bool, systemd_dir: str | None, tick: b
       sp schedule export --crontab
       sp schedule export --systemd /etc/systemd/system && systemctl daemon-reload
     """
-    from commands import schedule_export as export
-    from ledger.errors import UsageError
+    from sp.commands import schedule_export as export
+    from sp.ledger.errors import UsageError
 
     if as_crontab == (systemd_dir is not None):
         raise UsageError("choose one: --crontab or --systemd DIR")
@@ -271,7 +271,7 @@ def schedule_install(app: App, as_crontab: bool, tick: bool) -> None:
       sp schedule install --crontab
       sp schedule install --crontab --tick
     """
-    from commands import schedule_export as export
+    from sp.commands import schedule_export as export
 
     changed = export.install_crontab(app.store(write=False), app.home.root, tick=tick)
     click.echo(f"crontab: {'installed' if changed else 'unchanged'}", err=True)

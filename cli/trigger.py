@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 import click
 
-from .main import App, echo_json, echo_table, format_option, pass_app, warn
+from sp.cli.main import App, echo_json, echo_table, format_option, pass_app, warn
 
 
 def _iso(ms: int | None) -> str | None:
@@ -45,7 +45,7 @@ def trigger_apply(app: App, file: str) -> None:
     Example:
       sp trigger apply /etc/sp/triggers.yaml
     """
-    from commands import actions, triggers
+    from sp.commands import actions, triggers
 
     doc, changed, warnings = triggers.apply(app.store(), file, by=actions.who())
     for w in warnings:
@@ -64,7 +64,7 @@ def trigger_list(app: App, fmt: str) -> None:
     Example:
       sp trigger list --format json
     """
-    from commands import triggers
+    from sp.commands import triggers
 
     rows = triggers.listing(app.store(write=False))
     if fmt == "json":
@@ -89,7 +89,7 @@ def trigger_show(app: App, name: str, limit: int, fmt: str) -> None:
       sp trigger show fs:/data/incoming
       sp trigger show github --format json
     """
-    from commands import triggers
+    from sp.commands import triggers
 
     doc = triggers.show(app.store(write=False), name, limit)
     if fmt == "json":
@@ -134,10 +134,10 @@ def daemon(app: App, config: str | None, concurrency: int, grace: str,
       sp daemon --concurrency 4 --grace 1m
       sp daemon --concurrency 0      # triggers only; sp worker runs the actions
     """
-    from commands import actions, triggers
-    from commands.durations import parse_duration_ms
-    from commands.home import Home
-    from triggers.daemon import Daemon
+    from sp.commands import actions, triggers
+    from sp.commands.durations import parse_duration_ms
+    from sp.commands.home import Home
+    from sp.triggers.daemon import Daemon
 
     if home is not None:
         app.home = Home(home)

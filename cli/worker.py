@@ -6,10 +6,10 @@ from typing import TYPE_CHECKING
 
 import click
 
-from .main import App, pass_app
+from sp.cli.main import App, pass_app
 
 if TYPE_CHECKING:
-    from ledger.store import EventStore
+    from sp.ledger.store import EventStore
 
 
 def _summary(summary: object) -> str:
@@ -41,8 +41,8 @@ def worker(app: App, concurrency: int, until_idle: bool, grace: str) -> None:
       sp worker --concurrency 4
       sp worker --until-idle
     """
-    from commands.durations import parse_duration_ms
-    from runner.worker import Worker
+    from sp.commands.durations import parse_duration_ms
+    from sp.runner.worker import Worker
 
     grace_s = parse_duration_ms(grace, "--grace") / 1000
     store = app.store()
@@ -71,7 +71,7 @@ def tick(app: App, max_seconds: float, concurrency: int, no_schedules: bool) -> 
     Example:
       * * * * * sp tick --max-seconds 55    # a crontab line
     """
-    from runner.worker import Worker
+    from sp.runner.worker import Worker
 
     store = app.store()
     if not no_schedules:
@@ -82,11 +82,11 @@ def tick(app: App, max_seconds: float, concurrency: int, no_schedules: bool) -> 
 
 
 def _fire_schedules(store: EventStore) -> None:
-    from projections.schedules import any_enabled
+    from sp.projections.schedules import any_enabled
 
     if not any_enabled(store):  # spares a cron tick loading the schedule code
         return
-    from commands import schedules
+    from sp.commands import schedules
 
     report = schedules.fire_due(store)
     for error in report.errors:
@@ -106,7 +106,7 @@ def pause(app: App, agent: str | None) -> None:
     Example:
       sp pause --agent research-001
     """
-    from commands import actions, control
+    from sp.commands import actions, control
 
     changed = control.pause(app.store(), agent, by=actions.who())
     what = f"agent {agent}" if agent else "all agents"
@@ -123,7 +123,7 @@ def resume(app: App, agent: str | None) -> None:
     Example:
       sp resume --agent research-001
     """
-    from commands import actions, control
+    from sp.commands import actions, control
 
     changed = control.resume(app.store(), agent, by=actions.who())
     what = f"agent {agent}" if agent else "all agents"

@@ -15,13 +15,13 @@ from typing import Any
 
 import msgspec
 
-from ledger import events as ev
-from ledger.errors import ActionNotFoundError, AmbiguousActionError, UsageError
-from ledger.store import EventStore, Transaction
+from sp.ledger import events as ev
+from sp.ledger.errors import ActionNotFoundError, AmbiguousActionError, UsageError
+from sp.ledger.store import EventStore, Transaction
 
 # machines.action (and with it ``transitions``) is imported by the commands that decide, not
 # at module level: sp status and sp audit only need resolve() and should start quickly.
-from machines.states import FINAL, ActionState
+from sp.machines.states import FINAL, ActionState
 
 
 class SubmitSpec(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -101,7 +101,7 @@ def resolve(store: EventStore, ref: str) -> str:
     if ref in ids:
         return ref
     if not ids:
-        from .retention import archived
+        from sp.commands.retention import archived
 
         raise archived(store, ref) or ActionNotFoundError(ref)
     if len(ids) > 1:
@@ -131,7 +131,7 @@ def _check_names(spec: SubmitSpec, where: str) -> None:
 
     :raises UsageError: one line naming ``where`` and the field.
     """
-    from agents import names
+    from sp.agents import names
 
     names.check_optional(spec.agent, "agent id", f"{where}: agent")
     for field, value in (("name", spec.name), ("task", spec.task)):
@@ -156,7 +156,7 @@ def submit(store: EventStore, specs: list[SubmitSpec], by: str = "",
     for spec, where in zip(specs, wheres, strict=True):
         _validate(spec, where)
     if not agent_create:
-        from .agents import require_known
+        from sp.commands.agents import require_known
 
         checked: set[str] = set()
         for spec, where in zip(specs, wheres, strict=True):
@@ -164,7 +164,7 @@ def submit(store: EventStore, specs: list[SubmitSpec], by: str = "",
                 require_known(store, spec.agent, where)
                 checked.add(spec.agent)
     if any(spec.agent for spec in specs):
-        from .policies import refuse
+        from sp.commands.policies import refuse
 
         refuse(store, specs, wheres)
     with store.transaction() as tx:
@@ -176,7 +176,7 @@ def submit(store: EventStore, specs: list[SubmitSpec], by: str = "",
 def submit_in(tx: Transaction, specs: list[SubmitSpec], by: str, wheres: list[str],
               now: int) -> list[str]:
     """:func:`submit` inside a transaction the caller holds (e.g. a fallback at finish)."""
-    from machines import action as machine
+    from sp.machines import action as machine
 
     ids: list[str] = []
     batches: list[tuple[str, list[ev.Event], int | None]] = []
@@ -218,7 +218,7 @@ def submit_in(tx: Transaction, specs: list[SubmitSpec], by: str, wheres: list[st
 
 def _wake(store: EventStore) -> None:
     """Tell an idle worker, at once, that work arrived (the seed's dispatcher pipe)."""
-    from runner.wake import signal_workers
+    from sp.runner.wake import signal_workers
 
     signal_workers(Path(store.path).parent)
 
@@ -261,7 +261,7 @@ def cancel(store: EventStore, action_id: str, reason: str = "", by: str = "") ->
 
     :raises InvalidTransitionError: the action already finished.
     """
-    from machines import action as machine
+    from sp.machines import action as machine
 
     with store.transaction() as tx:
         state, version = state_of(tx, action_id)
@@ -279,7 +279,7 @@ def cancel(store: EventStore, action_id: str, reason: str = "", by: str = "") ->
         new = machine.check_event(action_id, state, event)
         tx.append(action_id, [event], version)
         cascade(tx, action_id, f"dependency {action_id} was cancelled", by)
-        from plans import reactor  # a plan (or its rollback) decides its next event
+        from sp.plans import reactor  # a plan (or its rollback) decides its next event
 
         reactor.on_action_finished(tx, action_id, new)
         return new
@@ -290,7 +290,7 @@ def cascade(tx: Transaction, action_id: str, reason: str, by: str) -> list[str]:
 
     ``reason`` is given to the direct dependents; theirs name the dependency they waited on.
     """
-    from machines import action as machine
+    from sp.machines import action as machine
 
     cancelled: list[str] = []
     todo = [(action_id, reason)]
@@ -317,7 +317,7 @@ def checkpoint(store: EventStore, action_id: str, data: Any, step: int | None = 
 
     :raises InvalidTransitionError: the action is not executing.
     """
-    from machines import action as machine
+    from sp.machines import action as machine
 
     with store.transaction() as tx:
         state, version = state_of(tx, action_id)
@@ -329,7 +329,7 @@ def checkpoint(store: EventStore, action_id: str, data: Any, step: int | None = 
 def progress(store: EventStore, action_id: str, percent: float | None, message: str = "",
              by: str = "") -> None:
     """Record reported progress of a running action."""
-    from machines import action as machine
+    from sp.machines import action as machine
 
     if percent is not None and not 0 <= percent <= 100:
         raise UsageError(f"progress must be between 0 and 100, got {percent}")
@@ -353,8 +353,8 @@ def restart_with(store: EventStore, action_id: str, from_step: int | None = None
 
     :raises InvalidTransitionError: the action (or its plan) cannot be restarted now.
     """
-    from machines import action as machine
-    from plans import reactor
+    from sp.machines import action as machine
+    from sp.plans import reactor
 
     with store.transaction() as tx:
         state, version = state_of(tx, action_id)
@@ -378,7 +378,7 @@ def check_from_step(reader: EventStore | Transaction, action_id: str,
                            (action_id,))
     if row is None:
         raise ActionNotFoundError(action_id)
-    from ledger import codec
+    from sp.ledger import codec
 
     spec = codec.decode(row[1], int(row[0]))
     steps = len(spec.steps) if isinstance(spec, ev.ActionSubmitted) else 0

@@ -9,13 +9,12 @@ from typing import Any, Protocol
 
 import msgspec
 
-from agents.config import AgentConfig, Step, Task, decode_agent, load_document
-from agents.units import enc_hook
-from ledger import events as ev
-from ledger.errors import UsageError
-from ledger.store import EventStore
-
-from .actions import SubmitSpec
+from sp.agents.config import AgentConfig, Step, Task, decode_agent, load_document
+from sp.agents.units import enc_hook
+from sp.commands.actions import SubmitSpec
+from sp.ledger import events as ev
+from sp.ledger.errors import UsageError
+from sp.ledger.store import EventStore
 
 
 def stream_of(agent_id: str) -> str:
@@ -34,7 +33,7 @@ def apply(store: EventStore, path: str | Path, by: str = "") -> tuple[str, bool]
     _check_limits(agent, str(path))
     policy = None
     if agent.capabilities is not None or agent.storage is not None:
-        from security import policy as pol
+        from sp.security import policy as pol
 
         policy = pol.decode(raw.get("capabilities"), raw.get("storage"),
                             f"{path}: $.capabilities", f"{path}: $.storage")
@@ -51,11 +50,11 @@ def apply(store: EventStore, path: str | Path, by: str = "") -> tuple[str, bool]
             sha256=digest,
         )], version)
         # A task's `schedule:` becomes the schedule <agent>/<task>, in the same transaction.
-        from .schedules import sync_agent_in
+        from sp.commands.schedules import sync_agent_in
 
         sync_agent_in(tx, agent, by, str(path))
         if policy is not None:
-            from .policies import set_in
+            from sp.commands.policies import set_in
 
             set_in(tx, agent.id, policy, f"agent file {Path(path).resolve()}", by)
     return agent.id, True
@@ -63,7 +62,7 @@ def apply(store: EventStore, path: str | Path, by: str = "") -> tuple[str, bool]
 
 def _check_limits(agent: AgentConfig, where: str) -> None:
     """Values no kernel accepts (nice 40, io_weight 0) are refused before anything is written."""
-    from runner import limits
+    from sp.runner import limits
 
     if agent.resources is not None:
         _check_one(limits, agent.resources, f"{where}: $.resources")

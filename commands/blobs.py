@@ -1,10 +1,10 @@
 """Who may fetch a blob: the worker records each blob it stores for a sandboxed action
-(``action.blob_stored``) and asks here before serving one back (:mod:`runner.broker`)."""
+(``action.blob_stored``) and asks here before serving one back (:mod:`sp.runner.broker`)."""
 
 from __future__ import annotations
 
-from ledger import events as ev
-from ledger.store import EventStore
+from sp.ledger import events as ev
+from sp.ledger.store import EventStore
 
 
 def record_stored(store: EventStore, action_id: str, sha256: str, size: int,
@@ -13,8 +13,8 @@ def record_stored(store: EventStore, action_id: str, sha256: str, size: int,
 
     :raises InvalidTransitionError: the action is not executing.
     """
-    from commands.actions import state_of
-    from machines import action as machine
+    from sp.commands.actions import state_of
+    from sp.machines import action as machine
 
     with store.transaction() as tx:
         state, version = state_of(tx, action_id)

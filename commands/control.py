@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from agents import names
-from ledger import events as ev
-from ledger.store import EventStore
+from sp.agents import names
+from sp.ledger import events as ev
+from sp.ledger.store import EventStore
 
 STREAM = "control"
 
@@ -37,7 +37,7 @@ def resume(store: EventStore, agent: str | None = None, by: str = "") -> bool:
         if not tx.query_one("SELECT 1 FROM pauses WHERE agent = ?", (key,)):
             return False
         tx.append(STREAM, [ev.WorkResumed(by=by, agent=key)], None)
-    from runner.wake import signal_workers
+    from sp.runner.wake import signal_workers
 
     signal_workers(Path(store.path).parent)
     return True

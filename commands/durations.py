@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from agents import units
-from ledger.errors import UsageError
+from sp.agents import units
+from sp.ledger.errors import UsageError
 
 
 def parse_duration_ms(text: str, where: str = "duration") -> int:

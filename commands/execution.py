@@ -15,16 +15,15 @@ from typing import Any
 
 import msgspec
 
-from ledger import codec
-from ledger import events as ev
-from ledger.errors import ActionNotFoundError
-from ledger.store import EventStore, Transaction
-from machines import action as machine
-from machines.action import ActionState
-from projections.queue import READY_SQL
-from runner import proc
-
-from .actions import cascade, state_of
+from sp.commands.actions import cascade, state_of
+from sp.ledger import codec
+from sp.ledger import events as ev
+from sp.ledger.errors import ActionNotFoundError
+from sp.ledger.store import EventStore, Transaction
+from sp.machines import action as machine
+from sp.machines.action import ActionState
+from sp.projections.queue import READY_SQL
+from sp.runner import proc
 
 LEASE_TTL_MS = 30_000
 MAX_DENIALS = 50  # denials recorded per attempt; the rest are counted
@@ -140,7 +139,7 @@ def _release(claims: list[Claim]) -> None:
     """Undo the side preparations (cgroups) of claims whose transaction did not commit."""
     for c in claims:
         if c.prepared is not None:
-            from runner import limits
+            from sp.runner import limits
 
             limits.cleanup(c.prepared)
 
@@ -157,11 +156,11 @@ def next_retry_ms(store: EventStore) -> int | None:
 def submit_and_claim(store: EventStore, spec: Any, owner: str, by: str) -> Claim:
     """Submit an action and claim it in the same transaction, so no worker can take it first
     (``sp action execute`` runs it in the foreground)."""
-    from .actions import _validate, submit_in
+    from sp.commands.actions import _validate, submit_in
 
     _validate(spec, "task")
     if spec.agent:
-        from .policies import refuse
+        from sp.commands.policies import refuse
 
         refuse(store, [spec], ["task"])
     with store.transaction() as tx:
@@ -225,9 +224,9 @@ def _prepare_start(tx: Transaction, action_id: str, owner: str, now: int) -> _St
     if spec.resources:
         # The cgroup is made before `started` so that the event records what was enforced,
         # read back from the kernel; it is removed again if this transaction fails.
-        from agents.config import Resources
-        from agents.units import dec_hook
-        from runner import limits
+        from sp.agents.config import Resources
+        from sp.agents.units import dec_hook
+        from sp.runner import limits
 
         resources = msgspec.convert(spec.resources, Resources, dec_hook=dec_hook)
         try:
@@ -239,7 +238,7 @@ def _prepare_start(tx: Transaction, action_id: str, owner: str, now: int) -> _St
             # at once failed (not retried) without spawning anything: refused, on the record.
             refused = str(e)
             enforced = {"missing": list(e.missing), "refused": True}
-    from .policies import attempt_sandbox
+    from sp.commands.policies import attempt_sandbox
 
     confined, sandboxed, policy, denials, why = attempt_sandbox(tx, action_id, attempt, spec)
     if why is not None and refused is None:
@@ -254,7 +253,7 @@ def _prepare_start(tx: Transaction, action_id: str, owner: str, now: int) -> _St
         machine.check_event(action_id, state, event)
     except BaseException:
         if prepared is not None:
-            from runner import limits
+            from sp.runner import limits
 
             limits.cleanup(prepared)
         raise
@@ -467,7 +466,7 @@ def _finish(tx: Transaction, claim_: Claim, outcome: Outcome, now: int, rng: ran
     if _cascades(claim_, new):
         cascade(tx, aid, f"dependency {aid} {new.value}", claim_.owner)
     if claim_.spec.group is not None:  # a plan (or its rollback) decides its next event
-        from plans import reactor
+        from sp.plans import reactor
 
         reactor.on_action_finished(tx, aid, new)
     return new
@@ -529,13 +528,13 @@ def _decide(tx: Transaction, claim_: Claim, outcome: Outcome, now: int, rng: ran
 def _submit_fallback(tx: Transaction, failed: str, spec: ev.ActionSubmitted,
                      by: str) -> str | None:
     """Submit the fallback task in the failed action's place (same transaction)."""
-    from .actions import submit_in
+    from sp.commands.actions import submit_in
 
     fb = spec.fallback or {}
     fb_spec = fb.get("spec")
     if not isinstance(fb_spec, dict):
         return None
-    from .actions import SubmitSpec
+    from sp.commands.actions import SubmitSpec
 
     sub = msgspec.convert(fb_spec, SubmitSpec)
     ids = submit_in(tx, [msgspec.structs.replace(sub, key=None)], by=f"{by} (fallback of {failed})",

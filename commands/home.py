@@ -5,12 +5,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ledger.clock import Clock
-from ledger.errors import LedgerWipedError, UsageError
-from ledger.store import EventStore
-from projections.version import PROJECTION_VERSION
-
-from . import ledger_marker
+from sp.commands import ledger_marker
+from sp.ledger.clock import Clock
+from sp.ledger.errors import LedgerWipedError, UsageError
+from sp.ledger.store import EventStore
+from sp.projections.version import PROJECTION_VERSION
 
 
 def default_home() -> Path:
@@ -63,7 +62,7 @@ class Home:
             raise UsageError(f"home {self.root} is not writable")
 
     def _check_marker(self, fresh: bool) -> ledger_marker.Marker | None:
-        """Refuse to create a ledger where the home had one (:mod:`commands.ledger_marker`)."""
+        """Refuse to create a ledger where the home had one (:mod:`sp.commands.ledger_marker`)."""
         known = ledger_marker.read_marker(self.root)
         if known is not None:
             ledger_marker.refuse_if_gone(self.ledger_path, known)
@@ -83,7 +82,7 @@ class Home:
         ``projections=False``: the log alone (``sp verify`` must not fold a damaged log).
 
         :raises LedgerWipedError: the home had a ledger and this is not it (gone, empty,
-            another one): see :mod:`commands.ledger_marker`.
+            another one): see :mod:`sp.commands.ledger_marker`.
         """
         self.ensure()
         known = self._check_marker(fresh)
@@ -95,7 +94,7 @@ class Home:
             found = meta.get("projection_version")
             due = found is None or int(found) != PROJECTION_VERSION
             if projections and (write or due):
-                from projections import engine
+                from sp.projections import engine
 
                 engine.install(store)
         except BaseException:

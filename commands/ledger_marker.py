@@ -26,13 +26,12 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
-from ledger.errors import LedgerWipedError
-from ledger.store import EventStore
+from sp.ledger.errors import LedgerWipedError
+from sp.ledger.store import EventStore
 
 if TYPE_CHECKING:
-    from ledger.verify import VerifyResult
-
-    from .home import Home
+    from sp.commands.home import Home
+    from sp.ledger.verify import VerifyResult
 
 MARKER = "ledger.id"
 
@@ -179,12 +178,12 @@ def stale_head(store: EventStore, marker: Marker | None) -> tuple[int, str] | No
 
 def verify_home(home: Home, store: EventStore, archives: Sequence[str | Path] = (),
                 full: bool = False) -> VerifyResult:
-    """``sp verify``: the chain and SQLite's check (:func:`ledger.verify.verify`), and the
+    """``sp verify``: the chain and SQLite's check (:func:`sp.ledger.verify.verify`), and the
     head the last clean verify saw; a clean result's head is remembered for the next one.
 
     :raises UsageError: a file in ``archives`` is missing or not an archive of this ledger.
     """
-    from ledger.verify import verify
+    from sp.ledger.verify import verify
 
     result = verify(store, archives, full=full)
     known = read_marker(home.root)
@@ -213,8 +212,8 @@ def reinitialise(home: Home) -> str:
 
     :raises UsageError: the old files cannot be moved aside.
     """
-    from ledger import events as ev
-    from ledger.errors import LedgerDamagedError, UsageError
+    from sp.ledger import events as ev
+    from sp.ledger.errors import LedgerDamagedError, UsageError
 
     try:
         known = read_marker(home.root)

@@ -14,22 +14,21 @@ from typing import Any
 
 import msgspec
 
-from ledger import events as ev
-from ledger.errors import UsageError
-from ledger.store import EventStore
-from machines import plan as plan_machine
-from machines.plan import PlanState
-from machines.states import FINAL
-from plans import graph
-from plans.errors import AmbiguousPlanError, PlanNotFoundError
-from plans.load import load_plan
-from plans.model import Plan, Step, steps_from
-from plans.rollback import RollbackPlan, plan_of
-from projections.plans import stream_of
-from projections.queries import details_of
-
-from .actions import SubmitSpec, submit_in
-from .policies import refuse
+from sp.commands.actions import SubmitSpec, submit_in
+from sp.commands.policies import refuse
+from sp.ledger import events as ev
+from sp.ledger.errors import UsageError
+from sp.ledger.store import EventStore
+from sp.machines import plan as plan_machine
+from sp.machines.plan import PlanState
+from sp.machines.states import FINAL
+from sp.plans import graph
+from sp.plans.errors import AmbiguousPlanError, PlanNotFoundError
+from sp.plans.load import load_plan
+from sp.plans.model import Plan, Step, steps_from
+from sp.plans.rollback import RollbackPlan, plan_of
+from sp.projections.plans import stream_of
+from sp.projections.queries import details_of
 
 
 def new_plan_id() -> str:
@@ -76,7 +75,7 @@ def apply(store: EventStore, path: str | Path, by: str = "") -> str:
     stream = stream_of(plan_id)
     with store.transaction() as tx:
         if plan.agent:  # a mistyped agent would run the plan with no policy at all
-            from .agents import require_known
+            from sp.commands.agents import require_known
 
             require_known(tx, plan.agent, f"{path}: $.agent")
         now = store.clock.now_ms()
@@ -102,7 +101,7 @@ def apply(store: EventStore, path: str | Path, by: str = "") -> str:
 
 
 def _wake(store: EventStore) -> None:
-    from runner.wake import signal_workers
+    from sp.runner.wake import signal_workers
 
     signal_workers(Path(store.path).parent)
 
@@ -290,7 +289,7 @@ def rollback(store: EventStore, plan_id: str, by: str = "") -> tuple[int, Rollba
     :raises PlanTransitionError: the plan cannot roll back now (running, rolling back, ...).
     :raises UsageError: some of its actions have not finished (a plan that is stopping).
     """
-    from plans import rollback as rb
+    from sp.plans import rollback as rb
 
     with store.transaction() as tx:
         preview = plan_of(tx, plan_id)
@@ -318,7 +317,7 @@ def cancel(store: EventStore, plan_id: str, reason: str = "", then_rollback: boo
     :raises PlanTransitionError: the plan is not running.
     :raises PlanNotFoundError: no such plan.
     """
-    from plans import reactor
+    from sp.plans import reactor
 
     with store.transaction() as tx:
         touched = reactor.cancel(tx, plan_id, reason, then_rollback, by)

@@ -16,12 +16,12 @@ from typing import Any, Protocol
 
 import msgspec
 
-from agents.config import load_document
-from ledger import events as ev
-from ledger.errors import UsageError
-from ledger.store import EventStore, Transaction
-from security import policy as pol
-from security.policy import Denial, Policy
+from sp.agents.config import load_document
+from sp.ledger import events as ev
+from sp.ledger.errors import UsageError
+from sp.ledger.store import EventStore, Transaction
+from sp.security import policy as pol
+from sp.security.policy import Denial, Policy
 
 
 class _Query(Protocol):
@@ -90,7 +90,7 @@ def set_in(tx: Transaction, agent_id: str, policy: Policy | None, source: str,
     """:func:`set_policy` inside a transaction the caller holds."""
     if not agent_id.strip():
         raise UsageError("agent id must not be empty")
-    from agents import names
+    from sp.agents import names
 
     names.check(agent_id, "agent id", "agent")
     current = tx.query_one("SELECT sha256 FROM policies WHERE agent_id = ?", (agent_id,))
@@ -155,15 +155,15 @@ def _sp_code(argv: list[str]) -> bool:
     if len(argv) < 3 or "-m" not in argv[1:3]:
         return False
     module = argv[argv.index("-m", 1) + 1] if argv.index("-m", 1) + 1 < len(argv) else ""
-    return (module == "actions" or module.startswith("actions.")) and pol.real(
+    return (module == "sp.actions" or module.startswith("sp.actions.")) and pol.real(
         argv[0]) == pol.real(sys.executable)
 
 
 def _payload(policy: Policy, spec: Any, where: str) -> list[Denial]:
     if spec.action_type == "shell" or not spec.payload:
         return []
-    import actions as registry
-    from security import paths
+    from sp import actions as registry
+    from sp.security import paths
 
     kind = registry.get(spec.action_type)
     if kind is None:
@@ -212,7 +212,7 @@ def refuse(store: EventStore | Transaction, specs: list[Any], wheres: list[str])
 
 def identity_problem(policy: Policy) -> str | None:
     """Why the policy's ``user:``/``group:`` cannot be run as on this machine, or None."""
-    from security import identity
+    from sp.security import identity
 
     try:
         identity.resolve(policy.user, policy.group)
@@ -252,11 +252,11 @@ def describe(store: EventStore, agent_id: str) -> dict[str, Any]:
         "unix_sockets": "none" if p.blocks_unix_sockets else "any",
     }
     try:
-        from security import sandbox
-        from security.enforce import sandbox_spec
+        from sp.security import sandbox
+        from sp.security.enforce import sandbox_spec
 
         spec = sandbox_spec(p, tmpdir="/tmp", shell=False, env_path=None)
-        from security.enforce import capabilities
+        from sp.security.enforce import capabilities
 
         enforced, missing = sandbox.plan(spec, capabilities())
         out["enforcement"] = {"enforced": enforced, "missing": missing}
@@ -294,7 +294,7 @@ def attempt_sandbox(tx: Transaction, action_id: str, attempt: int, spec: ev.Acti
                             if getattr(policy, k) is not None}
     if not (policy.restricts_fs or policy.restricts_network or policy.sets_identity):
         return None, record, policy, [], None
-    from security import enforce, identity, sandbox
+    from sp.security import enforce, identity, sandbox
 
     try:  # the user database may have changed since the submit
         run_as = identity.resolve(policy.user, policy.group)

@@ -5,7 +5,7 @@ to resume from its last checkpoint) when attempts remain, ``action.failed`` othe
 ``action.cancelled`` if a cancel had been requested. A second run finds nothing to do.
 
 This is the seed's supervisor. ``sp replay`` runs it, and so does every process that runs work
-(``sp tick``, ``sp worker``, ``sp daemon``, ``sp action execute``: see :mod:`runner.sweeper`),
+(``sp tick``, ``sp worker``, ``sp daemon``, ``sp action execute``: see :mod:`sp.runner.sweeper`),
 first and then every half lease period. Two sweeps never race: each holds the home's recovery
 lock (a ``flock`` on ``<home>/run/recovery.lock``); a sweep that finds it taken does nothing.
 The evidence (is the owner alive, did the attempt run: /proc, the log) is gathered before the
@@ -32,14 +32,13 @@ from typing import Any, NamedTuple
 
 import msgspec
 
-from ledger import events as ev
-from ledger.store import EventStore, Transaction
-from machines import action as machine
-from machines.action import ActionState
-from runner import proc
-
-from .actions import cascade, state_of
-from .home import Home
+from sp.commands.actions import cascade, state_of
+from sp.commands.home import Home
+from sp.ledger import events as ev
+from sp.ledger.store import EventStore, Transaction
+from sp.machines import action as machine
+from sp.machines.action import ActionState
+from sp.runner import proc
 
 LOCK_FILE = "recovery.lock"  # in <home>/run/
 LOG_LOOK_BYTES = 1 << 16  # how much of an attempt's log is read for output of its own
@@ -104,12 +103,12 @@ def _denials_left(store: EventStore, action_id: str, attempt: int,
     """The kernel's denials a sandboxed attempt collected before its worker died (the shim
     writes them to ``<home>/run/<action>-<attempt>.denials``): recorded with the interruption,
     so a crash does not lose the security record."""
-    from security.sandbox import denials_file, read_denials
+    from sp.security.sandbox import denials_file, read_denials
 
     path = denials_file(os.path.dirname(os.path.abspath(store.path)), action_id, attempt)
     if not os.path.exists(path):
         return [], None
-    from .execution import security_denied
+    from sp.commands.execution import security_denied
 
     found = read_denials(path)
     if not found:
@@ -283,7 +282,7 @@ def _recover_one(store: EventStore, s: _Suspect, by: str, now: int,
         tx.execute("DELETE FROM leases WHERE name = ?", (action_id,))
         if new in (ActionState.FAILED, ActionState.CANCELLED):
             cascade(tx, action_id, f"dependency {action_id} {new.value}", by)
-            from plans import reactor  # a plan (or its rollback) decides its next event
+            from sp.plans import reactor  # a plan (or its rollback) decides its next event
 
             reactor.on_action_finished(tx, action_id, new)
     return Recovered(action_id, outcome, reason)
@@ -316,7 +315,7 @@ def _after_commit(effects: _Effects) -> None:
         # Processes that left the process group are still in the attempt's cgroups.
         import signal
 
-        from runner import limits
+        from sp.runner import limits
 
         for enforced in effects.cgroups:
             prepared = limits.from_enforced(enforced)

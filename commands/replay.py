@@ -9,12 +9,11 @@ both, for a user who has decided to rebuild from a damaged log anyway.
 
 from __future__ import annotations
 
-from ledger.errors import LedgerDamagedError
-from ledger.integrity import sqlite_damage
-from ledger.store import EventStore
-from projections import engine
-
-from .recovery import Recovered, recover
+from sp.commands.recovery import Recovered, recover
+from sp.ledger.errors import LedgerDamagedError
+from sp.ledger.integrity import sqlite_damage
+from sp.ledger.store import EventStore
+from sp.projections import engine
 
 
 def refuse_damaged(store: EventStore) -> None:
@@ -39,7 +38,7 @@ def replay(store: EventStore, force: bool = False) -> tuple[int, list[Recovered]
 
 
 def check(store: EventStore, force: bool = False) -> tuple[int, engine.Difference | None]:
-    """Rebuild into scratch tables and compare (:func:`projections.engine.check`), after the
+    """Rebuild into scratch tables and compare (:func:`sp.projections.engine.check`), after the
     same checks as :func:`replay`. Changes nothing.
 
     :raises LedgerTamperedError: the log fails the chain walk (not with ``force``).

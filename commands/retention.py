@@ -10,14 +10,13 @@ from typing import Any
 
 import msgspec
 
-from ledger import archive as ledger_archive
-from ledger.errors import ActionNotFoundError, UsageError
-from ledger.store import EventStore, Transaction
-from security import archive as selection
-from security import retention
-
-from .durations import parse_duration_ms
-from .home import Home
+from sp.commands.durations import parse_duration_ms
+from sp.commands.home import Home
+from sp.ledger import archive as ledger_archive
+from sp.ledger.errors import ActionNotFoundError, UsageError
+from sp.ledger.store import EventStore, Transaction
+from sp.security import archive as selection
+from sp.security import retention
 
 
 class GcReport(msgspec.Struct, kw_only=True):
@@ -33,7 +32,7 @@ class GcReport(msgspec.Struct, kw_only=True):
 def gc(store: EventStore, home: Home, *, temp: str | None = None,
        completed: str | None = None, failed: str | None = None, dry_run: bool = False,
        by: str = "") -> GcReport:
-    """Remove what is past its retention (see :mod:`security.retention`).
+    """Remove what is past its retention (see :mod:`sp.security.retention`).
 
     Rules: the seed's defaults, overridden for an agent's actions by its ``storage.cleanup``,
     overridden for everything by the flags given.
@@ -64,7 +63,7 @@ def _flag(value: str | None, where: str) -> int | None:
 
 
 def _agent_rules(store: EventStore, agent: str | None) -> retention.Rules:
-    from .agents import get
+    from sp.commands.agents import get
 
     if agent is None:
         return retention.DEFAULT_RULES
@@ -153,7 +152,7 @@ def archive(store: EventStore, before: str, file: str | Path, by: str = "") -> A
 def _rebuild_projections(tx: Transaction) -> None:
     """The projections as a rebuild computes them without the moved streams, in the archive's
     own transaction: live == rebuilt holds at once (``sp replay --check``)."""
-    from projections import engine
+    from sp.projections import engine
 
     engine.drop_all(tx)
     engine.create_tables(tx)
@@ -186,7 +185,7 @@ def audit_archived(store: EventStore, err: ActionArchivedError) -> list[Any]:
 
     :raises ActionArchivedError: the archive file is not reachable.
     """
-    from projections import queries
+    from sp.projections import queries
 
     path = Path(err.file)
     if not path.is_file():

@@ -16,12 +16,11 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from ledger.errors import SpError, UsageError
-from ledger.store import EventStore
-from triggers import cron as cronlib
-from triggers import crontab, systemd
-
-from . import schedules
+from sp.commands import schedules
+from sp.ledger.errors import SpError, UsageError
+from sp.ledger.store import EventStore
+from sp.triggers import cron as cronlib
+from sp.triggers import crontab, systemd
 
 
 def script_path() -> str:
@@ -100,7 +99,7 @@ def write_systemd(store: EventStore, home_root: Path, directory: Path) -> list[P
     :raises UsageError: a cron expression OnCalendar cannot express (named), or the directory
         cannot be written.
     """
-    from . import agents
+    from sp.commands import agents
 
     units: list[tuple[str, str, str]] = []
     for row in schedules.listing(store):

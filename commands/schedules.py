@@ -17,21 +17,20 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from ledger import events as ev
-from ledger.errors import SpError, UsageError
-from ledger.store import EventStore, Transaction
-from machines.states import FINAL, ActionState
-from projections.schedules import STREAM_PREFIX, any_enabled
-from triggers import clockwatch
-from triggers import cron as cronlib
-from triggers.adaptive import AdaptiveDaily
-from triggers.plan import Fire, Gap, MissedPolicy, Skip, parse_missed, parse_overlap, plan
-
-from . import actions
-from .actions import SubmitSpec
+from sp.commands import actions
+from sp.commands.actions import SubmitSpec
+from sp.ledger import events as ev
+from sp.ledger.errors import SpError, UsageError
+from sp.ledger.store import EventStore, Transaction
+from sp.machines.states import FINAL, ActionState
+from sp.projections.schedules import STREAM_PREFIX, any_enabled
+from sp.triggers import clockwatch
+from sp.triggers import cron as cronlib
+from sp.triggers.adaptive import AdaptiveDaily
+from sp.triggers.plan import Fire, Gap, MissedPolicy, Skip, parse_missed, parse_overlap, plan
 
 if TYPE_CHECKING:
-    from agents.config import AgentConfig
+    from sp.agents.config import AgentConfig
 
 COLUMNS = ("name", "cron", "timezone", "agent", "task", "jitter_ms", "missed", "backfill_max",
            "catchup_window_ms", "overlap", "run_window", "adaptive", "source", "enabled",
@@ -53,11 +52,11 @@ def stream_of(name: str) -> str:
 
 def check_name(name: str, where: str = "schedule name") -> str:
     """A schedule's name is qualified (``research-001/daily_arxiv_scan`` for an agent file's
-    schedule): each ``/``-separated part obeys :mod:`agents.names`.
+    schedule): each ``/``-separated part obeys :mod:`sp.agents.names`.
 
     :raises UsageError: not such a name (one line naming ``where``).
     """
-    from agents import names
+    from sp.agents import names
 
     return names.check_qualified(name, "schedule name", where)
 
@@ -75,7 +74,7 @@ def slots_of(query: Any, row: dict[str, Any]) -> cronlib.Cron:
 
     :raises UsageError: the expression, zone or window is no longer valid.
     """
-    from triggers.adaptive import slots_of as slots
+    from sp.triggers.adaptive import slots_of as slots
 
     return slots(row["cron"], row["timezone"], row["run_window"], row["adaptive"], query,
                  row["last_slot_ms"])
@@ -93,14 +92,13 @@ def define(store: EventStore, name: str, cron: str | None, agent: str, task: str
     """Add a schedule (or redefine one with ``replace``); everything is checked first.
 
     A ``cron`` expression names its times; or ``window`` with ``adaptive`` runs it once a
-    day inside the window at the minute of lowest recorded load (:mod:`triggers.adaptive`).
+    day inside the window at the minute of lowest recorded load (:mod:`sp.triggers.adaptive`).
 
     :raises UsageError: a bad name, cron expression, zone, jitter or policy; an unknown agent
         or task; the schedule exists and ``replace`` is not set. Nothing is written.
     """
-    from agents import names
-
-    from . import agents
+    from sp.agents import names
+    from sp.commands import agents
 
     check_name(name)
     names.check(agent, "agent id", "--agent")
@@ -143,7 +141,7 @@ def _adaptive_cron(cron: str | None, window: str | None, adaptive: bool) -> tupl
         raise UsageError("--window goes with --adaptive (run at the quietest minute in it)")
     if cron is not None:
         raise UsageError("--adaptive picks the time inside --window itself: leave out --cron")
-    from triggers.adaptive import parse_window
+    from sp.triggers.adaptive import parse_window
 
     parsed = parse_window(window)
     return parsed.daily_cron(), parsed.text()
@@ -210,7 +208,7 @@ def history(store: EventStore, name: str) -> list[dict[str, Any]]:
 
     :raises ScheduleNotFoundError: the schedule never existed.
     """
-    from projections.queries import details_of
+    from sp.projections.queries import details_of
 
     recorded = store.read_stream(stream_of(name))
     if not recorded:
@@ -271,7 +269,7 @@ def _running(tx: Transaction, action_id: str | None) -> str | None:
 def _spec(store: EventStore, row: dict[str, Any],
           configs: dict[str, AgentConfig | SpError]) -> SubmitSpec:
     """The task's action, as the agent is configured now. :raises SpError: it is not."""
-    from . import agents
+    from sp.commands import agents
 
     config = configs.get(row["agent"])
     if config is None:

@@ -18,14 +18,13 @@ from typing import Any
 
 import msgspec
 
-from ledger import events as ev
-from ledger.errors import UsageError
-from ledger.store import EventStore
-from projections.triggers import CONFIG_STREAM
-from triggers import names
-from triggers.config import TriggerFile, decode_triggers, load_triggers, split_action
-
-from . import agents
+from sp.commands import agents
+from sp.ledger import events as ev
+from sp.ledger.errors import UsageError
+from sp.ledger.store import EventStore
+from sp.projections.triggers import CONFIG_STREAM
+from sp.triggers import names
+from sp.triggers.config import TriggerFile, decode_triggers, load_triggers, split_action
 
 # What may follow /hooks/ in a webhook's URL: no spaces, queries or fragments.
 _HOOK_NAME = re.compile(r"[A-Za-z0-9._~:@/-]+")
@@ -85,7 +84,7 @@ def entries(doc: TriggerFile) -> list[Entry]:
 
 
 def _ms(ms: int) -> str:
-    from .durations import format_ms
+    from sp.commands.durations import format_ms
 
     return format_ms(ms)
 

@@ -40,11 +40,11 @@ from typing import Any
 
 import msgspec
 
-from . import codec
-from . import events as ev
-from .errors import LedgerError, UsageError
-from .schema import MIGRATIONS, SCHEMA_VERSION
-from .store import BUSY_TIMEOUT_S, EventStore, Recorded, Transaction, _split_sql
+from sp.ledger import codec
+from sp.ledger import events as ev
+from sp.ledger.errors import LedgerError, UsageError
+from sp.ledger.schema import MIGRATIONS, SCHEMA_VERSION
+from sp.ledger.store import BUSY_TIMEOUT_S, EventStore, Recorded, Transaction, _split_sql
 
 STREAM = "ledger"
 ARCHIVED = ev.tag_of(ev.LedgerArchived)

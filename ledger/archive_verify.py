@@ -14,10 +14,10 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from . import events as ev
-from .archive import ArchiveReader, ArchiveRow, claims, digest, reader
-from .errors import UsageError
-from .store import EventStore
+from sp.ledger import events as ev
+from sp.ledger.archive import ArchiveReader, ArchiveRow, claims, digest, reader
+from sp.ledger.errors import UsageError
+from sp.ledger.store import EventStore
 
 # (seq, expected_seq, stream, version, versions, type, ts, data, prev, stored_prev, stored_hash)
 RowCheck = Callable[..., str]

@@ -7,8 +7,8 @@ from typing import Any
 
 import msgspec
 
-from .errors import CorruptEventError
-from .events import EVENT_TYPES, AnyEvent, Event
+from sp.ledger.errors import CorruptEventError
+from sp.ledger.events import EVENT_TYPES, AnyEvent, Event
 
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(AnyEvent)

@@ -21,7 +21,7 @@ import stat
 from pathlib import Path
 from typing import IO
 
-from .errors import UsageError
+from sp.ledger.errors import UsageError
 
 DEFAULT_MAX_BYTES = 8 * 1024 * 1024
 ENV_MAX_BYTES = "SP_CONFIG_MAX_BYTES"

@@ -2,7 +2,7 @@
 
 Rules (msgspec schema evolution): each event has an explicit, permanent ``tag``; new fields get
 defaults; a field's type never changes and a tag is never reused. A breaking change adds a new
-Struct (``...V2``) plus an upcaster in :mod:`ledger.codec`.
+Struct (``...V2``) plus an upcaster in :mod:`sp.ledger.codec`.
 
 The stream of an action's events is its ``action_id``.
 """
@@ -225,7 +225,7 @@ class WorkResumed(Event, frozen=True, tag="control.resumed"):
 
 class PolicySet(Event, frozen=True, tag="policy.set"):
     """An agent's capability policy and storage quotas (stream ``policy:<agent_id>``), normalised
-    by :mod:`security.policy`; ``policy`` empty means the agent has no policy any more."""
+    by :mod:`sp.security.policy`; ``policy`` empty means the agent has no policy any more."""
 
     agent_id: str
     policy: dict[str, Any] = {}
@@ -322,7 +322,7 @@ class PlanApplied(Event, frozen=True, tag="plan.applied"):
     """A plan file was validated and recorded: its resolved graph.
 
     ``steps`` are the flattened actions (sub-plans expanded) in a topological order, each a
-    ``plans.model.Step`` as builtins; everything a rollback needs later is in them.
+    ``sp.plans.model.Step`` as builtins; everything a rollback needs later is in them.
     """
 
     plan_id: str

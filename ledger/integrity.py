@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import re
 
-from .errors import LedgerDamagedError
-from .store import EventStore
+from sp.ledger.errors import LedgerDamagedError
+from sp.ledger.store import EventStore
 
 # At most this many objects are reported: a damaged page yields one line per cell.
 MAX_FINDINGS = 10

@@ -11,7 +11,7 @@ from typing import Any
 
 import msgspec
 
-from .errors import UsageError
+from sp.ledger.errors import UsageError
 
 MAX_DEPTH = 128
 

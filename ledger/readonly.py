@@ -6,8 +6,8 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-from .errors import ReadOnlyQueryError
-from .store import BUSY_TIMEOUT_S
+from sp.ledger.errors import ReadOnlyQueryError
+from sp.ledger.store import BUSY_TIMEOUT_S
 
 _ALLOWED = {
     sqlite3.SQLITE_SELECT,

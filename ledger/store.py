@@ -18,9 +18,9 @@ from typing import Any
 
 import msgspec
 
-from . import codec
-from .clock import Clock, default_clock
-from .errors import (
+from sp.ledger import codec
+from sp.ledger.clock import Clock, default_clock
+from sp.ledger.errors import (
     ConcurrencyError,
     LedgerBusyError,
     LedgerDamagedError,
@@ -29,8 +29,8 @@ from .errors import (
     SpError,
     translate,
 )
-from .events import AnyEvent, Event
-from .schema import MIGRATIONS, SCHEMA_VERSION
+from sp.ledger.events import AnyEvent, Event
+from sp.ledger.schema import MIGRATIONS, SCHEMA_VERSION
 
 # Writers wait this long for the lock rather than failing: a cron tick, a worker and a CLI
 # command routinely overlap, and one fsync'd commit takes only milliseconds.

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import msgspec
 
-from . import codec
-from .archive_verify import Bad, Gaps
-from .errors import CorruptEventError, LedgerDamagedError, LedgerTamperedError
-from .integrity import sqlite_damage
-from .store import EventStore, Row
+from sp.ledger import codec
+from sp.ledger.archive_verify import Bad, Gaps
+from sp.ledger.errors import CorruptEventError, LedgerDamagedError, LedgerTamperedError
+from sp.ledger.integrity import sqlite_damage
+from sp.ledger.store import EventStore, Row
 
 
 class VerifyResult(msgspec.Struct, frozen=True):
@@ -40,7 +40,7 @@ def verify(store: EventStore, archives: Sequence[str | Path] = (), *, sqlite: bo
 
     Stops at the first bad row and names its ``seq``. A gap in the seqs is accepted only where
     ``ledger.archived`` accounts for it; the archived rows are re-checked when their archive is
-    reachable (recorded path, or ``archives``): see :mod:`ledger.archive_verify`.
+    reachable (recorded path, or ``archives``): see :mod:`sp.ledger.archive_verify`.
 
     :raises UsageError: a file in ``archives`` is missing or not an archive of this ledger.
     """

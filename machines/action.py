@@ -14,11 +14,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ledger import events as ev
-from ledger.errors import InvalidTransitionError
-
-from .lifecycle import Lifecycle
-from .states import ACTIVE, FINAL, WAITING, ActionState
+from sp.ledger import events as ev
+from sp.ledger.errors import InvalidTransitionError
+from sp.machines.lifecycle import Lifecycle
+from sp.machines.states import ACTIVE, FINAL, WAITING, ActionState
 
 __all__ = ["ACTIVE", "FINAL", "WAITING", "ActionState"]
 

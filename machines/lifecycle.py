@@ -11,7 +11,7 @@ from collections.abc import Callable
 from enum import Enum
 from typing import Any, Generic, TypeVar
 
-from ledger import events as ev
+from sp.ledger import events as ev
 
 S = TypeVar("S", bound=Enum)
 

@@ -23,10 +23,9 @@ from __future__ import annotations
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
-from ledger import events as ev
-from ledger.errors import InvalidTransitionError, SpError
-
-from .lifecycle import Lifecycle
+from sp.ledger import events as ev
+from sp.ledger.errors import InvalidTransitionError, SpError
+from sp.machines.lifecycle import Lifecycle
 
 
 class PlanState(Enum):

@@ -12,7 +12,7 @@ from typing import Any, Literal, TypeVar, get_args, get_origin
 
 import msgspec
 
-from agents.units import dec_hook
+from sp.agents.units import dec_hook
 
 S = TypeVar("S", bound=msgspec.Struct)
 

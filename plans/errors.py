@@ -1,11 +1,10 @@
-"""Errors about plans. Every one is a :class:`ledger.errors.SpError` shown as one line."""
+"""Errors about plans. Every one is a :class:`sp.ledger.errors.SpError` shown as one line."""
 
 from __future__ import annotations
 
-from ledger.errors import SpError, UsageError
-from machines.plan import PlanTransitionError
-
-from .decode import Problem
+from sp.ledger.errors import SpError, UsageError
+from sp.machines.plan import PlanTransitionError
+from sp.plans.decode import Problem
 
 __all__ = ["AmbiguousPlanError", "PlanInvalidError", "PlanNotFoundError", "PlanTransitionError"]
 

@@ -1,4 +1,4 @@
-"""Load a plan file, check it, and resolve it into a :class:`plans.model.Plan`.
+"""Load a plan file, check it, and resolve it into a :class:`sp.plans.model.Plan`.
 
 Validation reports every problem, not just the first, each with its file and path: unknown
 type, missing or mistyped field, unknown dependency, a cycle (naming the actions on it), a
@@ -14,17 +14,16 @@ from typing import Any
 
 import msgspec
 
-import actions
-from agents import names
-from agents.config import Retry, load_document_marked
-from agents.documents import Marks, place
-from agents.units import enc_hook
-from ledger.errors import UsageError
-
-from . import graph
-from .decode import Problem, Problems, decode_fields, kind
-from .errors import PlanInvalidError
-from .model import (
+from sp import actions
+from sp.agents import names
+from sp.agents.config import Retry, load_document_marked
+from sp.agents.documents import Marks, place
+from sp.agents.units import enc_hook
+from sp.ledger.errors import UsageError
+from sp.plans import graph
+from sp.plans.decode import Problem, Problems, decode_fields, kind
+from sp.plans.errors import PlanInvalidError
+from sp.plans.model import (
     MAX_DEPTH,
     ActionDoc,
     Compensation,

@@ -29,8 +29,8 @@ from typing import Any, Literal
 
 import msgspec
 
-from agents.config import Retry
-from agents.units import Duration
+from sp.agents.config import Retry
+from sp.agents.units import Duration
 
 MAX_DEPTH = 5  # the seed's goal_decomposition max_depth
 

@@ -11,7 +11,7 @@ it again decides nothing new (it is idempotent) and it stays right after ``sp re
   dependency cascade already cancelled what depended on it; independent branches go on.
 * Once no action of the plan is unfinished: ``plan.completed`` if all completed (or were
   skipped), else the rollback run (``on_failure: rollback``, after a stop) or ``plan.failed``.
-* A compensating action ended: see :func:`plans.rollback.on_compensation_finished`.
+* A compensating action ended: see :func:`sp.plans.rollback.on_compensation_finished`.
 * ``sp plan cancel`` (:func:`cancel`): like a stop, by a person; once nothing runs the plan is
   ``cancelled``, or its rollback run starts (``--rollback``).
 * An action of the plan was restarted (:func:`on_action_restarted`): its cancelled dependents
@@ -25,17 +25,16 @@ from typing import Any
 
 import msgspec
 
-from commands.actions import cascade, state_of
-from ledger import events as ev
-from ledger.errors import UsageError
-from ledger.store import Transaction
-from machines import action as action_machine
-from machines import plan as plan_machine
-from machines.plan import PlanState
-from machines.states import FINAL, SATISFIED, ActionState
-from projections.plans import stream_of
-
-from . import rollback
+from sp.commands.actions import cascade, state_of
+from sp.ledger import events as ev
+from sp.ledger.errors import UsageError
+from sp.ledger.store import Transaction
+from sp.machines import action as action_machine
+from sp.machines import plan as plan_machine
+from sp.machines.plan import PlanState
+from sp.machines.states import FINAL, SATISFIED, ActionState
+from sp.plans import rollback
+from sp.projections.plans import stream_of
 
 _A = ActionState
 
@@ -166,7 +165,7 @@ def cancel(tx: Transaction, plan_id: str, reason: str, then_rollback: bool,
     """
     row = tx.query_one("SELECT state, version FROM plans WHERE plan_id = ?", (plan_id,))
     if row is None:
-        from .errors import PlanNotFoundError
+        from sp.plans.errors import PlanNotFoundError
 
         raise PlanNotFoundError(plan_id)
     state, version = PlanState(row[0]), int(row[1])

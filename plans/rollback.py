@@ -20,17 +20,16 @@ from typing import Any, Protocol
 
 import msgspec
 
-from commands.actions import SubmitSpec, state_of, submit_in
-from ledger import events as ev
-from ledger.store import Row, Transaction
-from machines import action as action_machine
-from machines import plan as plan_machine
-from machines.plan import PlanState
-from machines.states import FINAL, ActionState
-from projections.plans import stream_of
-
-from .errors import PlanNotFoundError
-from .model import Compensation
+from sp.commands.actions import SubmitSpec, state_of, submit_in
+from sp.ledger import events as ev
+from sp.ledger.store import Row, Transaction
+from sp.machines import action as action_machine
+from sp.machines import plan as plan_machine
+from sp.machines.plan import PlanState
+from sp.machines.states import FINAL, ActionState
+from sp.plans.errors import PlanNotFoundError
+from sp.plans.model import Compensation
+from sp.projections.plans import stream_of
 
 ROLLBACK_GROUP = "rollback:"
 

@@ -7,10 +7,9 @@ from typing import Any
 
 import msgspec
 
-from ledger import events as ev
-from ledger.store import Recorded
-
-from .rows import RowDict, Rows, Table
+from sp.ledger import events as ev
+from sp.ledger.store import Recorded
+from sp.projections.rows import RowDict, Rows, Table
 
 DDL = """
 CREATE TABLE actions (

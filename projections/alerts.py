@@ -5,10 +5,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from ledger import events as ev
-from ledger.store import Recorded
-
-from .rows import Rows, Table
+from sp.ledger import events as ev
+from sp.ledger.store import Recorded
+from sp.projections.rows import Rows, Table
 
 DDL = """
 CREATE TABLE alerts (

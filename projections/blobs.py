@@ -7,10 +7,9 @@ compensates, or an action of its own plan (``group_id``) stored it. Rows come fr
 
 from __future__ import annotations
 
-from ledger import events as ev
-from ledger.store import Recorded
-
-from .rows import RowDict, Rows, Table
+from sp.ledger import events as ev
+from sp.ledger.store import Recorded
+from sp.projections.rows import RowDict, Rows, Table
 
 DDL = """
 CREATE TABLE blob_owners (

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from ledger.store import Recorded
-
-from .rows import RowDict, Rows, Table
+from sp.ledger.store import Recorded
+from sp.projections.rows import RowDict, Rows, Table
 
 DDL = """
 CREATE TABLE checkpoints (

@@ -9,13 +9,12 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import msgspec
 
-from ledger import codec
-from ledger import events as ev
-from ledger.errors import CorruptEventError
-from ledger.store import EventStore, Recorded, Transaction, _split_sql
-from machines.action import FOLD, ActionState
-
-from . import (
+from sp.ledger import codec
+from sp.ledger import events as ev
+from sp.ledger.errors import CorruptEventError
+from sp.ledger.store import EventStore, Recorded, Transaction, _split_sql
+from sp.machines.action import FOLD, ActionState
+from sp.projections import (
     actions,
     alerts,
     blobs,
@@ -30,11 +29,11 @@ from . import (
     triggers,
     views,
 )
-from .rows import RowDict, Rows, Table
-from .version import PROJECTION_VERSION
+from sp.projections.rows import RowDict, Rows, Table
+from sp.projections.version import PROJECTION_VERSION
 
 if TYPE_CHECKING:
-    from ledger.verify import ChainCheck
+    from sp.ledger.verify import ChainCheck
 
 TABLES: dict[str, Table] = {
     t.name: t
@@ -382,7 +381,7 @@ def rebuild(store: EventStore, verify: bool = False) -> int:
 def _chain(store: EventStore, verify: bool) -> AbstractContextManager[ChainCheck | None]:
     if not verify:
         return nullcontext()
-    from ledger.verify import chain_guard
+    from sp.ledger.verify import chain_guard
 
     return chain_guard(store)
 

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from ledger import events as ev
-from ledger.store import Recorded
-
-from .rows import Rows
+from sp.ledger import events as ev
+from sp.ledger.store import Recorded
+from sp.projections.rows import Rows
 
 
 def _nothing(rows: Rows, rec: Recorded) -> None:

@@ -5,11 +5,10 @@ Percentiles, success rates and retry counts are SQL views over these (projection
 
 from __future__ import annotations
 
-from ledger import events as ev
-from ledger.store import Recorded
-from machines.states import ActionState
-
-from .rows import RowDict, Rows, Table
+from sp.ledger import events as ev
+from sp.ledger.store import Recorded
+from sp.machines.states import ActionState
+from sp.projections.rows import RowDict, Rows, Table
 
 DDL = """
 CREATE TABLE metrics_counts (

@@ -6,11 +6,10 @@ import contextlib
 from dataclasses import dataclass, field
 from typing import Any
 
-from ledger import events as ev
-from ledger.store import EventStore, Recorded
-from machines.states import ActionState
-
-from .queries import details_of
+from sp.ledger import events as ev
+from sp.ledger.store import EventStore, Recorded
+from sp.machines.states import ActionState
+from sp.projections.queries import details_of
 
 DAY_MS = 86_400_000
 
@@ -56,7 +55,7 @@ class Follower:
         return self._agents[stream]
 
     def _state_before(self, stream: str, seq: int) -> ActionState | None:
-        from machines.action import FOLD
+        from sp.machines.action import FOLD
 
         state: ActionState | None = None
         for rec in self.store.read_stream(stream):
@@ -66,7 +65,7 @@ class Follower:
         return state
 
     def poll(self) -> list[WatchLine]:
-        from machines.action import FOLD
+        from sp.machines.action import FOLD
 
         out: list[WatchLine] = []
         for rec in self.store.read_all(self.after_seq):

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from ledger import events as ev
-from ledger.errors import CorruptEventError
-from ledger.store import Recorded
-from machines.plan import FOLD, PlanState
-
-from .actions import to_json
-from .rows import Rows, Table
+from sp.ledger import events as ev
+from sp.ledger.errors import CorruptEventError
+from sp.ledger.store import Recorded
+from sp.machines.plan import FOLD, PlanState
+from sp.projections.actions import to_json
+from sp.projections.rows import Rows, Table
 
 DDL = """
 CREATE TABLE plans (

@@ -6,12 +6,11 @@ from typing import Any
 
 import msgspec
 
-from ledger import events as ev
-from ledger.errors import ActionNotFoundError
-from ledger.store import EventStore, Recorded
-from machines.states import ActionState
-
-from .actions import TABLE as ACTIONS
+from sp.ledger import events as ev
+from sp.ledger.errors import ActionNotFoundError
+from sp.ledger.store import EventStore, Recorded
+from sp.machines.states import ActionState
+from sp.projections.actions import TABLE as ACTIONS
 
 _COLS = ", ".join(ACTIONS.columns)
 _JSON_COLS = ("depends_on", "checkpoint", "result", "compensation")
@@ -94,7 +93,7 @@ def audit(store: EventStore, action_id: str) -> list[AuditEntry]:
 
 def audit_entries(history: list[Recorded]) -> list[AuditEntry]:
     """Audit entries of one action's events (from the log, or from an archive file)."""
-    from machines.action import FOLD
+    from sp.machines.action import FOLD
 
     entries: list[AuditEntry] = []
     state: ActionState | None = None
@@ -121,7 +120,7 @@ def audit_stream(store: EventStore, stream: str) -> list[AuditEntry]:
     """
     history = store.read_stream(stream)
     if not history:
-        from ledger.errors import UsageError
+        from sp.ledger.errors import UsageError
 
         raise UsageError(f"no events in stream {stream!r}")
     return [AuditEntry(seq=rec.seq, version=rec.version, ts=rec.ts, event=rec.type,

@@ -7,9 +7,8 @@ projection itself never looks at the clock.
 
 from __future__ import annotations
 
-from machines.states import SATISFIED, WAITING, ActionState
-
-from .rows import RowDict, Rows, Table
+from sp.machines.states import SATISFIED, WAITING, ActionState
+from sp.projections.rows import RowDict, Rows, Table
 
 DDL = """
 CREATE TABLE queue (

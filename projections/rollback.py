@@ -5,10 +5,9 @@ Read newest first (``ORDER BY completed_seq DESC``) for the reverse rollback ord
 
 from __future__ import annotations
 
-from ledger.store import Recorded
-from machines.states import ActionState
-
-from .rows import RowDict, Rows, Table
+from sp.ledger.store import Recorded
+from sp.machines.states import ActionState
+from sp.projections.rows import RowDict, Rows, Table
 
 DDL = """
 CREATE TABLE rollback_plans (

@@ -20,7 +20,7 @@ from itertools import compress
 from operator import is_not, itemgetter
 from typing import Any
 
-from ledger.store import Transaction
+from sp.ledger.store import Transaction
 
 Key = Any  # a scalar for one-column keys, a tuple otherwise
 RowDict = dict[str, Any]

@@ -10,10 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from ledger import events as ev
-from ledger.store import EventStore, Recorded
-
-from .rows import RowDict, Rows, Table
+from sp.ledger import events as ev
+from sp.ledger.store import EventStore, Recorded
+from sp.projections.rows import RowDict, Rows, Table
 
 STREAM_PREFIX = "schedule:"
 

@@ -5,7 +5,7 @@ The worker starts every action with ``SP_ACTION_ID``, ``SP_HOME``, ``SP_ATTEMPT`
 reads them; :func:`checkpoint` and :func:`progress` record events on the action's ledger, the
 same as ``sp checkpoint`` and ``sp progress``::
 
-    from runner import api
+    from sp.runner import api
 
     start = api.resume_step() or 0
     state = api.last_checkpoint() or {"done": []}
@@ -27,11 +27,11 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from ledger.errors import UsageError
-from runner import broker
+from sp.ledger.errors import UsageError
+from sp.runner import broker
 
 if TYPE_CHECKING:
-    from ledger.store import EventStore
+    from sp.ledger.store import EventStore
 
 _OUTSIDE = ("not inside an sp action: $SP_ACTION_ID is not set (the worker sets it for the "
             "actions it runs)")
@@ -84,7 +84,7 @@ def checkpoint(data: Any, step: int | None = None) -> int:
     :raises UsageError: not inside an action, or ``data`` is not JSON-encodable.
     :raises InvalidTransitionError: the action is no longer running (e.g. it was cancelled).
     """
-    from commands import actions
+    from sp.commands import actions
 
     action_id = _require_action()
     try:
@@ -106,7 +106,7 @@ def progress(percent: float | None, message: str = "") -> None:
     :raises UsageError: not inside an action, or ``percent`` is outside 0-100.
     :raises InvalidTransitionError: the action is no longer running.
     """
-    from commands import actions
+    from sp.commands import actions
 
     action_id = _require_action()
     if percent is not None and not 0 <= percent <= 100:
@@ -148,7 +148,7 @@ def context() -> ActionContext:
 
 
 def _brokered(op: str, **args: Any) -> Any:
-    """A request to the worker (:mod:`runner.broker`); its refusal as a UsageError."""
+    """A request to the worker (:mod:`sp.runner.broker`); its refusal as a UsageError."""
     try:
         return broker.call(op, **args)
     except broker.BrokerError as e:
@@ -173,7 +173,7 @@ def _home_root() -> str:
 
 def _open() -> EventStore:
     # Imported here: an action that only reads its checkpoint need not load the ledger code.
-    from commands.home import Home
+    from sp.commands.home import Home
 
     return Home(_home_root()).open()
 

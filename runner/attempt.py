@@ -18,12 +18,12 @@ from collections import deque
 from pathlib import Path
 from typing import IO, Any
 
-from commands import actions, execution
-from commands.execution import Claim, Outcome
-from commands.home import Home
-from ledger.store import EventStore
-from runner import proc as proc_identity
-from runner.spawn import spawn
+from sp.commands import actions, execution
+from sp.commands.execution import Claim, Outcome
+from sp.commands.home import Home
+from sp.ledger.store import EventStore
+from sp.runner import proc as proc_identity
+from sp.runner.spawn import spawn
 
 KILL_GRACE_S = 5.0
 TAIL_LINES = 20
@@ -81,7 +81,7 @@ class Attempt:
         self.scan_offset = self.offset
         self.scanner: Any = None
         if claim.spec.failure_patterns:
-            from runner.patterns import PatternScanner
+            from sp.runner.patterns import PatternScanner
 
             self.scanner = PatternScanner(claim.spec.failure_patterns)
         self.prepared: Any = None
@@ -111,7 +111,7 @@ class Attempt:
         self.broker: Any = None
         if claim.sandbox is not None:
             self.denials_path = claim.sandbox.denials_path
-            from runner.broker import Broker
+            from sp.runner.broker import Broker
 
             compensates = claim.spec.payload.get("compensates")
             run_as = getattr(claim.sandbox, "user", None)  # a policy's user: (resolved)
@@ -119,7 +119,7 @@ class Attempt:
                                  compensates if isinstance(compensates, str) else None,
                                  os.path.join(str(self.tmpdir), ".sp-broker"),
                                  claim.spec.agent, run_as["uid"] if run_as else None)
-        from security.quotas import watch_for
+        from sp.security.quotas import watch_for
 
         self.quota = watch_for(store, str(home.root), self.action_id, claim.spec.agent,
                                claim.policy, self.log.fileno(), self.offset, self.tmpdir)
@@ -146,11 +146,11 @@ class Attempt:
 
     def _hand_over(self, tmpdir: str) -> None:
         """A policy's ``user:``: the action's TMPDIR and broker folder become that user's
-        (:func:`security.identity.hand_over`; the broker was told whose files to expect)."""
+        (:func:`sp.security.identity.hand_over`; the broker was told whose files to expect)."""
         run_as = getattr(self.claim.sandbox, "user", None)
         if run_as is None:
             return
-        from security import identity
+        from sp.security import identity
 
         identity.hand_over([tmpdir, os.path.join(tmpdir, ".sp-broker")], run_as)
 
@@ -195,11 +195,11 @@ class Attempt:
             self.log.flush()
         argv = step.argv
         if self.claim.sandbox is not None:
-            from security import enforce, sandbox
+            from sp.security import enforce, sandbox
 
             argv = sandbox.wrap(self.claim.sandbox, argv, enforce.capabilities())
         if self.prepared is not None:
-            from runner import limits
+            from sp.runner import limits
 
             argv = limits.wrap(self.prepared, argv)
         try:
@@ -222,7 +222,7 @@ class Attempt:
 
     def child_to_record(self) -> tuple[str, int, int] | None:
         """``(action_id, pid, pid_start)`` of the running step's process if the lease does not
-        name it yet (see :func:`commands.execution.record_children`)."""
+        name it yet (see :func:`sp.commands.execution.record_children`)."""
         if self.child_pending is None or self.outcome is not None:
             return None
         pid = self.child_pending[0]
@@ -314,14 +314,14 @@ class Attempt:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self.pid, sig)
         if self.prepared is not None:
-            from runner import limits
+            from sp.runner import limits
 
             limits.kill_all(self.prepared, sig)
 
     def _exhausted(self, code: int | None) -> str | None:
         if self.prepared is None:
             return None
-        from runner import limits
+        from sp.runner import limits
 
         reason: str | None = limits.exhausted(self.prepared, code)
         return reason
@@ -345,7 +345,7 @@ class Attempt:
     def _done(self, kind: str | None, text: str, retryable: bool = True) -> None:
         usage: dict[str, int] = {}
         if self.prepared is not None:
-            from runner import limits
+            from sp.runner import limits
 
             usage = limits.usage(self.prepared, self.rusage)
             limits.cleanup(self.prepared)
@@ -382,7 +382,7 @@ class Attempt:
             return list(self.claim.denials), "validation"
         if self.denials_path is None:
             return [], "run"
-        from security import sandbox
+        from sp.security import sandbox
 
         try:
             found = sandbox.read_denials(self.denials_path)
@@ -394,13 +394,13 @@ class Attempt:
 
 
 def _sandbox_exit() -> int:
-    from security import sandbox
+    from sp.security import sandbox
 
     return sandbox.SANDBOX_EXIT
 
 
 def _shim_exit() -> int:
-    from runner import limits
+    from sp.runner import limits
 
     return limits.SHIM_EXIT
 

@@ -22,7 +22,7 @@ import platform
 import stat
 from collections.abc import Iterator
 
-from security import linux
+from sp.security import linux
 
 # openat2(2): the same number on every architecture (the generic syscall table).
 _SYS_OPENAT2 = 437 if platform.machine() in ("x86_64", "aarch64") else -1

@@ -16,11 +16,11 @@ the work as the attempt's owner and only for this action:
   (hashed by the worker), is recorded as ``action.blob_stored`` and removed from the folder;
   ``get_blob``: a blob, by hash, copied into the broker's folder under a fresh name, only for
   the action that stored it, the action it compensates or an action of its plan
-  (:mod:`commands.blobs`);
+  (:mod:`sp.commands.blobs`);
 * ``alert``: ``alert.sent`` from the action.
 
 The worker is root and the action owns its folder, so the worker acts only on what it checked
-(:mod:`runner.beneath`): it holds directory fds of the action's folder and of the broker's folder
+(:mod:`sp.runner.beneath`): it holds directory fds of the action's folder and of the broker's folder
 from the attempt's start, reaches every file relative to them without following a symlink
 (``openat2`` with ``RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS``, else ``openat(O_NOFOLLOW)`` per
 component), checks the opened fd (``fstat``), reads or writes through it, creates with
@@ -28,8 +28,8 @@ component), checks the opened fd (``fstat``), reads or writes through it, create
 read. Swapping a folder for a symlink, or planting a symlink or a hard link where the worker
 reads or writes, gets a refusal, never a file outside the action's folder.
 
-The client side (:func:`call`) is what :mod:`runner.api`, ``sp checkpoint``/``sp progress`` and
-:mod:`actions.blobs` use when ``$SP_BROKER`` is set. A request the worker does not answer within
+The client side (:func:`call`) is what :mod:`sp.runner.api`, ``sp checkpoint``/``sp progress`` and
+:mod:`sp.actions.blobs` use when ``$SP_BROKER`` is set. A request the worker does not answer within
 :data:`CALL_TIMEOUT_S` (it died, or the attempt is being stopped) fails the call.
 """
 
@@ -44,7 +44,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from runner import beneath
+from sp.runner import beneath
 
 CALL_TIMEOUT_S = 60.0
 MAX_REQUEST_BYTES = 1 << 20  # one request line; a checkpoint's data is meant to be small
@@ -269,7 +269,7 @@ class Broker:
             return {"id": rid, "error": f"{op}: {e}"}
 
     def _op_checkpoint(self, req: dict[str, Any]) -> int:
-        from commands import actions
+        from sp.commands import actions
 
         step = req.get("step")
         if step is not None and not isinstance(step, int):
@@ -278,7 +278,7 @@ class Broker:
                                   by=f"action:{self.action_id}")
 
     def _op_progress(self, req: dict[str, Any]) -> None:
-        from commands import actions
+        from sp.commands import actions
 
         percent = req.get("percent")
         if percent is not None and not isinstance(percent, int | float):
@@ -290,7 +290,7 @@ class Broker:
         return self.compensates
 
     def _op_checkpoints(self, req: dict[str, Any]) -> list[Any]:
-        from ledger import events as ev
+        from sp.ledger import events as ev
 
         target = req.get("action_id") or self.action_id
         if target not in (self.action_id, self.compensates):
@@ -310,8 +310,8 @@ class Broker:
                 data = beneath.read_capped(fd, MAX_BLOB_BYTES, path)
             finally:
                 os.close(fd)
-            from actions.blobs import store_blob
-            from commands import blobs
+            from sp.actions.blobs import store_blob
+            from sp.commands import blobs
 
             sha = store_blob(Path(self.home_root), data)
             blobs.record_stored(self.store, self.action_id, sha, len(data),
@@ -323,7 +323,7 @@ class Broker:
         sha = str(req.get("sha", ""))
         if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
             raise ValueError("not a sha256")
-        from commands import blobs
+        from sp.commands import blobs
 
         if not blobs.may_fetch(self.store, self.action_id, self.compensates, sha):
             raise PermissionError(f"blob {sha} was not stored by action {self.action_id},"
@@ -335,7 +335,7 @@ class Broker:
         return os.path.join(self.folder, name)
 
     def _op_alert(self, req: dict[str, Any]) -> None:
-        from runner.iot import record_alert
+        from sp.runner.iot import record_alert
 
         record_alert(self.store, str(req.get("message", "")), str(req.get("level", "warning")),
                      f"action:{self.action_id}", self.agent or "")

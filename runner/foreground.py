@@ -7,15 +7,14 @@ import signal
 import time
 from types import FrameType
 
-from commands import execution
-from commands.execution import Claim
-from commands.home import Home
-from ledger.store import EventStore
-from machines.states import ActionState
-
-from .attempt import Attempt
-from .sweeper import Sweeper
-from .worker import CANCEL_CHECK_S, HEARTBEAT_S, POLL_S
+from sp.commands import execution
+from sp.commands.execution import Claim
+from sp.commands.home import Home
+from sp.ledger.store import EventStore
+from sp.machines.states import ActionState
+from sp.runner.attempt import Attempt
+from sp.runner.sweeper import Sweeper
+from sp.runner.worker import CANCEL_CHECK_S, HEARTBEAT_S, POLL_S
 
 
 def run_claimed(store: EventStore, home: Home, claim: Claim,
@@ -23,7 +22,7 @@ def run_claimed(store: EventStore, home: Home, claim: Claim,
     """Run ``claim`` and any retries of it until the action reaches a final state (or is
     interrupted by SIGINT/SIGTERM, which is recorded and returns ``INTERRUPTED``). Like every
     process that runs work, it sweeps for actions dead workers left, first and then every half
-    lease period (:mod:`runner.sweeper`; its own attempt is never touched)."""
+    lease period (:mod:`sp.runner.sweeper`; its own attempt is never touched)."""
     stop: list[int] = []
     sweeper = Sweeper(store, f"{claim.owner} (recovery sweep)")
 
@@ -77,7 +76,7 @@ def _one_attempt(store: EventStore, home: Home, claim: Claim, stop: list[int],
         return ActionState.INTERRUPTED
     state = execution.finish(store, claim, outcome)
     if state is not None and claim.spec.notify is not None:
-        from .notifications import deliver
+        from sp.runner.notifications import deliver
 
         deliver(store, attempt, state, claim.spec.notify, claim.owner)
     return state

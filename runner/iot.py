@@ -1,7 +1,7 @@
 """The small Python API of the seed's IoT Sensor Monitor.
 
 ```python
-from runner.iot import continuous_action, read_sensor, send_alert, trigger_action
+from sp.runner.iot import continuous_action, read_sensor, send_alert, trigger_action
 
 @continuous_action(interval="5s")
 def monitor_temperature_sensor(context):
@@ -26,7 +26,7 @@ and in the trigger file (``sp daemon`` runs it in-process, with the ``schedule``
   task's action, in one transaction). Called from inside an action that sp runs (``$SP_ACTION_ID``
   and ``$SP_HOME`` set) it fires a task of that action's agent, kind ``api``.
 * :func:`send_alert` records ``alert.sent`` (stream ``alerts``) and prints the alert on stderr.
-* ``context.memory`` is the agent's :class:`runner.memory.AgentMemory`, kept across runs and
+* ``context.memory`` is the agent's :class:`sp.runner.memory.AgentMemory`, kept across runs and
   restarts; :func:`memory` opens it from an action's own code.
 
 A continuous function runs inside the daemon, with its privileges and without a sandbox: give
@@ -43,11 +43,10 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar, overload
 
-from ledger import events as ev
-from ledger.errors import UsageError
-from ledger.store import EventStore
-
-from .memory import MAX_READINGS, AgentMemory
+from sp.ledger import events as ev
+from sp.ledger.errors import UsageError
+from sp.ledger.store import EventStore
+from sp.runner.memory import MAX_READINGS, AgentMemory
 
 F = TypeVar("F", bound=Callable[..., Any])
 ALERT_LEVELS = ("info", "warning", "error", "critical")
@@ -78,7 +77,7 @@ def continuous_action(interval: Any = DEFAULT_INTERVAL) -> Any:
     """
     if callable(interval):
         return continuous_action(DEFAULT_INTERVAL)(interval)
-    from agents.units import parse_duration_ms
+    from sp.agents.units import parse_duration_ms
 
     try:
         ms = parse_duration_ms(interval)
@@ -188,8 +187,8 @@ def trigger_action(name: str, payload: dict[str, Any] | None = None) -> str | No
     if context is not None:
         return context.trigger_action(name, payload)
     with _outside() as (store, agent, action_id):
-        from triggers.config import split_action
-        from triggers.fire import fire
+        from sp.triggers.config import split_action
+        from sp.triggers.fire import fire
 
         agent_of, task = split_action(agent, name)
         return fire(store, f"api:{agent}", "api", agent_of, task, dict(payload or {}),
@@ -206,7 +205,7 @@ def send_alert(message: str, level: str = "warning") -> None:
     if context is not None:
         context.send_alert(message, level)
         return
-    from runner import broker
+    from sp.runner import broker
 
     if broker.active():  # sandboxed: the worker records it
         try:
@@ -239,7 +238,7 @@ def memory(agent: str | None = None, home: str | None = None) -> AgentMemory:
 
 
 def _open(home: str | None) -> EventStore:
-    from commands.home import Home
+    from sp.commands.home import Home
 
     root = home or os.environ.get("SP_HOME")
     if not root:
@@ -263,7 +262,7 @@ def _agent_of_action(store: EventStore) -> tuple[str, str]:
 @contextmanager
 def _outside() -> Iterator[tuple[EventStore, str, str]]:
     """The ledger, agent and action of the sp action this process runs in (opened per call,
-    like :mod:`runner.api`: actions call rarely)."""
+    like :mod:`sp.runner.api`: actions call rarely)."""
     store = _open(None)
     try:
         agent, action_id = _agent_of_action(store)

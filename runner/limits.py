@@ -43,10 +43,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from agents.config import Resources
-from ledger.errors import SpError, UsageError
-
-from .cgroupfs import (
+from sp.agents.config import Resources
+from sp.ledger.errors import SpError, UsageError
+from sp.runner.cgroupfs import (
     _PARENT,
     _ROLES,
     _V1,

@@ -21,8 +21,8 @@ from typing import Any, overload
 
 import msgspec
 
-from ledger.errors import UsageError
-from ledger.store import EventStore
+from sp.ledger.errors import UsageError
+from sp.ledger.store import EventStore
 
 MAX_READINGS = 10_000
 

@@ -6,21 +6,20 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from ledger import events as ev
-from ledger.store import EventStore
-from machines.states import ActionState
+from sp.ledger import events as ev
+from sp.ledger.store import EventStore
+from sp.machines.states import ActionState
 
 if TYPE_CHECKING:
-    from .attempt import Attempt
+    from sp.runner.attempt import Attempt
 
 
 def deliver(store: EventStore, attempt: Attempt, state: ActionState,
             notify: dict[str, Any] | None, by: str) -> None:
     """Send per the action's ``notify:`` settings and append one ``action.notified`` per
     channel; delivery failures are recorded, never raised."""
-    from agents.config import Notify
-
-    from .notify import Notification, send
+    from sp.agents.config import Notify
+    from sp.runner.notify import Notification, send
 
     if notify is None:
         return

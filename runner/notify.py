@@ -1,6 +1,6 @@
 """Notifications when an action finishes: run a command, or POST JSON to a URL.
 
-The task's ``notify:`` (``agents.config.Notify``) says when and where::
+The task's ``notify:`` (``sp.agents.config.Notify``) says when and where::
 
     notify: {on: [completion, failure], command: [notify-send, "sp"], url: https://hooks/x}
 
@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 import msgspec
 
-from agents.config import Notify
+from sp.agents.config import Notify
 
 # Final states that count as each ``on:`` word. "failure" is an action that failed for good:
 # ``failed``, and ``skipped`` (it failed, and its recovery strategy let its dependents go on).

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 
-from ledger.errors import UsageError
+from sp.ledger.errors import UsageError
 
 MAX_LINE_BYTES = 64 * 1024
 OVERLAP_BYTES = 1024

@@ -4,22 +4,22 @@
 Nothing else has to run after a crash: an action left ``executing`` by a worker that was killed
 is found by the next process that runs work — the next cron tick at the latest — and queued
 again to resume from its checkpoint (or failed when no attempts are left), see
-:mod:`commands.recovery`. Sweeps of several processes never race (the home's recovery lock);
+:mod:`sp.commands.recovery`. Sweeps of several processes never race (the home's recovery lock);
 the attempts the sweeping process holds itself are never touched.
 """
 
 from __future__ import annotations
 
-from commands import recovery
-from commands.execution import LEASE_TTL_MS
-from ledger.store import EventStore
+from sp.commands import recovery
+from sp.commands.execution import LEASE_TTL_MS
+from sp.ledger.store import EventStore
 
 # Half a lease: an owner that died is noticed well before a live one's lease could lapse.
 SWEEP_EVERY_MS = LEASE_TTL_MS // 2
 
 
 class Sweeper:
-    """Runs :func:`commands.recovery.recover` when due by the store's (injectable) clock."""
+    """Runs :func:`sp.commands.recovery.recover` when due by the store's (injectable) clock."""
 
     def __init__(self, store: EventStore, by: str, every_ms: int = SWEEP_EVERY_MS) -> None:
         self.store = store

@@ -32,16 +32,15 @@ from typing import Any
 
 import msgspec
 
-from commands import execution
-from commands.execution import Claim, Outcome
-from commands.home import Home
-from ledger.errors import DiskFullError, SpError, translate
-from ledger.store import EventStore
-from machines.states import ActionState
-
-from .attempt import Attempt
-from .sweeper import Sweeper
-from .wake import Waker
+from sp.commands import execution
+from sp.commands.execution import Claim, Outcome
+from sp.commands.home import Home
+from sp.ledger.errors import DiskFullError, SpError, translate
+from sp.ledger.store import EventStore
+from sp.machines.states import ActionState
+from sp.runner.attempt import Attempt
+from sp.runner.sweeper import Sweeper
+from sp.runner.wake import Waker
 
 POLL_S = 0.02  # timeouts, output patterns and free slots are checked at least this often
 # A spawned child is noted in its lease with the next transaction the worker makes anyway, or
@@ -118,7 +117,7 @@ class Worker:
         """Run until stopped; ``until_idle``: until nothing is running, ready or (with
         ``wait_retries``) waiting out a retry backoff; ``max_seconds``: stop claiming then and
         interrupt what still runs (``sp tick``). A recovery sweep runs first and then every
-        half lease period (:mod:`runner.sweeper`), so what a dead worker left is run again."""
+        half lease period (:mod:`sp.runner.sweeper`), so what a dead worker left is run again."""
         sweeper = Sweeper(self.store, f"{self.owner} (recovery sweep)")
         waker = Waker(self.home.root)
         handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
@@ -356,7 +355,7 @@ class Worker:
             return
         if state not in (ActionState.COMPLETED, ActionState.FAILED, ActionState.SKIPPED):
             return
-        from runner import notifications
+        from sp.runner import notifications
 
         notifications.deliver(self.store, attempt, state, notify, self.owner)
 

@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import msgspec
 
-from ledger.store import EventStore
-from machines.states import FINAL
+from sp.ledger.store import EventStore
+from sp.machines.states import FINAL
 
 _FINAL_ACTIONS = frozenset(s.value for s in FINAL)
 _FINAL_PLANS = frozenset({"completed", "failed", "rolled_back", "rollback_failed"})

@@ -1,9 +1,9 @@
 """From an agent's policy to what the kernel enforces for one attempt.
 
-:func:`sandbox_spec` turns a :class:`~security.policy.Policy` into the
-:class:`~security.sandbox.SandboxSpec` the attempt's process enters before exec; paths are
+:func:`sandbox_spec` turns a :class:`~sp.security.policy.Policy` into the
+:class:`~sp.security.sandbox.SandboxSpec` the attempt's process enters before exec; paths are
 resolved here, when the attempt is claimed, so the rules name real files. :func:`prepare` adds
-what the machine can do (:func:`security.sandbox.probe`) and says what will be enforced, or why
+what the machine can do (:func:`sp.security.sandbox.probe`) and says what will be enforced, or why
 the attempt must be refused.
 """
 
@@ -18,8 +18,16 @@ from typing import Any
 
 import msgspec
 
-from . import sandbox
-from .policy import SECRETS, SYSTEM_READ, SYSTEM_WRITE, NetRule, Policy, real, resolve_program
+from sp.security import sandbox
+from sp.security.policy import (
+    SECRETS,
+    SYSTEM_READ,
+    SYSTEM_WRITE,
+    NetRule,
+    Policy,
+    real,
+    resolve_program,
+)
 
 
 def _existing(paths: list[str]) -> list[str]:
@@ -34,7 +42,7 @@ def _existing(paths: list[str]) -> list[str]:
 
 
 def _secrets(policy: Policy, needed: list[str]) -> list[str]:
-    """What of :data:`~security.policy.SECRETS` stays unreadable under ``policy``: all of it,
+    """What of :data:`~sp.security.policy.SECRETS` stays unreadable under ``policy``: all of it,
     except a secret the policy names itself in ``read`` or ``write``; where it names a path
     inside a secret folder (``/root/project``), or the attempt ``needed`` one inside (its
     TMPDIR in a home under ``/root``, sp's interpreter in ``/root/.pyenv``, which an action
@@ -93,8 +101,8 @@ def _python_roots() -> list[str]:
         with_path = sysconfig.get_paths().get(key)
         if with_path:
             roots.add(with_path)
-    # The package itself (an editable install lives outside site-packages).
-    roots.add(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    # sp itself (an editable install lives outside site-packages, behind symlinks).
+    roots.update(sandbox.code_roots())
     return sorted(roots)
 
 
@@ -126,10 +134,10 @@ def sandbox_spec(policy: Policy, *, tmpdir: str, shell: bool, env_path: str | No
     private temporary folder (always writable). ``home`` is sp's home: everything in it but
     ``tmpdir`` is out of reach — the ledger, the blob store, the logs, other actions' folders —
     whatever the policy allows elsewhere, so a confined action cannot rewrite its own policy
-    or read another action's data (it talks to sp through :mod:`runner.broker`). The
+    or read another action's data (it talks to sp through :mod:`sp.runner.broker`). The
     filesystem is therefore always restricted for a sandboxed action, and the
-    :data:`~security.policy.SECRETS` stay unreadable under any grant that does not name them.
-    ``run_as`` is the policy's ``user:`` resolved (:func:`security.identity.resolve`).
+    :data:`~sp.security.policy.SECRETS` stay unreadable under any grant that does not name them.
+    ``run_as`` is the policy's ``user:`` resolved (:func:`sp.security.identity.resolve`).
     """
     fs = policy.restricts_fs or home is not None
     off_limits = _home_entries(home, tmpdir) if home is not None else []
@@ -222,7 +230,7 @@ def reduce(spec: sandbox.SandboxSpec, caps: Any) -> sandbox.SandboxSpec:
         changes["namespaces"] = False
     if "net" not in (getattr(caps, "namespaces", None) or []):
         changes["network"] = True
-    from . import seccomp
+    from sp.security import seccomp
 
     if seccomp.supported():
         changes["unix_sockets"] = True
@@ -232,7 +240,7 @@ def reduce(spec: sandbox.SandboxSpec, caps: Any) -> sandbox.SandboxSpec:
 
 
 def capabilities() -> Any:
-    """What this machine can enforce (:func:`security.sandbox.probe`), lowered by the
+    """What this machine can enforce (:func:`sp.security.sandbox.probe`), lowered by the
     operator's ``SP_LANDLOCK_ABI_MAX`` (use at most that Landlock ABI, e.g. to get the same
     enforcement on machines with different kernels; 0 = do not use Landlock) and
     ``SP_SANDBOX_NAMESPACES`` (a comma list of the namespaces sp may create; empty = none)."""

@@ -1,6 +1,6 @@
-"""The exec shim that confines one action's program: ``python -I -m security.enter CFG -- ARGV``.
+"""The exec shim that confines one action's program: ``python -I -m sp.security.enter CFG -- ARGV``.
 
-``CFG`` is the JSON ``enforced`` dict of :func:`security.sandbox.plan` plus ``denials_path`` (it
+``CFG`` is the JSON ``enforced`` dict of :func:`sp.security.sandbox.plan` plus ``denials_path`` (it
 may be split over several arguments, joined back before ``--``). Three processes:
 
 - **outer** (the pid the worker spawned; it stays in the worker's process group): joins the
@@ -33,7 +33,7 @@ import signal
 import sys
 from typing import Any, NoReturn
 
-from security import execmounts, identity, landlock, linux, seccomp
+from sp.security import execmounts, identity, landlock, linux, seccomp
 
 SANDBOX_EXIT = 125
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
@@ -105,7 +105,7 @@ def _ruleset(cfg: dict[str, Any], program: str | None) -> landlock.Ruleset | Non
 
 
 def _exec_mounts(cfg: dict[str, Any], argv: list[str]) -> None:
-    """Only the allowed programs (and the libraries) executable (:mod:`security.execmounts`)."""
+    """Only the allowed programs (and the libraries) executable (:mod:`sp.security.execmounts`)."""
     plan = cfg.get("exec_mounts")
     if not plan:
         return
@@ -292,7 +292,8 @@ def _mirror(status: int, message: bytes) -> NoReturn:
 
 def main(args: list[str]) -> NoReturn:
     if "--" not in args or args.index("--") == 0 or args.index("--") == len(args) - 1:
-        _fail("configuration", "usage: python -I -m security.enter CONFIG_JSON -- PROGRAM [ARG...]")
+        _fail("configuration",
+              "usage: python -I -m sp.security.enter CONFIG_JSON -- PROGRAM [ARG...]")
     split = args.index("--")
     try:
         cfg: dict[str, Any] = json.loads("".join(args[:split]))
@@ -302,7 +303,7 @@ def main(args: list[str]) -> NoReturn:
 
     sock = marker = collector = None
     if cfg.get("denial_log") == "kernel_audit":
-        from security import audit
+        from sp.security import audit
 
         try:
             sock = audit.subscribe()
@@ -351,7 +352,7 @@ def main(args: list[str]) -> NoReturn:
     # means init has reported and is exiting
     poller.register(status_r, select.POLLIN)
     if sock is not None:
-        from security import audit
+        from sp.security import audit
 
         collector = audit.DenialCollector(init)
         poller.register(sock.fileno(), select.POLLIN)

@@ -31,7 +31,7 @@ from __future__ import annotations
 import ctypes
 import os
 
-from security import linux
+from sp.security import linux
 
 PROGRAM_DIRS = ("/bin", "/sbin", "/usr/bin", "/usr/sbin", "/usr/local/bin", "/usr/local/sbin",
                 "/usr/libexec", "/usr/local/libexec", "/usr/games", "/usr/local/games",

@@ -2,7 +2,7 @@
 
 A policy may name a ``user:`` (a name or a uid of this machine's user database) and a
 ``group:`` (a name or a gid; the user's primary group by default) and grant
-``linux_capabilities:`` from :data:`security.linux.GRANTABLE_CAPABILITIES`. :func:`resolve`
+``linux_capabilities:`` from :data:`sp.security.linux.GRANTABLE_CAPABILITIES`. :func:`resolve`
 turns the names into numbers when an action is submitted and again when it is claimed (the
 database may have changed in between: an unknown user is refused both times); :func:`apply`
 runs in the program's own process inside the exec shim, after everything that needs root
@@ -28,7 +28,7 @@ import os
 import pwd
 from typing import Any, TypedDict
 
-from security import linux
+from sp.security import linux
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _CAP_VERSION_3 = 0x20080522  # linux/capability.h: two 32-bit words per set

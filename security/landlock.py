@@ -25,7 +25,7 @@ import ctypes
 import os
 import stat
 
-from security import linux
+from sp.security import linux
 
 EXECUTE = 1 << 0
 WRITE_FILE = 1 << 1

@@ -1,7 +1,7 @@
 """Thin ctypes bindings for the Linux calls Python 3.11 lacks (stdlib + ctypes only).
 
-Used by the exec shim (:mod:`security.enter`) and by :func:`security.sandbox.probe`; every call
-raises :class:`OSError` with the kernel's errno, like the :mod:`os` functions do.
+Used by the exec shim (:mod:`sp.security.enter`) and by :func:`sp.security.sandbox.probe`;
+every call raises :class:`OSError` with the kernel's errno, like the :mod:`os` functions do.
 """
 
 from __future__ import annotations

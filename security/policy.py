@@ -40,7 +40,7 @@ from urllib.parse import urlsplit
 
 import msgspec
 
-from ledger.errors import UsageError
+from sp.ledger.errors import UsageError
 
 CATEGORIES = ("read", "write", "network", "execute")
 _SCHEME_PORTS = {"http": 80, "https": 443, "ssh": 22, "ftp": 21, "smtp": 25, "imap": 143,
@@ -294,7 +294,7 @@ def _run_as(caps: dict[str, Any], where: str) -> dict[str, Any]:
     :raises UsageError: a malformed account, a group without a user, or a capability that is
         unknown or cannot be granted (the sandbox-escaping ones).
     """
-    from security import linux
+    from sp.security import linux
 
     out: dict[str, Any] = {}
     if caps.get("user") is not None:
@@ -354,13 +354,13 @@ def _convert(cat: str, values: list[str], where: str) -> list[Any]:
 def _storage(storage: Any, where: str) -> dict[str, Any]:
     if storage is None:
         return {}
-    from agents.config import Storage
-    from agents.units import dec_hook
+    from sp.agents.config import Storage
+    from sp.agents.units import dec_hook
 
     try:
         s = msgspec.convert(storage, Storage, dec_hook=dec_hook)
     except msgspec.ValidationError as e:
-        from agents.config import _rename_path
+        from sp.agents.config import _rename_path
 
         raise UsageError(_rename_path(str(e), where)) from None
     out: dict[str, Any] = {}

@@ -31,7 +31,7 @@ def log_cap() -> int:
     raw = os.environ.get("SP_LOG_MAX", "")
     if not raw:
         return LOG_CAP_BYTES
-    from agents.units import parse_size
+    from sp.agents.units import parse_size
 
     try:
         return parse_size(raw)

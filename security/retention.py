@@ -37,10 +37,10 @@ from typing import Any
 
 import msgspec
 
-from agents.config import Cleanup
-from ledger import events as ev
-from ledger.store import EventStore
-from machines.states import FINAL, ActionState
+from sp.agents.config import Cleanup
+from sp.ledger import events as ev
+from sp.ledger.store import EventStore
+from sp.machines.states import FINAL, ActionState
 
 STREAM = "maintenance"
 _FINAL = frozenset(s.value for s in FINAL)

@@ -3,7 +3,7 @@
 :func:`probe` says what this kernel and this process can do, :func:`plan` turns a
 :class:`SandboxSpec` into what *will* be enforced (for the ``started`` event) plus a human reason
 for each requested mechanism that cannot be, and :func:`wrap` returns the argv that applies
-exactly that plan in the child (``python -I -m security.enter``, see there) before exec'ing the
+exactly that plan in the child (``python -I -m sp.security.enter``, see there) before exec'ing the
 program. The shim exits :data:`SANDBOX_EXIT` rather than run the program with less than planned.
 
 Mechanisms: Landlock (filesystem rules, TCP connect ports, signal scoping; denials read back
@@ -27,13 +27,14 @@ a user namespace when not root). Decisions the spec leaves open:
   sockets, ptrace, mount and the rest of ``CAP_SYS_ADMIN``, audit control, BPF...) and those
   that step around permission checks (``linux.GRANTABLE_CAPABILITIES``: ``DAC_OVERRIDE``,
   ``DAC_READ_SEARCH``, ``FOWNER``, ``CHOWN``, ``SETUID``/``SETGID``, ``KILL``...; a policy may
-  grant these back) from all five capability sets before exec (:mod:`security.identity`); it
+  grant these back) from all five capability sets before exec (:mod:`sp.security.identity`); it
   keeps only ``NET_BIND_SERVICE`` and ``NET_BROADCAST``. A policy's ``user:`` runs it as that
   user (sp must run as root for that; otherwise it is listed as missing).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -43,18 +44,22 @@ from typing import Any
 
 import msgspec
 
-from security import audit, landlock, linux
-from security.enter import SANDBOX_EXIT
+from sp.security import audit, landlock, linux
+from sp.security.enter import SANDBOX_EXIT
 
-__all__ = ["SANDBOX_EXIT", "Capabilities", "SandboxSpec", "plan", "probe", "read_denials", "wrap"]
+__all__ = ["SANDBOX_EXIT", "Capabilities", "SandboxSpec", "code_roots", "plan", "probe",
+           "read_denials", "wrap"]
 
 DROPPED_CAPABILITIES = linux.DROPPED_CAPABILITIES
 DEVICES = ["/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/dev/tty"]
 _BASE_NAMESPACES = ["pid", "ipc", "uts", "mnt"]
 _ARG_CHUNK = 100_000  # one argv string may not exceed 128 KiB (MAX_ARG_STRLEN)
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_BOOT = ("import sys; sys.path.insert(0, " + repr(_ROOT) + "); "
-         "from security.enter import main; main(sys.argv[1:])")
+# The folder that holds the sp package (this file is sp/security/sandbox.py): the shim puts it
+# on sys.path instead of running site. Installed, it is site-packages; in a checkout it is the
+# repository, whose sp/<name> are symlinks to its top-level folders (:func:`code_roots`).
+PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+_BOOT = ("import sys; sys.path.insert(0, " + repr(PACKAGE_PARENT) + "); "
+         "from sp.security.enter import main; main(sys.argv[1:])")
 
 
 class SandboxSpec(msgspec.Struct, frozen=True, kw_only=True):
@@ -249,10 +254,10 @@ def _identity(spec: SandboxSpec) -> dict[str, Any]:
 
 def _exec_and_sockets(spec: SandboxSpec, namespaces: list[str], enforced: dict[str, Any],
                       missing: list[str]) -> None:
-    """What closes the execute allow-list's side doors (:mod:`security.execmounts`: the
+    """What closes the execute allow-list's side doors (:mod:`sp.security.execmounts`: the
     loader, files written by the action; the pid namespace's ``vm.memfd_noexec`` and
-    :mod:`security.seccomp`: memfds and ``execveat`` of a descriptor) and unix sockets."""
-    from security import execmounts, seccomp
+    :mod:`sp.security.seccomp`: memfds and ``execveat`` of a descriptor) and unix sockets."""
+    from sp.security import execmounts, seccomp
 
     allow_list = spec.fs and spec.execute is not None
     no_filter = seccomp.supported()
@@ -283,6 +288,23 @@ def _exec_and_sockets(spec: SandboxSpec, namespaces: list[str], enforced: dict[s
             enforced["unix_sockets"] = "refused (seccomp: socket(AF_UNIX), io_uring)"
 
 
+@functools.cache
+def code_roots() -> tuple[str, ...]:
+    """The folders sp's own code is read from: the folder that holds the sp package, and the
+    real folder of each subpackage that lies outside it (a subpackage reached through a
+    symlink is read at the link's target, and Landlock rules apply to what a path resolves
+    to). In a checkout the targets are beside ``sp/``, so this is the repository alone."""
+    package = os.path.join(PACKAGE_PARENT, "sp")
+    parent = os.path.realpath(PACKAGE_PARENT).rstrip("/") + "/"
+    roots = [PACKAGE_PARENT]
+    with contextlib.suppress(OSError):
+        for name in sorted(os.listdir(package)):
+            target = os.path.realpath(os.path.join(package, name))
+            if os.path.isdir(target) and not target.startswith(parent) and target not in roots:
+                roots.append(target)
+    return tuple(roots)
+
+
 def wrap(spec: SandboxSpec, argv: list[str], caps: Capabilities | None = None) -> list[str]:
     """The argv to exec instead of ``argv``: the shim applying ``plan(spec, caps)``
     (``caps`` defaults to :func:`probe`; pass the same value the started event was planned
@@ -292,8 +314,9 @@ def wrap(spec: SandboxSpec, argv: list[str], caps: Capabilities | None = None) -
     enforced, _ = plan(spec, caps if caps is not None else probe())
     text = json.dumps({**enforced, "denials_path": spec.denials_path}, separators=(",", ":"))
     chunks = [text[i:i + _ARG_CHUNK] for i in range(0, len(text), _ARG_CHUNK)]
-    # -S: no site (an editable install's finder alone costs ~8 ms); the package's own folder
-    # goes on sys.path instead. -I: no environment variables, no user site, no current dir.
+    # -S: no site (an editable install's finder alone costs ~8 ms); the folder that holds the
+    # sp package goes on sys.path instead. -I: no environment variables, no user site, no
+    # current dir.
     return [sys.executable, "-I", "-S", "-c", _BOOT, *chunks, "--", *argv]
 
 

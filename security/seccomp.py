@@ -30,7 +30,7 @@ import errno
 import platform
 import struct
 
-from security import linux
+from sp.security import linux
 
 # struct seccomp_data: int nr; u32 arch; u64 instruction_pointer; u64 args[6]
 _NR, _ARCH = 0, 4

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
-from cli.main import cli
-from commands.home import Home
-from ledger.clock import ManualClock
-from ledger.store import EventStore
+from sp.cli.main import cli
+from sp.commands.home import Home
+from sp.ledger.clock import ManualClock
+from sp.ledger.store import EventStore
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -78,14 +78,14 @@ class Sp:
     def proc(self, *args: str, input: str | None = None, timeout: float = 60,
              env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "cli", "--home", str(self.home.root), *args],
+            [sys.executable, "-m", "sp.cli", "--home", str(self.home.root), *args],
             input=input, capture_output=True, text=True, timeout=timeout, cwd=REPO,
             env={**os.environ, **(env or {})},
         )
 
     def popen(self, *args: str, **kw: object) -> subprocess.Popen[str]:
         return subprocess.Popen(  # type: ignore[call-overload, no-any-return]
-            [sys.executable, "-m", "cli", "--home", str(self.home.root), *args],
+            [sys.executable, "-m", "sp.cli", "--home", str(self.home.root), *args],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, **kw,
         )
 

@@ -13,7 +13,7 @@ from click.testing import Result
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
-from commands.home import Home
+from sp.commands.home import Home
 
 # Fast enough for ~40 s over every format on two cores; failures print the example and a blob
 # for @reproduce_failure (no example database: nothing is remembered between runs).

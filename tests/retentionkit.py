@@ -6,10 +6,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-from commands.actions import SubmitSpec, submit
-from ledger import events as ev
-from ledger.clock import ManualClock
-from ledger.store import EventStore
+from sp.commands.actions import SubmitSpec, submit
+from sp.ledger import events as ev
+from sp.ledger.clock import ManualClock
+from sp.ledger.store import EventStore
 
 HOUR = 3_600_000
 DAY = 24 * HOUR

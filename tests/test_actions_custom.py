@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-import actions
-from actions import custom
-from commands import plans
-from commands.home import Home
-from ledger.store import EventStore
-from runner.worker import Worker
+from sp import actions
+from sp.actions import custom
+from sp.commands import plans
+from sp.commands.home import Home
+from sp.ledger.store import EventStore
+from sp.runner.worker import Worker
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -25,8 +25,8 @@ from pathlib import Path
 
 import msgspec
 
-from actions import ActionType, Command
-from actions.custom import action_type
+from sp.actions import ActionType, Command
+from sp.actions.custom import action_type
 
 
 class Stamp(msgspec.Struct, forbid_unknown_fields=True):

@@ -14,11 +14,11 @@ from typing import Any
 
 import pytest
 
-from actions import blobs, deps
-from commands import plans
-from commands.home import Home
-from ledger.store import EventStore
-from runner.worker import Worker
+from sp.actions import blobs, deps
+from sp.commands import plans
+from sp.commands.home import Home
+from sp.ledger.store import EventStore
+from sp.runner.worker import Worker
 from tests import registry
 from tests.conftest import Sp
 

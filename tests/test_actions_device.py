@@ -18,12 +18,12 @@ from typing import Any
 
 import pytest
 
-from actions import archive, blobs
-from actions import run as actions_run
-from commands import plans
-from commands.home import Home
-from ledger.store import EventStore
-from runner.worker import Worker
+from sp.actions import archive, blobs
+from sp.actions import run as actions_run
+from sp.commands import plans
+from sp.commands.home import Home
+from sp.ledger.store import EventStore
+from sp.runner.worker import Worker
 from tests.conftest import Sp
 
 pytestmark = pytest.mark.timeout(120)

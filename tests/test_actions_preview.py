@@ -15,11 +15,11 @@ from typing import Any
 
 import pytest
 
-from actions import preview
-from commands import plans
-from commands.home import Home
-from ledger.store import EventStore
-from runner.worker import Worker
+from sp.actions import preview
+from sp.commands import plans
+from sp.commands.home import Home
+from sp.ledger.store import EventStore
+from sp.runner.worker import Worker
 from tests.conftest import Sp
 
 pytestmark = pytest.mark.timeout(120)
@@ -112,7 +112,7 @@ def test_a_dead_server_is_restarted_on_the_same_port(
 
 
 def test_preview_plan_validation(tmp_path: Path) -> None:
-    from plans.errors import PlanInvalidError
+    from sp.plans.errors import PlanInvalidError
 
     path = tmp_path / "plan.yaml"
     path.write_text("name: t\nactions:\n  - {id: a, type: deploy, payload: {build_dir: '',"

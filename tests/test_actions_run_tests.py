@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 
-from actions import tests_type
-from commands import plans
-from commands.home import Home
-from ledger.store import EventStore
-from runner.worker import Worker
+from sp.actions import tests_type
+from sp.commands import plans
+from sp.commands.home import Home
+from sp.ledger.store import EventStore
+from sp.runner.worker import Worker
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -117,7 +117,7 @@ def test_summary_line_parser() -> None:
 
 
 def test_run_tests_plan_validation(tmp_path: Path) -> None:
-    from plans.errors import PlanInvalidError
+    from sp.plans.errors import PlanInvalidError
 
     path = tmp_path / "plan.yaml"
     path.write_text("name: t\nactions:\n  - {id: a, type: run_tests, payload: {command: []},"

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from commands import actions, execution
-from commands.home import Home
-from ledger import events as ev
-from ledger.errors import InvalidTransitionError, UsageError
-from ledger.store import EventStore
-from projections import queries
-from runner import api
+from sp.commands import actions, execution
+from sp.commands.home import Home
+from sp.ledger import events as ev
+from sp.ledger.errors import InvalidTransitionError, UsageError
+from sp.ledger.store import EventStore
+from sp.projections import queries
+from sp.runner import api
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -38,7 +38,7 @@ def run_in_action(home: Home, action_id: str, code: str,
 
 def test_progress_and_checkpoint_from_inside_an_action(home: Home, store: EventStore) -> None:
     action_id = running_action(store)
-    code = ("from runner import api; api.progress(50, 'half'); "
+    code = ("from sp.runner import api; api.progress(50, 'half'); "
             "print(api.checkpoint({'n': 1}, step=1))")
     done = run_in_action(home, action_id, code)
     assert done.returncode == 0, done.stderr
@@ -60,7 +60,7 @@ def test_progress_and_checkpoint_from_inside_an_action(home: Home, store: EventS
 
 def test_context_carries_the_environment(home: Home, store: EventStore) -> None:
     action_id = running_action(store)
-    code = ("from runner import api; c = api.context(); "
+    code = ("from sp.runner import api; c = api.context(); "
             "print(c.action_id, c.attempt, c.resume_step, c.checkpoint_data['cursor']); "
             "c.progress(None, 'still going')")
     done = run_in_action(home, action_id, code,

@@ -17,16 +17,16 @@ from pathlib import Path
 
 import pytest
 
-from commands import plans
-from commands.home import Home
-from commands.retention import archive, parse_before
-from ledger import events as ev
-from ledger.clock import ManualClock
-from ledger.errors import UsageError
-from ledger.store import EventStore
-from ledger.verify import verify
-from projections import engine
-from runner.worker import Worker
+from sp.commands import plans
+from sp.commands.home import Home
+from sp.commands.retention import archive, parse_before
+from sp.ledger import events as ev
+from sp.ledger.clock import ManualClock
+from sp.ledger.errors import UsageError
+from sp.ledger.store import EventStore
+from sp.ledger.verify import verify
+from sp.projections import engine
+from sp.runner.worker import Worker
 from tests.conftest import Sp
 from tests.retentionkit import DAY, HOUR, action
 
@@ -62,7 +62,7 @@ def scene(store: EventStore, clock: ManualClock, tmp_path: Path) -> dict[str, st
     """Old finished actions (some tied to unfinished ones), new ones, and other streams."""
     agent = tmp_path / "a.yaml"
     agent.write_text('id: keeper\nactions:\n  t: {command: ["true"]}\n')
-    from commands import agents
+    from sp.commands import agents
 
     agents.apply(store, agent)
     s = {

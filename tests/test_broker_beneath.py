@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from runner import beneath
-from runner.broker import Broker
+from sp.runner import beneath
+from sp.runner.broker import Broker
 
 
 @pytest.fixture(params=["openat2", "walk"])

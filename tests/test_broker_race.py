@@ -14,12 +14,12 @@ from typing import Any
 
 import pytest
 
-from commands import actions, policies
-from commands.home import Home
-from ledger.store import EventStore
-from runner.worker import Worker
-from security import policy as pol
-from security import sandbox
+from sp.commands import actions, policies
+from sp.commands.home import Home
+from sp.ledger.store import EventStore
+from sp.runner.worker import Worker
+from sp.security import policy as pol
+from sp.security import sandbox
 
 REPO = Path(__file__).resolve().parent.parent
 PY = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
@@ -33,7 +33,7 @@ needs_landlock = pytest.mark.skipif(sandbox.probe().landlock_abi < 1,
 # writes the copy.
 RACER = r"""
 import os, random, sys, time
-from runner import broker
+from sp.runner import broker
 broker.CALL_TIMEOUT_S = 3.0
 tmp, bdir = os.environ["TMPDIR"], os.environ["SP_BROKER"]
 secret_dir, canary_dir, victim, seconds = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
@@ -179,7 +179,7 @@ def test_a_20s_race_reads_serves_and_deletes_nothing_outside_the_policy(
 # Stores (put_blob) or fetches (get_blob) through the worker, as argv says; prints the outcome.
 BLOBBER = r"""
 import os, sys
-from runner import broker
+from sp.runner import broker
 op, arg = sys.argv[1], sys.argv[2]
 try:
     if op == "put":
@@ -219,7 +219,7 @@ def test_a_blob_is_served_only_to_the_action_or_plan_that_stored_it(
     Worker(store, home).run(until_idle=True, wait_retries=False)
     assert "FETCHED private bytes" in home.log_path(undo).read_text()
     # ownership is a projection of the log: a rebuild gives the same rows
-    from projections import engine
+    from sp.projections import engine
 
     engine.rebuild(store)
     again = store.query("SELECT action_id FROM blob_owners WHERE sha256 = ?", (sha,))
@@ -234,7 +234,7 @@ def test_a_hard_link_or_a_symlinked_folder_is_refused_without_a_race(
     out.mkdir()
     _policy(store, out, f["canary_dir"])
     code = (
-        "import os\nfrom runner import broker\ntmp = os.environ['TMPDIR']\n"
+        "import os\nfrom sp.runner import broker\ntmp = os.environ['TMPDIR']\n"
         "open(tmp + '/mine', 'w').write('x')\nos.link(tmp + '/mine', tmp + '/second')\n"
         f"os.symlink({str(f['canary_dir'])!r}, tmp + '/away')\n"
         f"for src in ('/etc/shadow', '/etc/passwd', {str(f['canary_dir'] / 'canary.txt')!r}):\n"

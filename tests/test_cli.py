@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 import pytest
 
-from cli.main import cli
+from sp.cli.main import cli
 from tests.conftest import Sp
 
 
@@ -27,13 +27,13 @@ def _ledger_bytes(sp: Sp) -> bytes:
 
 def test_console_scripts_sp_and_alias() -> None:
     scripts = {e.name: e.value for e in entry_points(group="console_scripts")}
-    assert scripts["sp"] == "cli.main:main"
-    assert scripts["systemprompt-os"] == "cli.main:main"
+    assert scripts["sp"] == "sp.cli.main:main"
+    assert scripts["systemprompt-os"] == "sp.cli.main:main"
 
 
 def _all_commands() -> list[str]:
     assert isinstance(cli, click.Group)
-    from cli.main import load_all
+    from sp.cli.main import load_all
 
     load_all()
     return sorted(cli.commands)
@@ -43,11 +43,11 @@ def test_the_lazy_command_table_matches_the_modules() -> None:
     """Each command is found in the module COMMAND_MODULES names, and every command is in it."""
     import importlib
 
-    from cli.main import COMMAND_MODULES
+    from sp.cli.main import COMMAND_MODULES
 
     found = {}
     for module in set(COMMAND_MODULES.values()):
-        for command in importlib.import_module(f"cli.{module}").COMMANDS:
+        for command in importlib.import_module(f"sp.cli.{module}").COMMANDS:
             found[command.name] = module
     assert found == COMMAND_MODULES
 
@@ -57,13 +57,13 @@ def test_a_group_has_its_subcommands_from_other_modules_when_loaded_alone() -> N
     import subprocess
     import sys
 
-    code = ("from cli.main import cli; import click\n"
+    code = ("from sp.cli.main import cli; import click\n"
             "ctx = click.Context(cli)\n"
             "group = cli.get_command(ctx, 'action')\n"
             "print(sorted(group.commands))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout.strip()
-    from cli.main import load_all
+    from sp.cli.main import load_all
 
     load_all()
     assert isinstance(cli, click.Group)
@@ -74,10 +74,10 @@ def test_a_group_has_its_subcommands_from_other_modules_when_loaded_alone() -> N
 
 
 def test_a_command_loads_only_its_own_module() -> None:
-    code = ("import sys; from cli.main import main\n"
+    code = ("import sys; from sp.cli.main import main\n"
             "try:\n    main(['--home', sys.argv[1], 'status'])\n"
             "except SystemExit:\n    pass\n"
-            "print(sorted(m for m in sys.modules if m.startswith('cli.')))")
+            "print(sorted(m for m in sys.modules if m.startswith('sp.cli.')))")
     import subprocess
     import sys
     import tempfile
@@ -85,7 +85,7 @@ def test_a_command_loads_only_its_own_module() -> None:
     with tempfile.TemporaryDirectory() as home:
         out = subprocess.run([sys.executable, "-c", code, home], capture_output=True, text=True,
                              check=True).stdout.strip().splitlines()[-1]
-    assert out == "['cli.action', 'cli.main']"
+    assert out == "['sp.cli.action', 'sp.cli.main']"
 
 
 @pytest.mark.parametrize("name", _all_commands())
@@ -274,7 +274,7 @@ def test_home_from_environment(tmp_path: Path) -> None:
     import sys
 
     home = tmp_path / "envhome"
-    p = subprocess.run([sys.executable, "-m", "cli", "init"], capture_output=True, text=True,
+    p = subprocess.run([sys.executable, "-m", "sp.cli", "init"], capture_output=True, text=True,
                        env={**os.environ, "SP_HOME": str(home)},
                        cwd=Path(__file__).resolve().parent.parent)
     assert p.returncode == 0, p.stderr
@@ -287,7 +287,7 @@ def test_shell_completion_scripts(shell: str) -> None:
     import subprocess
     import sys
 
-    p = subprocess.run([sys.executable, "-m", "cli"], capture_output=True, text=True,
+    p = subprocess.run([sys.executable, "-m", "sp.cli"], capture_output=True, text=True,
                        env={**os.environ, "_SP_COMPLETE": f"{shell}_source"})
     assert p.returncode == 0 and "_sp_completion" in p.stdout
 
@@ -297,7 +297,7 @@ def test_shell_completion_completes_commands() -> None:
     import subprocess
     import sys
 
-    p = subprocess.run([sys.executable, "-m", "cli"], capture_output=True, text=True,
+    p = subprocess.run([sys.executable, "-m", "sp.cli"], capture_output=True, text=True,
                        env={**os.environ, "_SP_COMPLETE": "bash_complete",
                             "COMP_WORDS": "sp sta", "COMP_CWORD": "1"})
     assert "plain,status" in p.stdout.splitlines()
@@ -312,7 +312,7 @@ def test_a_bad_top_level_option_or_command_is_one_line(args: list[str], says: st
     import subprocess
     import sys
 
-    p = subprocess.run([sys.executable, "-m", "cli", *args], capture_output=True, text=True)
+    p = subprocess.run([sys.executable, "-m", "sp.cli", *args], capture_output=True, text=True)
     assert p.returncode == 2
     assert p.stdout == ""
     lines = p.stderr.strip().splitlines()

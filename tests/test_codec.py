@@ -17,11 +17,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ledger import codec
-from ledger import events as ev
-from ledger.errors import CorruptEventError
-from ledger.store import EventStore
-from ledger.verify import verify
+from sp.ledger import codec
+from sp.ledger import events as ev
+from sp.ledger.errors import CorruptEventError
+from sp.ledger.store import EventStore
+from sp.ledger.verify import verify
 
 INT64 = st.integers(min_value=-(2**63), max_value=2**63 - 1)
 # Anything UTF-8 can hold (NUL, controls, astral planes), i.e. all but lone surrogates.

@@ -19,13 +19,13 @@ from typing import Any
 
 import pytest
 
-from commands import execution
-from commands.home import Home
-from ledger import events as ev
-from ledger.errors import ConcurrencyError
-from ledger.store import EventStore
-from ledger.verify import verify
-from projections import engine
+from sp.commands import execution
+from sp.commands.home import Home
+from sp.ledger import events as ev
+from sp.ledger.errors import ConcurrencyError
+from sp.ledger.store import EventStore
+from sp.ledger.verify import verify
+from sp.projections import engine
 
 REPO = Path(__file__).resolve().parent.parent
 SPAWN = multiprocessing.get_context("spawn")
@@ -68,7 +68,7 @@ def _writer(root: str, index: int, barrier: Any, results: Any) -> None:
                 progressed.append(message)
             if i % 10 == 5:
                 proc = subprocess.run(
-                    [sys.executable, "-m", "cli", "--home", root, "submit", "--name",
+                    [sys.executable, "-m", "sp.cli", "--home", root, "submit", "--name",
                      f"w{index}-sub{i}", "--", "true"],
                     capture_output=True, text=True, cwd=REPO, timeout=60,
                 )

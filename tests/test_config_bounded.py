@@ -56,7 +56,7 @@ def run(sp: Sp, args: list[str], env: dict[str, str] | None = None,
         timeout: float = 30) -> subprocess.CompletedProcess[str]:
     """sp in a real process, memory-limited; a hang past ``timeout`` fails the test."""
     return subprocess.run(
-        [sys.executable, "-m", "cli", "--home", str(sp.home.root), *args],
+        [sys.executable, "-m", "sp.cli", "--home", str(sp.home.root), *args],
         capture_output=True, text=True, timeout=timeout, cwd=REPO, preexec_fn=_limits,
         env={**os.environ, **(env or {})},
     )

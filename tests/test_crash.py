@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from runner import proc
+from sp.runner import proc
 from tests.conftest import Sp
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]
@@ -23,7 +23,7 @@ if [ -n "$SP_CHECKPOINT" ]; then
   echo "resumed at step $SP_RESUME_STEP from $SP_CHECKPOINT"
   exit 0
 fi
-"{py}" -m cli checkpoint --step 1 '{{"done": ["fetch_new_papers"]}}' >/dev/null || exit 9
+"{py}" -m sp.cli checkpoint --step 1 '{{"done": ["fetch_new_papers"]}}' >/dev/null || exit 9
 echo $$ > "{pidfile}"
 exec sleep 120
 """

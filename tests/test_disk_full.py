@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from commands.home import Home
+from sp.commands.home import Home
 from tests.conftest import Sp
 
 SIZE = "4m"

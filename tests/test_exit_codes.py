@@ -169,7 +169,7 @@ def test_a_command_piped_into_head_exits_quietly(sp: Sp, tmp_path: Path,
     sp.home.log_path(ids[0]).parent.mkdir(parents=True, exist_ok=True)
     sp.home.log_path(ids[0]).write_bytes(b"line of output\n" * 100_000)
     argv = [a.format(action=ids[0]) for a in args]
-    cmd = [sys.executable, "-m", "cli", "--home", str(sp.home.root), *argv]
+    cmd = [sys.executable, "-m", "sp.cli", "--home", str(sp.home.root), *argv]
     r, w = os.pipe()
     proc = subprocess.Popen(cmd, stdout=w, stderr=subprocess.PIPE, cwd=REPO)
     os.close(w)
@@ -220,8 +220,8 @@ def test_the_daemon_starts_every_hook_but_one_without_its_secret(sp: Sp,
     import signal
     import urllib.request
 
+    from sp.triggers import webhook
     from tests.triggerkit import wait_for
-    from triggers import webhook
 
     _watcher(sp, tmp_path)
     port = webhook.free_port()
@@ -232,7 +232,7 @@ def test_the_daemon_starts_every_hook_but_one_without_its_secret(sp: Sp,
     env = {k: v for k, v in os.environ.items() if k != "SP_T_BAD"}
     with err.open("w") as stderr:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "cli", "--home", str(sp.home.root), "daemon",
+            [sys.executable, "-m", "sp.cli", "--home", str(sp.home.root), "daemon",
              "--concurrency", "0"], stdout=subprocess.DEVNULL, stderr=stderr, cwd=REPO,
             env={**env, "SP_T_GOOD": "tok"})
     try:

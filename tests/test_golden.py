@@ -15,12 +15,12 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from commands.home import Home
-from ledger import events as ev
-from ledger.schema import SCHEMA_VERSION
-from ledger.store import EventStore
-from ledger.verify import verify
-from projections import engine
+from sp.commands.home import Home
+from sp.ledger import events as ev
+from sp.ledger.schema import SCHEMA_VERSION
+from sp.ledger.store import EventStore
+from sp.ledger.verify import verify
+from sp.projections import engine
 from tests.conftest import Sp
 
 GOLDEN = Path(__file__).parent / "data" / "ledger_v1.sqlite"

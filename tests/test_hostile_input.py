@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from commands import actions, execution
+from sp.commands import actions, execution
 from tests import hostile as h
 from tests.conftest import Sp
 from tests.test_hostile_agents import capabilities, storage

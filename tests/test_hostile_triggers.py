@@ -13,8 +13,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from commands.home import Home
-from ledger.store import EventStore
+from sp.commands.home import Home
+from sp.ledger.store import EventStore
+from sp.triggers import webhook
 from tests import hostile as h
 from tests.conftest import Sp
 from tests.triggerkit import (
@@ -27,7 +28,6 @@ from tests.triggerkit import (
     running,
     wait_for,
 )
-from triggers import webhook
 
 TOKEN = "fuzz-token-3b9e"
 

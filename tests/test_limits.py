@@ -18,11 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from agents.config import Resources
-from agents.units import Percent, Size
-from ledger.errors import UsageError
-from runner import limits
-from runner.limits import LimitsUnavailableError, Prepared
+from sp.agents.config import Resources
+from sp.agents.units import Percent, Size
+from sp.ledger.errors import UsageError
+from sp.runner import limits
+from sp.runner.limits import LimitsUnavailableError, Prepared
 
 PY = sys.executable
 MiB = 1 << 20

@@ -1,7 +1,7 @@
 """The action lifecycle table, exhaustively: every (state, trigger) pair, three ways.
 
 The expectation is computed from the declared ``TRANSITIONS`` rows themselves, then compared
-with :func:`machines.action.check` (the live path), with a throwaway model triggered on the
+with :func:`sp.machines.action.check` (the live path), with a throwaway model triggered on the
 ``transitions`` Machine, and with the compiled ``TABLE``/``FOLD`` that replay uses.
 """
 
@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 from transitions import MachineError
 
-from ledger import events as ev
-from ledger.errors import InvalidTransitionError
-from machines import action as machine
-from machines.action import MACHINE, TRANSITIONS, TRIGGER_OF, ActionState
+from sp.ledger import events as ev
+from sp.ledger.errors import InvalidTransitionError
+from sp.machines import action as machine
+from sp.machines.action import MACHINE, TRANSITIONS, TRIGGER_OF, ActionState
 
 
 def _declared() -> dict[tuple[ActionState, str], ActionState]:

@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from commands.home import Home
-from ledger.clock import ManualClock
-from projections.monitoring import metrics
+from sp.commands.home import Home
+from sp.ledger.clock import ManualClock
+from sp.projections.monitoring import metrics
 from tests.conftest import Sp
 
 DAY = 86_400_000
@@ -198,7 +198,7 @@ def test_live_monitor_in_a_real_pty_quits_on_q(sp: Sp) -> None:
         before = termios.tcgetattr(slave)
         env = {k: v for k, v in os.environ.items() if k != "NO_COLOR"}
         mon = subprocess.Popen(
-            [sys.executable, "-m", "cli", "--home", str(sp.home.root), "monitor", "--live"],
+            [sys.executable, "-m", "sp.cli", "--home", str(sp.home.root), "monitor", "--live"],
             stdin=slave, stdout=slave, stderr=slave, cwd=Path(__file__).resolve().parent.parent,
             env={**env, "TERM": "xterm", "COLUMNS": "200", "LINES": "30"}, close_fds=True,
         )
@@ -305,7 +305,7 @@ def test_live_monitor_redraws_at_the_new_size_after_a_resize(sp: Sp) -> None:
     winsize(slave, 30, 160)
     env = {k: v for k, v in os.environ.items() if k not in ("NO_COLOR", "COLUMNS", "LINES")}
     mon = subprocess.Popen(
-        [sys.executable, "-m", "cli", "--home", str(sp.home.root), "monitor", "--live"],
+        [sys.executable, "-m", "sp.cli", "--home", str(sp.home.root), "monitor", "--live"],
         stdin=slave, stdout=slave, stderr=slave, cwd=Path(__file__).resolve().parent.parent,
         env={**env, "TERM": "xterm"}, close_fds=True,
     )

@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 from click.testing import Result
 
-from agents import names
-from ledger.errors import UsageError
+from sp.agents import names
+from sp.ledger.errors import UsageError
+from sp.triggers import crontab, systemd
 from tests import hostile as h
 from tests.conftest import Sp
-from triggers import crontab, systemd
 
 HOSTILE = [
     "a\n* * * * * id", "a\rb", "a\x00b", "50%", "a;id", "$(id)", "`id`", "a'b", 'a"b', "a b",

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from plans.load import load_plan
+from sp.plans.load import load_plan
+from sp.triggers.conditions import run_command
 from tests.conftest import REPO, Sp
-from triggers.conditions import run_command
 
 
 def hostile(marker: Path) -> list[str]:

@@ -15,8 +15,8 @@ from typing import Any
 import msgspec
 import pytest
 
-from agents.config import Notify
-from runner.notify import Notification, NotifyResult, notify_env, send, wants
+from sp.agents.config import Notify
+from sp.runner.notify import Notification, NotifyResult, notify_env, send, wants
 
 DONE = Notification(
     action_id="a1b2c3", name="daily_arxiv_scan", agent="research-001", task="daily_arxiv_scan",

@@ -6,8 +6,8 @@ import tracemalloc
 
 import pytest
 
-from ledger.errors import UsageError
-from runner.patterns import MAX_LINE_BYTES, OVERLAP_BYTES, REPORT_CHARS, PatternScanner
+from sp.ledger.errors import UsageError
+from sp.runner.patterns import MAX_LINE_BYTES, OVERLAP_BYTES, REPORT_CHARS, PatternScanner
 
 LOG = (b"fetching 120 papers\n"
        b"  classify: ok\n"

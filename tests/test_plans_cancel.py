@@ -11,11 +11,11 @@ from typing import Any
 
 import pytest
 
-from commands import actions, execution, plans
-from commands.home import Home
-from ledger.store import EventStore
-from projections import engine
-from runner.worker import Worker
+from sp.commands import actions, execution, plans
+from sp.commands.home import Home
+from sp.ledger.store import EventStore
+from sp.projections import engine
+from sp.runner.worker import Worker
 from tests.conftest import Sp
 
 pytestmark = pytest.mark.timeout(120)

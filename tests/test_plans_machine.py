@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 from transitions import MachineError
 
-from ledger import events as ev
-from ledger.errors import InvalidTransitionError
-from machines import plan as machine
-from machines.plan import MACHINE, TRANSITIONS, TRIGGER_OF, PlanState
+from sp.ledger import events as ev
+from sp.ledger.errors import InvalidTransitionError
+from sp.machines import plan as machine
+from sp.machines.plan import MACHINE, TRANSITIONS, TRIGGER_OF, PlanState
 
 
 def _declared() -> dict[tuple[PlanState, str], PlanState]:

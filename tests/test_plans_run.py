@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 
-from commands import actions, plans
-from commands.home import Home
-from ledger.store import EventStore
-from runner.worker import Worker, WorkerSummary
+from sp.commands import actions, plans
+from sp.commands.home import Home
+from sp.ledger.store import EventStore
+from sp.runner.worker import Worker, WorkerSummary
 from tests.conftest import Sp
 
 pytestmark = pytest.mark.timeout(120)
@@ -365,7 +365,7 @@ actions:
 
 def test_a_stopping_plan_waits_for_its_running_actions(store: EventStore, home: Home,
                                                        tmp_path: Path, sp: Sp) -> None:
-    from commands import execution
+    from sp.commands import execution
 
     plan_id = plans.apply(store, _plan(tmp_path, """
 on_failure: rollback
@@ -390,7 +390,7 @@ actions:
     execution.finish(store, claims["plan/a"], execution.Outcome(exit_code=0, duration_ms=5))
     assert _states(store, plan_id) == {"plan": "rolled_back", "a": "cancelled", "b": "failed"}
     # the reactor is idempotent: asking again decides nothing new
-    from plans import reactor
+    from sp.plans import reactor
 
     n = len(store.read_stream(f"plan:{plan_id}"))
     with store.transaction() as tx:

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-import actions
-from plans import graph
-from plans.load import check_plan
-from plans.model import MAX_DEPTH
+from sp import actions
+from sp.plans import graph
+from sp.plans.load import check_plan
+from sp.plans.model import MAX_DEPTH
 from tests.conftest import Sp
 
 

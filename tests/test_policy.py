@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from commands import actions, policies
-from commands.home import Home
-from ledger.errors import UsageError
-from ledger.store import EventStore
-from runner.worker import Worker
-from security import policy as pol
+from sp.commands import actions, policies
+from sp.commands.home import Home
+from sp.ledger.errors import UsageError
+from sp.ledger.store import EventStore
+from sp.runner.worker import Worker
+from sp.security import policy as pol
 from tests.conftest import Sp
 
 

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from ledger import events as ev
-from ledger.store import EventStore
-from projections import engine, queries
+from sp.ledger import events as ev
+from sp.ledger.store import EventStore
+from sp.projections import engine, queries
 
 
 def submitted(i: int, **kw: Any) -> ev.ActionSubmitted:

@@ -12,16 +12,16 @@ import hypothesis.strategies as st
 from hypothesis import HealthCheck, settings
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, precondition, rule
 
-from commands import actions, execution, plans, recovery
-from commands.execution import Claim, Outcome
-from commands.home import Home
-from ledger import events as ev
-from ledger.clock import ManualClock
-from ledger.errors import InvalidTransitionError, UsageError
-from machines import action as machine
-from machines.plan import SETTLED, PlanState
-from machines.states import FINAL, ActionState
-from projections import engine, queries
+from sp.commands import actions, execution, plans, recovery
+from sp.commands.execution import Claim, Outcome
+from sp.commands.home import Home
+from sp.ledger import events as ev
+from sp.ledger.clock import ManualClock
+from sp.ledger.errors import InvalidTransitionError, UsageError
+from sp.machines import action as machine
+from sp.machines.plan import SETTLED, PlanState
+from sp.machines.states import FINAL, ActionState
+from sp.projections import engine, queries
 
 # Choices among rows of the ledger are drawn as a plain index (then taken modulo the rows), so
 # that what hypothesis draws never depends on the ledger's state: a row count that differs

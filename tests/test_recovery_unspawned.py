@@ -7,10 +7,10 @@ import os
 import signal
 import subprocess
 
-from commands import actions, execution, recovery
-from commands.home import Home
-from ledger.clock import ManualClock
-from ledger.store import EventStore
+from sp.commands import actions, execution, recovery
+from sp.commands.home import Home
+from sp.ledger.clock import ManualClock
+from sp.ledger.store import EventStore
 
 
 def _expire(clock: ManualClock) -> None:

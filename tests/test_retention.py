@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from commands import agents
-from commands.home import Home
-from commands.retention import gc
-from ledger import events as ev
-from ledger.clock import ManualClock
-from ledger.store import EventStore
-from projections import engine
+from sp.commands import agents
+from sp.commands.home import Home
+from sp.commands.retention import gc
+from sp.ledger import events as ev
+from sp.ledger.clock import ManualClock
+from sp.ledger.store import EventStore
+from sp.projections import engine
 from tests.conftest import Sp
 from tests.retentionkit import DAY, HOUR, action, blob, files_of, set_mtime
 

@@ -11,14 +11,14 @@ from typing import Any
 
 import pytest
 
-from commands import actions, agents, execution
-from commands.home import Home
-from ledger.clock import ManualClock
-from ledger.store import EventStore
-from ledger.verify import verify
-from projections import queries
-from runner.wake import fifo_path
-from runner.worker import Worker
+from sp.commands import actions, agents, execution
+from sp.commands.home import Home
+from sp.ledger.clock import ManualClock
+from sp.ledger.store import EventStore
+from sp.ledger.verify import verify
+from sp.projections import queries
+from sp.runner.wake import fifo_path
+from sp.runner.worker import Worker
 from tests.conftest import Sp
 from tests.waiting import asleep_in, holds_open, wait_until
 
@@ -223,7 +223,7 @@ def test_a_submit_wakes_an_idle_worker_at_once(sp: Sp) -> None:
 
 
 def test_pause_and_resume_by_agent(store: EventStore, home: Home) -> None:
-    from commands import control
+    from sp.commands import control
 
     a, b = actions.submit(store, [actions.SubmitSpec(command=["true"], agent="x"),
                                   actions.SubmitSpec(command=["true"], agent="y")],

@@ -8,16 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from agents.config import Resources
-from agents.units import Size
-from commands import actions, agents, execution, recovery
-from commands.home import Home
-from ledger import events as ev
-from ledger.clock import ManualClock
-from ledger.store import EventStore
-from projections import queries
-from runner import limits
-from runner.worker import Worker
+from sp.agents.config import Resources
+from sp.agents.units import Size
+from sp.commands import actions, agents, execution, recovery
+from sp.commands.home import Home
+from sp.ledger import events as ev
+from sp.ledger.clock import ManualClock
+from sp.ledger.store import EventStore
+from sp.projections import queries
+from sp.runner import limits
+from sp.runner.worker import Worker
 from tests.conftest import Sp
 
 pytestmark = pytest.mark.timeout(60)

@@ -1,7 +1,7 @@
 """The kernel sandbox (security/): real Landlock, namespaces and audit, real processes.
 
 Each test runs the real shim (``wrap()``) around a real program; a test is skipped only where
-this kernel lacks the mechanism, with the reason :func:`security.sandbox.probe` gives.
+this kernel lacks the mechanism, with the reason :func:`sp.security.sandbox.probe` gives.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from security import landlock
-from security.sandbox import (
+from sp.security import landlock
+from sp.security.sandbox import (
     SANDBOX_EXIT,
     Capabilities,
     SandboxSpec,
@@ -254,7 +254,7 @@ def test_pid_namespace_shows_only_the_sandbox() -> None:
     own, pids = r.stdout.splitlines()[0].split(" ", 1)
     assert own != "1"
     assert pids == f"[1, {own}]"
-    assert "security.enter" in r.stdout.splitlines()[1]
+    assert "sp.security.enter" in r.stdout.splitlines()[1]
 
 
 def test_hostname_and_no_new_privs() -> None:
@@ -452,14 +452,15 @@ def test_unprivileged_user_gets_the_same_sandbox_through_a_user_namespace() -> N
 
 
 def _run_as_nobody(tmp: Path, python: str) -> None:
-    lib = tmp / "lib" / "security"
+    lib = tmp / "lib" / "sp" / "security"
     lib.mkdir(parents=True)
+    shutil.copy(Path(landlock.__file__).parent.with_name("__init__.py"), lib.parent)
     for mod in ("__init__", "enter", "linux", "landlock", "audit", "identity", "execmounts",
                 "seccomp"):
         shutil.copy(Path(landlock.__file__).with_name(f"{mod}.py"), lib / f"{mod}.py")
     out = tmp / "out"
     out.mkdir()
-    for p in (tmp, tmp / "lib", lib, out):
+    for p in (tmp, tmp / "lib", lib.parent, lib, out):
         p.chmod(0o777)
     spec = SandboxSpec(read=["/"], write=[str(out)], network=False, hostname="unpriv")
     caps = Capabilities(landlock_abi=CAPS.landlock_abi, namespaces=list(CAPS.namespaces),
@@ -467,7 +468,7 @@ def _run_as_nobody(tmp: Path, python: str) -> None:
     enforced, _ = plan(spec, caps)
     r = subprocess.run(
         [python, "-I", "-c", f"import sys; sys.path.insert(0, {str(tmp / 'lib')!r}); "
-                             "from security.enter import main; main(sys.argv[1:])",
+                             "from sp.security.enter import main; main(sys.argv[1:])",
          json.dumps(enforced), "--", "sh", "-c",
          f"id -u; hostname; grep NoNewPrivs /proc/self/status; touch {out}/f && echo wrote; "
          f"touch {tmp}/nope"],

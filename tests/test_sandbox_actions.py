@@ -19,12 +19,12 @@ from typing import Any
 
 import pytest
 
-from commands import actions, policies
-from commands.home import Home
-from ledger.store import EventStore
-from runner.worker import Worker
-from security import policy as pol
-from security import sandbox
+from sp.commands import actions, policies
+from sp.commands.home import Home
+from sp.ledger.store import EventStore
+from sp.runner.worker import Worker
+from sp.security import policy as pol
+from sp.security import sandbox
 from tests.conftest import Sp
 
 CAPS = sandbox.probe()
@@ -286,7 +286,7 @@ def test_a_built_in_type_runs_inside_the_sandbox_of_its_plans_agent(
 def test_a_sandboxed_action_checkpoints_through_its_worker_not_the_ledger(
         store: EventStore, home: Home, lab: dict[str, Path]) -> None:
     _only_out(store, lab)
-    sp_cli = f"{sys.executable} -m cli"
+    sp_cli = f"{sys.executable} -m sp.cli"
     script = (
         f"cat {home.ledger_path} > /dev/null 2>&1 && echo LEDGER-READ;"
         f" echo junk >> {home.ledger_path} 2>/dev/null && echo LEDGER-WRITTEN;"
@@ -311,7 +311,7 @@ def test_the_broker_answers_only_for_the_action_itself(
     Worker(store, home).run(until_idle=True, wait_retries=False)
     _only_out(store, lab)
     code = (
-        "import sys\nfrom runner import broker\n"
+        "import sys\nfrom sp.runner import broker\n"
         "for op, args in [('checkpoints', {'action_id': sys.argv[1]}),"
         " ('put_blob', {'path': '/etc/hostname'}), ('nonsense', {})]:\n"
         "    try:\n        broker.call(op, **args)\n        print('ALLOWED', op)\n"

@@ -21,12 +21,12 @@ from typing import Any
 
 import pytest
 
-from commands import actions, policies
-from commands.home import Home
-from ledger.store import EventStore
-from runner.worker import Worker
-from security import policy as pol
-from security import sandbox
+from sp.commands import actions, policies
+from sp.commands.home import Home
+from sp.ledger.store import EventStore
+from sp.runner.worker import Worker
+from sp.security import policy as pol
+from sp.security import sandbox
 from tests.conftest import Sp
 
 CAPS = sandbox.probe()

@@ -19,14 +19,14 @@ from typing import Any
 
 import pytest
 
-from commands import actions, policies
-from commands.home import Home
-from ledger.errors import UsageError
-from ledger.store import EventStore
-from runner.worker import Worker
-from security import policy as pol
-from security import seccomp
-from security.sandbox import SandboxSpec, probe, wrap
+from sp.commands import actions, policies
+from sp.commands.home import Home
+from sp.ledger.errors import UsageError
+from sp.ledger.store import EventStore
+from sp.runner.worker import Worker
+from sp.security import policy as pol
+from sp.security import seccomp
+from sp.security.sandbox import SandboxSpec, probe, wrap
 from tests.conftest import Sp
 
 pytestmark = pytest.mark.slow
@@ -229,7 +229,7 @@ def test_a_sandboxed_action_without_network_still_checkpoints_through_its_worker
     policies.set_policy(store, "lab", pol.decode({"allowed": [
         {"network": []}, {"write": [str(tmp_path / "out")]}, {"execute": [SP_PY, "sh"]}]}))
     (tmp_path / "out").mkdir()
-    sp_cli = f"{sys.executable} -m cli"  # the venv's link: its packages
+    sp_cli = f"{sys.executable} -m sp.cli"  # the venv's link: its packages
     aid = _run(store, home, ["sh", "-c", f"{sp_cli} checkpoint --step 0 '{{\"n\": 1}}' &&"
                                          f" {sp_cli} progress 50 half"],
                cwd=str(Path(__file__).parent.parent))

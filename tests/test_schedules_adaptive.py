@@ -11,18 +11,18 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from commands import actions, agents, schedules
-from commands.home import Home
-from ledger import events as ev
-from ledger.clock import ManualClock
-from ledger.errors import UsageError
-from ledger.store import EventStore
+from sp.commands import actions, agents, schedules
+from sp.commands.home import Home
+from sp.ledger import events as ev
+from sp.ledger.clock import ManualClock
+from sp.ledger.errors import UsageError
+from sp.ledger.store import EventStore
+from sp.triggers import adaptive, load
+from sp.triggers.adaptive import AdaptiveDaily, Window, choose, parse_window
+from sp.triggers.config import TriggerFile, decode_triggers
+from sp.triggers.sources import SourceContext
 from tests.conftest import Sp
 from tests.triggerkit import running, wait_for
-from triggers import adaptive, load
-from triggers.adaptive import AdaptiveDaily, Window, choose, parse_window
-from triggers.config import TriggerFile, decode_triggers
-from triggers.sources import SourceContext
 
 MIN = 60_000
 HOUR = 60 * MIN

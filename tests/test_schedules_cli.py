@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from commands import agents, schedules
-from commands.schedule_export import script_path
-from ledger import events as ev
-from ledger.clock import ManualClock
+from sp.commands import agents, schedules
+from sp.commands.schedule_export import script_path
+from sp.ledger import events as ev
+from sp.ledger.clock import ManualClock
 from tests.conftest import Sp
 from tests.waiting import asleep_in, holds_open, wait_until
 
@@ -115,7 +115,7 @@ def test_schedule_history_is_plain_sql(sp: Sp, applied: Path) -> None:
 
 
 def test_export_crontab_in_the_seeds_form(sp: Sp, applied: Path) -> None:
-    from triggers.cron import local_zone_name
+    from sp.triggers.cron import local_zone_name
 
     local = local_zone_name()
     add(sp, "daily", "--cron", "0 9 * * *", "--timezone", local)

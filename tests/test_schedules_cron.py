@@ -11,9 +11,9 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from ledger.errors import UsageError
-from triggers import clockwatch, cron, systemd
-from triggers.plan import Fire, Gap, MissedPolicy, Skip, parse_missed, parse_overlap, plan
+from sp.ledger.errors import UsageError
+from sp.triggers import clockwatch, cron, systemd
+from sp.triggers.plan import Fire, Gap, MissedPolicy, Skip, parse_missed, parse_overlap, plan
 
 MIN = 60_000
 HOUR = 60 * MIN

@@ -10,13 +10,13 @@ from typing import Any
 import msgspec
 import pytest
 
-from commands import actions, agents, schedules
-from commands.home import Home
-from ledger import events as ev
-from ledger.clock import ManualClock
-from ledger.errors import UsageError
-from ledger.store import EventStore
-from projections import engine
+from sp.commands import actions, agents, schedules
+from sp.commands.home import Home
+from sp.ledger import events as ev
+from sp.ledger.clock import ManualClock
+from sp.ledger.errors import UsageError
+from sp.ledger.store import EventStore
+from sp.projections import engine
 
 MIN = 60_000
 HOUR = 60 * MIN

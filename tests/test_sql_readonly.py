@@ -13,11 +13,11 @@ from typing import Any
 import msgspec
 import pytest
 
-from commands import actions, execution
-from commands.home import Home
-from ledger.clock import ManualClock
-from ledger.schema import MIGRATIONS
-from projections import views
+from sp.commands import actions, execution
+from sp.commands.home import Home
+from sp.ledger.clock import ManualClock
+from sp.ledger.schema import MIGRATIONS
+from sp.projections import views
 from tests.conftest import Sp
 
 

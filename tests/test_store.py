@@ -8,12 +8,12 @@ from typing import Any
 
 import pytest
 
-from ledger import codec
-from ledger import events as ev
-from ledger.clock import ManualClock
-from ledger.errors import ConcurrencyError, LedgerError, SchemaTooNewError
-from ledger.schema import MIGRATIONS, SCHEMA_VERSION
-from ledger.store import EventStore, Recorded, Transaction
+from sp.ledger import codec
+from sp.ledger import events as ev
+from sp.ledger.clock import ManualClock
+from sp.ledger.errors import ConcurrencyError, LedgerError, SchemaTooNewError
+from sp.ledger.schema import MIGRATIONS, SCHEMA_VERSION
+from sp.ledger.store import EventStore, Recorded, Transaction
 
 
 def rejected(n: int) -> ev.ActionRejected:

@@ -16,11 +16,11 @@ from typing import Any
 
 import pytest
 
-from commands.execution import LEASE_TTL_MS
-from ledger.clock import OFFSET_FILE_ENV
-from ledger.store import EventStore
-from runner import proc
-from runner.sweeper import SWEEP_EVERY_MS
+from sp.commands.execution import LEASE_TTL_MS
+from sp.ledger.clock import OFFSET_FILE_ENV
+from sp.ledger.store import EventStore
+from sp.runner import proc
+from sp.runner.sweeper import SWEEP_EVERY_MS
 from tests.conftest import Sp
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
@@ -32,7 +32,7 @@ if [ -n "$SP_CHECKPOINT" ]; then
   echo "resumed at step $SP_RESUME_STEP from $SP_CHECKPOINT"
   exit 0
 fi
-"{py}" -m cli checkpoint --step 1 '{{"done": ["fetch"]}}' >/dev/null || exit 9
+"{py}" -m sp.cli checkpoint --step 1 '{{"done": ["fetch"]}}' >/dev/null || exit 9
 echo $$ > "{pids}/$SP_ACTION_ID.pid"
 exec sleep 120
 """

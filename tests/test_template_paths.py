@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
-from commands import plans
-from commands.home import Home
-from ledger.store import EventStore
-from runner.worker import Worker
+from sp.commands import plans
+from sp.commands.home import Home
+from sp.ledger.store import EventStore
+from sp.runner.worker import Worker
 from tests import hostile as h
 from tests.conftest import Sp
 

@@ -16,14 +16,14 @@ from typing import Any
 
 import pytest
 
-from commands import triggers
-from commands.home import Home
-from ledger.store import EventStore
+from sp.commands import triggers
+from sp.commands.home import Home
+from sp.ledger.store import EventStore
+from sp.triggers import webhook
+from sp.triggers.daemon import Daemon
+from sp.triggers.fire import fire
 from tests.conftest import REPO, Sp
 from tests.triggerkit import AGENT, apply_agent, wait_for
-from triggers import webhook
-from triggers.daemon import Daemon
-from triggers.fire import fire
 
 
 def _events(sp: Sp) -> int:
@@ -209,7 +209,7 @@ triggers:
     err = tmp_path / "daemon.err"
     with err.open("w") as stderr:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "cli", "daemon", "--home", str(sp.home.root), "--config",
+            [sys.executable, "-m", "sp.cli", "daemon", "--home", str(sp.home.root), "--config",
              config], stdout=subprocess.DEVNULL, stderr=stderr, cwd=REPO,
             env={**os.environ, "SP_TEST_TOKEN": "tok"})
     try:
@@ -286,7 +286,7 @@ def test_daemon_with_a_bad_config_exits_2_and_writes_nothing(
     before = _events(sp)
     config = _write(tmp_path, text)
     env = {k: v for k, v in os.environ.items() if k != "GITHUB_SECRET"}
-    p = subprocess.run([sys.executable, "-m", "cli", "--home", str(sp.home.root), "daemon",
+    p = subprocess.run([sys.executable, "-m", "sp.cli", "--home", str(sp.home.root), "daemon",
                         "--config", config], capture_output=True, text=True, timeout=20,
                        cwd=REPO, env=env)
     assert p.returncode == 2

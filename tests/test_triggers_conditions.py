@@ -12,16 +12,16 @@ from typing import Any
 
 import pytest
 
-from commands import agents
-from commands.home import Home
-from ledger.clock import ManualClock
-from ledger.errors import UsageError
-from ledger.store import EventStore
+from sp.commands import agents
+from sp.commands.home import Home
+from sp.ledger.clock import ManualClock
+from sp.ledger.errors import UsageError
+from sp.ledger.store import EventStore
+from sp.triggers import conditions
+from sp.triggers.conditions import ConditionSource, Cooldown, parse_condition
+from sp.triggers.config import Condition, TriggerFile, decode_triggers
+from sp.triggers.sources import SourceContext
 from tests.triggerkit import payload_of, running, wait_for
-from triggers import conditions
-from triggers.conditions import ConditionSource, Cooldown, parse_condition
-from triggers.config import Condition, TriggerFile, decode_triggers
-from triggers.sources import SourceContext
 
 MIN = 60_000
 

@@ -13,20 +13,20 @@ from typing import Any
 
 import pytest
 
-from commands import actions, agents
-from commands.actions import SubmitSpec
-from commands.home import Home
-from ledger import events as ev
-from ledger.clock import ManualClock
-from ledger.errors import UsageError
-from ledger.store import EventStore
-from runner import iot
-from runner.memory import AgentMemory
+from sp.commands import actions, agents
+from sp.commands.actions import SubmitSpec
+from sp.commands.home import Home
+from sp.ledger import events as ev
+from sp.ledger.clock import ManualClock
+from sp.ledger.errors import UsageError
+from sp.ledger.store import EventStore
+from sp.runner import iot
+from sp.runner.memory import AgentMemory
+from sp.triggers.config import TriggerFile, decode_triggers
+from sp.triggers.continuous import ContinuousSource, build
+from sp.triggers.sources import SourceContext
 from tests.conftest import REPO
 from tests.triggerkit import payload_of, running, wait_for
-from triggers.config import TriggerFile, decode_triggers
-from triggers.continuous import ContinuousSource, build
-from triggers.sources import SourceContext
 
 AGENT = """\
 id: iot-001
@@ -41,7 +41,7 @@ actions:
 
 # The seed's IoT Sensor Monitor, with a fake sensor whose temperature rises 5 degrees a run.
 SENSORS = """\
-from runner.iot import continuous_action, parse_reading, send_alert, trigger_action
+from sp.runner.iot import continuous_action, parse_reading, send_alert, trigger_action
 
 CALLS = []
 
@@ -257,7 +257,7 @@ def test_memory_persists_across_stores_and_processes(store: EventStore, home: Ho
         memory["seen_by"] = "second run"
     finally:
         again.close()
-    code = ("from runner import iot\n"
+    code = ("from sp.runner import iot\n"
             "with iot.memory('iot-001') as m:\n"
             "    print(m['threshold'], m['seen_by'], list(m.recent_readings))\n"
             "    m.record_reading(23)\n")
@@ -278,7 +278,7 @@ def test_trigger_action_and_send_alert_from_inside_an_action(store: EventStore, 
                                                              home: Home) -> None:
     (own,) = actions.submit(store, [SubmitSpec(command=["true"], agent="iot-001",
                                                task="health_check")])
-    code = ("from runner import iot\n"
+    code = ("from sp.runner import iot\n"
             "print(iot.trigger_action('cooling_system_activate', {'why': 'hot'}))\n"
             "iot.send_alert('fan stuck', level='error')\n")
     env = {**os.environ, "SP_HOME": str(home.root), "SP_ACTION_ID": own}

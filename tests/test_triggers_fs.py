@@ -7,10 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from commands.home import Home
-from ledger.clock import ManualClock
-from ledger.errors import SpError
-from ledger.store import EventStore
+from sp.commands.home import Home
+from sp.ledger.clock import ManualClock
+from sp.ledger.errors import SpError
+from sp.ledger.store import EventStore
+from sp.triggers import filesystem
+from sp.triggers.filesystem import Debouncer
 from tests.triggerkit import (
     apply_agent,
     context,
@@ -20,8 +22,6 @@ from tests.triggerkit import (
     running,
     wait_for,
 )
-from triggers import filesystem
-from triggers.filesystem import Debouncer
 
 # -- the debounce, on a manual clock (no sleeping) -------------------------------------------
 

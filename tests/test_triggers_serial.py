@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from commands import agents
-from commands.home import Home
-from ledger.errors import UsageError
-from ledger.store import EventStore
+from sp.commands import agents
+from sp.commands.home import Home
+from sp.ledger.errors import UsageError
+from sp.ledger.store import EventStore
+from sp.triggers.config import TriggerFile, decode_triggers
+from sp.triggers.serial_port import SerialSource, build
+from sp.triggers.sources import SourceContext
 from tests.triggerkit import payload_of, running, wait_for
-from triggers.config import TriggerFile, decode_triggers
-from triggers.serial_port import SerialSource, build
-from triggers.sources import SourceContext
 
 AGENT = """\
 id: iot-001

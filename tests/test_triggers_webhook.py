@@ -14,8 +14,10 @@ from typing import Any
 
 import pytest
 
-from commands.home import Home
-from ledger.store import EventStore
+from sp.commands.home import Home
+from sp.ledger.store import EventStore
+from sp.triggers import webhook
+from sp.triggers.sources import SourceContext
 from tests.triggerkit import (
     apply_agent,
     context,
@@ -26,8 +28,6 @@ from tests.triggerkit import (
     running,
     wait_for,
 )
-from triggers import webhook
-from triggers.sources import SourceContext
 
 TOKEN = "t0ken-secret"
 KEY = "hmac-secret"

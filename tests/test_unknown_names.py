@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from commands.home import Home
+from sp.commands.home import Home
 from tests import hostile as h
 from tests.conftest import Sp
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from ledger import codec
+from sp.ledger import codec
 from tests.conftest import Sp
 
 # The ledger every test starts from: three actions submitted, the third cancelled.

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
+from sp.triggers import webhook
 from tests.conftest import Sp
 from tests.triggerkit import AGENT
-from triggers import webhook
 
 TOKEN = "tok-5f1e0c9a7d4b"
 KEY = "key-9c2d7e4f1a3b"

@@ -15,12 +15,12 @@ from typing import Any
 
 import pytest
 
-from commands import actions
-from commands.home import Home
-from ledger.store import EventStore
-from ledger.verify import verify
-from projections import queries
-from runner.worker import Worker
+from sp.commands import actions
+from sp.commands.home import Home
+from sp.ledger.store import EventStore
+from sp.ledger.verify import verify
+from sp.projections import queries
+from sp.runner.worker import Worker
 from tests.conftest import Sp
 
 pytestmark = pytest.mark.timeout(120)

@@ -8,13 +8,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from commands import agents
-from commands.home import Home
-from ledger.clock import Clock, SystemClock
-from ledger.store import EventStore
+from sp.commands import agents
+from sp.commands.home import Home
+from sp.ledger.clock import Clock, SystemClock
+from sp.ledger.store import EventStore
+from sp.triggers.config import TriggerFile, decode_triggers
+from sp.triggers.sources import Source, SourceContext
 from tests.waiting import wait_until
-from triggers.config import TriggerFile, decode_triggers
-from triggers.sources import Source, SourceContext
 
 AGENT = """\
 id: watcher

@@ -39,12 +39,11 @@ import threading
 import time
 from typing import Any, NamedTuple
 
-from ledger.errors import SpError, UsageError
-
-from . import names
-from .config import Condition, TriggerFile
-from .fire import stream_of
-from .sources import Source, SourceContext
+from sp.ledger.errors import SpError, UsageError
+from sp.triggers import names
+from sp.triggers.config import Condition, TriggerFile
+from sp.triggers.fire import stream_of
+from sp.triggers.sources import Source, SourceContext
 
 DEFAULT_HOST = ("1.1.1.1", 53)
 CONNECT_TIMEOUT_S = 1.5

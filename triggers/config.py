@@ -40,10 +40,10 @@ from typing import Any, Literal
 
 import msgspec
 
-from agents import names
-from agents.config import _rename_path, load_document
-from agents.units import Duration, Size, dec_hook
-from ledger.errors import UsageError
+from sp.agents import names
+from sp.agents.config import _rename_path, load_document
+from sp.agents.units import Duration, Size, dec_hook
+from sp.ledger.errors import UsageError
 
 
 class _Strict(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True,
@@ -136,7 +136,7 @@ def decode_triggers(raw: Any, source: str) -> TriggerFile:
         except re.error as e:
             raise UsageError(f"{source}: $.triggers.hardware[{i}].pattern: not a regular "
                              f"expression: {e}") from None
-    from .conditions import parse_condition
+    from sp.triggers.conditions import parse_condition
 
     for name, cond in doc.conditions.items():
         _check_action(doc, cond.action, f"{source}: $.conditions.{name}.action")
@@ -150,7 +150,7 @@ def decode_triggers(raw: Any, source: str) -> TriggerFile:
             if cont.interval is None:
                 raise UsageError(f"{source}: $.continuous.{name}.interval: required with action")
         if cont.python is not None:
-            from .continuous import check_python
+            from sp.triggers.continuous import check_python
 
             check_python(doc, cont.python, f"{source}: $.continuous.{name}")
         if cont.interval is not None and cont.interval <= 0:
@@ -160,7 +160,7 @@ def decode_triggers(raw: Any, source: str) -> TriggerFile:
 
 def _check_names(doc: TriggerFile, source: str) -> None:
     """Every name the file gives (agent, ``name:``, condition and continuous keys) obeys
-    :mod:`agents.names`: they reach streams, logs and webhook paths.
+    :mod:`sp.agents.names`: they reach streams, logs and webhook paths.
 
     :raises UsageError: the first that does not, with its path.
     """

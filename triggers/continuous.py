@@ -18,7 +18,7 @@ continuous:
   previous run has not finished (queued, running, retrying) the interval is skipped — a slow
   task does not pile up a queue — and the skip is logged once per streak (not recorded: it
   would be an event every few seconds).
-* ``python:`` calls ``function(context)`` (:class:`runner.iot.ContinuousContext`) in the source's
+* ``python:`` calls ``function(context)`` (:class:`sp.runner.iot.ContinuousContext`) in the source's
   thread; a run that raises is logged and the next one goes ahead. Runs never overlap: the next
   run is timed from the end of the previous one.
 
@@ -36,12 +36,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ledger.errors import UsageError
-from machines.states import FINAL, ActionState
-
-from . import names
-from .config import Continuous, TriggerFile, split_action
-from .sources import Source, SourceContext
+from sp.ledger.errors import UsageError
+from sp.machines.states import FINAL, ActionState
+from sp.triggers import names
+from sp.triggers.config import Continuous, TriggerFile, split_action
+from sp.triggers.sources import Source, SourceContext
 
 _TARGET = re.compile(r"(?P<module>[^:\s]+):(?P<func>[A-Za-z_][A-Za-z0-9_]*"
                      r"(?:\.[A-Za-z_][A-Za-z0-9_]*)*)")
@@ -155,7 +154,7 @@ class ContinuousSource:
                                      detail=f"every {self.interval_ms} ms")
 
     def _call(self, ctx: SourceContext) -> None:
-        from runner import iot
+        from sp.runner import iot
 
         if self.context is None:
             assert self.agent is not None
@@ -163,7 +162,7 @@ class ContinuousSource:
 
             def fire(task: str, payload: dict[str, Any], detail: str) -> str | None:
                 agent_of, task_of = split_action(agent, task)
-                from .fire import fire as fire_task
+                from sp.triggers.fire import fire as fire_task
 
                 return fire_task(ctx.store(), self.name, names.CONTINUOUS, agent_of, task_of,
                                  payload, detail=detail)
@@ -193,7 +192,7 @@ class ContinuousSource:
 
 def build(doc: TriggerFile, ctx: SourceContext) -> list[Source]:
     """:raises UsageError: a ``python:`` function cannot be imported, or has no interval."""
-    from runner.iot import interval_of
+    from sp.runner.iot import interval_of
 
     sources: list[Source] = []
     base = Path(ctx.source).resolve().parent if ctx.source else None

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from ledger.errors import UsageError
+from sp.ledger.errors import UsageError
 
 if TYPE_CHECKING:
     from croniter import croniter

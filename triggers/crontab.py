@@ -17,8 +17,8 @@ import shlex
 
 import msgspec
 
-from agents.names import hidden, shown
-from ledger.errors import UsageError
+from sp.agents.names import hidden, shown
+from sp.ledger.errors import UsageError
 
 BEGIN = "# >>> sp schedules"
 END = "# <<< sp schedules"

@@ -12,7 +12,7 @@ its own, and a worker in the main thread.
   variable unset) is refused and the old sources go on.
 * The daemon records nothing of its own — no start, no heartbeat: only what the sources fire,
   what the worker runs, and what its recovery sweeps find (first, then every half lease
-  period: actions a dead worker left ``executing``; see :mod:`runner.sweeper`).
+  period: actions a dead worker left ``executing``; see :mod:`sp.runner.sweeper`).
 """
 
 from __future__ import annotations
@@ -24,13 +24,12 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
-from commands.home import Home
-from ledger.clock import Clock
-from ledger.errors import SpError
-from runner.worker import Worker
-
-from .config import TriggerFile
-from .sources import Source, SourceContext, build_all
+from sp.commands.home import Home
+from sp.ledger.clock import Clock
+from sp.ledger.errors import SpError
+from sp.runner.worker import Worker
+from sp.triggers.config import TriggerFile
+from sp.triggers.sources import Source, SourceContext, build_all
 
 BACKOFF_MIN_S = 1.0
 BACKOFF_MAX_S = 30.0
@@ -115,7 +114,7 @@ class Daemon:
 
         :raises UsageError: a source cannot be built (a webhook's secret variable is unset).
         """
-        from commands import triggers
+        from sp.commands import triggers
 
         store = self.home.open(clock=self.clock)
         try:
@@ -236,7 +235,7 @@ class Daemon:
     def _sweep_only(self) -> None:
         """Without a worker (``-c 0``), still the supervisor: recover, every half lease
         period, the actions dead workers left executing (``sp worker`` or a tick run them)."""
-        from runner.sweeper import Sweeper
+        from sp.runner.sweeper import Sweeper
 
         store = self.home.open(clock=self.clock)
         try:

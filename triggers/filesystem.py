@@ -27,12 +27,11 @@ import warnings
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from ledger.clock import Clock
-from ledger.errors import SpError
-
-from . import names
-from .config import FileTrigger, TriggerFile
-from .sources import Source, SourceContext
+from sp.ledger.clock import Clock
+from sp.ledger.errors import SpError
+from sp.triggers import names
+from sp.triggers.config import FileTrigger, TriggerFile
+from sp.triggers.sources import Source, SourceContext
 
 with warnings.catch_warnings():
     # pyinotify imports asyncore, deprecated in 3.11 and replaced by the pyasyncore shim

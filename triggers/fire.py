@@ -7,10 +7,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from commands import agents
-from commands.actions import submit_in
-from ledger import events as ev
-from ledger.store import EventStore
+from sp.commands import agents
+from sp.commands.actions import submit_in
+from sp.ledger import events as ev
+from sp.ledger.store import EventStore
 
 
 def stream_of(trigger: str) -> str:
@@ -64,7 +64,7 @@ def fire(store: EventStore, trigger: str, kind: str, agent: str, task: str,
             by=by or f"trigger:{trigger}", trigger=trigger, kind=kind, action_id=action_id,
             agent=agent, task=task, payload=payload, detail=detail,
         )], version)
-    from runner.wake import signal_workers
+    from sp.runner.wake import signal_workers
 
     signal_workers(Path(store.path).parent)
     return action_id

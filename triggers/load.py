@@ -17,10 +17,9 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # `sp tick` reads samples: it need not load the daemon's machinery
-    from ledger.store import EventStore, Transaction
-
-    from .config import TriggerFile
-    from .sources import Source, SourceContext
+    from sp.ledger.store import EventStore, Transaction
+    from sp.triggers.config import TriggerFile
+    from sp.triggers.sources import Source, SourceContext
 
 SAMPLE_EVERY_MS = 60_000
 RETENTION_MS = 30 * 86_400_000

@@ -17,7 +17,7 @@ continuous  continuous             its key
 
 from __future__ import annotations
 
-from .config import FileTrigger, SerialTrigger, WebhookTrigger
+from sp.triggers.config import FileTrigger, SerialTrigger, WebhookTrigger
 
 FILESYSTEM = "filesystem"
 WEBHOOK = "webhook"

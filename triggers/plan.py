@@ -3,7 +3,7 @@
 A slot is **on time** when the tick runs within :data:`ON_TIME_MS` of it (cron ticks every
 minute; a tick that runs a little late still fires the slot). Older slots were **missed**: the
 device was off, asleep, or nothing ran ``sp tick``. When the tick found evidence that the device
-slept or restarted since the previous tick (see :mod:`triggers.clockwatch`), the on-time window
+slept or restarted since the previous tick (see :mod:`sp.triggers.clockwatch`), the on-time window
 shrinks to the time the device was awake, so a slot that fell in the sleep counts as missed
 rather than late. Missed slots follow the schedule's missed-run policy:
 
@@ -15,7 +15,7 @@ catchup    the missed slots within the window run; older ones skipped (``outside
 ========== =============================================================================
 
 The overlap policy (a fire while the previous run still goes) needs the ledger, so it is
-applied by :mod:`commands.schedules` to the fires planned here: against the schedule's run that
+applied by :mod:`sp.commands.schedules` to the fires planned here: against the schedule's run that
 was still going when the tick started (the fires of one tick are one decision).
 """
 
@@ -26,9 +26,8 @@ from typing import NamedTuple
 
 import msgspec
 
-from ledger.errors import UsageError
-
-from .cron import Cron
+from sp.ledger.errors import UsageError
+from sp.triggers.cron import Cron
 
 ON_TIME_MS = 5 * 60_000
 # Slots looked at per schedule and tick (newest first): bounds the work after a long outage.
@@ -88,7 +87,7 @@ def parse_missed(text: str | None, persistent: bool, where: str = "--missed") ->
             raise UsageError(f"{where}: backfill:N needs N between 1 and {MAX_SLOTS}, "
                              f"got {arg!r}")
         return MissedPolicy("backfill", backfill_max=int(arg))
-    from commands.durations import parse_duration_ms
+    from sp.commands.durations import parse_duration_ms
 
     window = parse_duration_ms(arg, f"{where} catchup window")
     if window <= 0:
@@ -105,7 +104,7 @@ def parse_overlap(text: str, where: str = "--overlap") -> str:
 
 
 class Gap(msgspec.Struct, frozen=True):
-    """What happened to the device since the previous tick (:mod:`triggers.clockwatch`)."""
+    """What happened to the device since the previous tick (:mod:`sp.triggers.clockwatch`)."""
 
     cause: str = ""  # "" (nothing known) | suspended | restarted
     awake_ms: int | None = None  # at most this long awake since then (None: unknown)

@@ -31,11 +31,10 @@ import re
 import threading
 from typing import Any
 
-from ledger.errors import SpError
-
-from . import names
-from .config import SerialTrigger, TriggerFile
-from .sources import Source, SourceContext
+from sp.ledger.errors import SpError
+from sp.triggers import names
+from sp.triggers.config import SerialTrigger, TriggerFile
+from sp.triggers.sources import Source, SourceContext
 
 READ_TIMEOUT_S = 0.25  # how long one read waits: bounds how late the source sees stop
 MAX_LINE = 64 * 1024  # a "line" longer than this without a newline is taken as it is

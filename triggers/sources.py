@@ -12,12 +12,11 @@ import threading
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from commands.home import Home
-from ledger.clock import Clock, SystemClock
-from ledger.store import EventStore
-
-from .config import TriggerFile, split_action
-from .fire import fire
+from sp.commands.home import Home
+from sp.ledger.clock import Clock, SystemClock
+from sp.ledger.store import EventStore
+from sp.triggers.config import TriggerFile, split_action
+from sp.triggers.fire import fire
 
 
 class SourceContext:
@@ -65,12 +64,12 @@ class Source(Protocol):
 
 # kind -> "module:function" building the sources of that kind from the trigger file
 BUILDERS: dict[str, str] = {
-    "filesystem": "triggers.filesystem:build",
-    "webhook": "triggers.webhook:build",
-    "serial": "triggers.serial_port:build",
-    "conditions": "triggers.conditions:build",
-    "continuous": "triggers.continuous:build",
-    "load": "triggers.load:build",
+    "filesystem": "sp.triggers.filesystem:build",
+    "webhook": "sp.triggers.webhook:build",
+    "serial": "sp.triggers.serial_port:build",
+    "conditions": "sp.triggers.conditions:build",
+    "continuous": "sp.triggers.continuous:build",
+    "load": "sp.triggers.load:build",
 }
 
 

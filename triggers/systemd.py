@@ -21,9 +21,8 @@ from typing import Any
 
 from croniter import croniter
 
-from ledger.errors import UsageError
-
-from .cron import expand
+from sp.ledger.errors import UsageError
+from sp.triggers.cron import expand
 
 _DAYS = ("Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat")
 _RANGES = ((0, 59), (0, 23), (1, 31), (1, 12))  # minute, hour, day of month, month

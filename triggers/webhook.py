@@ -40,12 +40,11 @@ from urllib.parse import urlsplit
 
 import msgspec
 
-from ledger import jsoninput
-from ledger.errors import SpError, UsageError
-
-from . import names
-from .config import TriggerFile, WebhookTrigger
-from .sources import Source, SourceContext
+from sp.ledger import jsoninput
+from sp.ledger.errors import SpError, UsageError
+from sp.triggers import names
+from sp.triggers.config import TriggerFile, WebhookTrigger
+from sp.triggers.sources import Source, SourceContext
 
 PREFIX = "/hooks/"
 READ_TIMEOUT_S = 10.0  # a client that stalls mid-request is dropped after this

@@ -4,10 +4,15 @@
 replays it. Regenerating the file with new code defeats that purpose: run this only to create
 a *new* golden file (``ledger_v2.sqlite`` ...) next to the old ones, never to refresh one.
 
-The checked-in v1 file was built by the foundation commit (schema version 1), with::
+The checked-in v1 file was built by the foundation commit (schema version 1), with this
+script as it was then (commit caa8b91, which imported the packages by their bare names, as
+every checkout did before sp became one import package)::
 
     git archive 807b7e1 | tar -x -C /tmp/sp-v1
-    PYTHONPATH=/tmp/sp-v1 python tests/data/make_golden.py tests/data/ledger_v1.sqlite
+    git show caa8b91:tests/data/make_golden.py > /tmp/make_golden_v1.py
+    PYTHONPATH=/tmp/sp-v1 python /tmp/make_golden_v1.py tests/data/ledger_v1.sqlite
+
+This copy imports ``sp.*``: ``PYTHONPATH`` names a checkout that has ``sp/``.
 
 Every event type of that version appears at least once; every action ends in a final state.
 """
@@ -22,13 +27,13 @@ from pathlib import Path
 # Appended, not prepended: PYTHONPATH (an older checkout) wins over this repo.
 sys.path.append(str(Path(__file__).resolve().parents[2]))
 
-from commands import actions, execution
-from commands.actions import SubmitSpec, state_of
-from commands.home import Home
-from ledger import events as ev
-from ledger.clock import ManualClock
-from ledger.store import EventStore
-from machines import action as machine
+from sp.commands import actions, execution
+from sp.commands.actions import SubmitSpec, state_of
+from sp.commands.home import Home
+from sp.ledger import events as ev
+from sp.ledger.clock import ManualClock
+from sp.ledger.store import EventStore
+from sp.machines import action as machine
 
 BY = "golden"
 
