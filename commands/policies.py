@@ -155,7 +155,9 @@ def _sp_code(argv: list[str]) -> bool:
     if len(argv) < 3 or "-m" not in argv[1:3]:
         return False
     module = argv[argv.index("-m", 1) + 1] if argv.index("-m", 1) + 1 < len(argv) else ""
-    return (module == "sp.actions" or module.startswith("sp.actions.")) and pol.real(
+    # sp.actions.*, or actions.* in an argv recorded before sp was one import package (the
+    # runner runs that as sp.actions.*: sp.runner.attempt.current_argv)
+    return module.removeprefix("sp.").split(".")[0] == "actions" and pol.real(
         argv[0]) == pol.real(sys.executable)
 
 

@@ -13,6 +13,7 @@ import hashlib
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections import deque
 from pathlib import Path
@@ -44,10 +45,28 @@ def steps_of(claim: Claim) -> list[Step]:
             command = list(step.get("command") or [])
             if step.get("shell"):
                 command = ["/bin/sh", "-c", " ".join(command)]
-            out.append(Step(i, str(step.get("name", f"step {i}")), command))
+            out.append(Step(i, str(step.get("name", f"step {i}")), current_argv(command)))
         return out
     argv = ["/bin/sh", "-c", " ".join(spec.command)] if spec.shell else list(spec.command)
-    return [Step(0, claim.spec.name, argv)]
+    return [Step(0, claim.spec.name, current_argv(argv))]
+
+
+def current_argv(argv: list[str]) -> list[str]:
+    """``argv`` with sp's built-in action modules under their present name.
+
+    A built-in type's command is recorded in the ledger as sp's interpreter running one of its
+    modules (``python -P -m sp.actions.run ...``). One recorded before sp became one import
+    package names the module ``actions.run``, which is no longer importable: an action queued
+    then, or a plan's compensation recorded then, still runs ``sp.actions.run``. The ledger
+    keeps what was recorded; only the spawned argv changes. (commands.policies._sp_code
+    recognises both names the same way.)"""
+    if len(argv) < 3 or "-m" not in argv[1:3]:
+        return argv
+    at = argv.index("-m", 1) + 1
+    if (at < len(argv) and argv[at].split(".")[0] == "actions"
+            and os.path.realpath(argv[0]) == os.path.realpath(sys.executable)):
+        return [*argv[:at], f"sp.{argv[at]}", *argv[at + 1:]]
+    return argv
 
 
 class Attempt:

@@ -27,7 +27,9 @@ from pathlib import Path
 import pytest
 from packaging.version import Version
 
+from sp.runner.attempt import current_argv
 from sp.security import sandbox
+from tests.conftest import Sp
 
 REPO = Path(__file__).resolve().parent.parent
 PACKAGE = REPO / "sp"
@@ -167,6 +169,29 @@ def test_docs_and_scripts_name_the_package() -> None:
             line = text.count("\n", 0, m.start()) + 1
             found.append(f"{path.relative_to(REPO)}:{line}: {m.group(0).strip()}")
     assert not found, "\n".join(found)
+
+
+def test_a_command_recorded_under_the_old_module_name_runs_the_new_one() -> None:
+    """A built-in type's argv recorded before sp was one package (queued, or a plan's recorded
+    compensation) runs its module under the new name; nothing else is touched."""
+    py = sys.executable
+    assert current_argv([py, "-P", "-m", "actions.run", "modify_files", "apply", "{}"]) == [
+        py, "-P", "-m", "sp.actions.run", "modify_files", "apply", "{}"]
+    assert current_argv([py, "-P", "-m", "actions.preview", "undo", "{}"])[3] == (
+        "sp.actions.preview")
+    for argv in ([py, "-P", "-m", "sp.actions.run", "x"], [py, "-m", "pytest"],
+                 ["/bin/echo", "-m", "actions.run"], ["sh", "-c", "python -m actions.run"],
+                 [py, "-P", "-m"], ["true"]):
+        assert current_argv(argv) == argv
+
+
+def test_a_queued_action_recorded_with_the_old_module_name_still_runs(sp: Sp) -> None:
+    """End to end: ``-P`` keeps the checkout off sys.path, so only the new name can import."""
+    aid = sp("submit", "--", sys.executable, "-P", "-m", "actions.run").stdout.strip()
+    sp("worker", "--until-idle")
+    log = sp("logs", aid).stdout
+    assert "usage: python -m sp.actions.run TYPE" in log, log
+    assert "No module named" not in log
 
 
 def test_sp_own_code_is_readable_where_its_links_lead(tmp_path: Path,
