@@ -10,7 +10,7 @@ from typing import Any
 
 import msgspec
 
-from sp.commands.durations import parse_duration_ms
+from sp.agents.durations import parse_duration_ms
 from sp.commands.home import Home
 from sp.ledger import archive as ledger_archive
 from sp.ledger.errors import ActionNotFoundError, UsageError
