@@ -1,122 +1,19 @@
-"""Built-in action types: what a plan's ``type:`` means.
+"""Built-in action types: ``shell``, ``modify_files``, ``configure_tooling``, ``clone_template``,
+``run_tests``, ``deploy``/``generate_preview``, ``compress``/``decompress``, ``http_request``,
+``sqlite_query``, ``install_dependencies``, and custom types (``@action_type``).
 
-A type is registered once, under its name, with
-
-* ``payload``: the msgspec Struct its ``payload:`` decodes into (errors name their path);
-* ``rollback``: the Struct its ``rollback:`` decodes into, or ``None`` when the type cannot be
-  undone by a command;
-* ``command(payload)``: the :class:`Command` that performs it (argv, shell, cwd, env);
-* ``compensation(payload, rollback)``: the :class:`Command` that undoes it, or ``None``;
-* ``requires(payload, rollback)``: the programs it needs on this machine (the seed's
-  ``check_prerequisites``), each with the path in the plan that names it;
-* ``check(payload, rollback)``: problems decoding cannot see (an empty command), each with
-  its path below the step;
-* ``check_files(payload, directory)`` (optional): problems only the files the step will read
-  can show, relative to the step's directory (a template's file names after rendering).
-
-Built in: ``shell``, ``modify_files``, ``configure_tooling``, ``clone_template``, ``run_tests``,
-``deploy``/``generate_preview``, ``compress``/``decompress``, ``http_request``, ``sqlite_query``,
-``install_dependencies``;
-other packages add theirs through :func:`register`, ``@action_type`` or the ``sp.action_types``
-entry point group (:mod:`sp.actions.custom`).
+Each module registers its types in the registry (:mod:`sp.plans.action_types`, below the
+commands that consult it) when it is imported; the registry imports them through the
+``sp.action_types`` entry points declared in ``pyproject.toml``. The registry's names are
+re-exported here, where types have always imported them from (``from sp.actions import
+ActionType, Command, register``), other packages' types included.
 """
 
-from __future__ import annotations
-
-import os
-import shutil
-from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
-
-import msgspec
-
-
-class Command(msgspec.Struct, frozen=True, kw_only=True):
-    """A process to run: ``argv`` (or, with ``shell``, one line for ``/bin/sh -c``)."""
-
-    argv: list[str]
-    shell: bool = False
-    cwd: str | None = None
-    env: dict[str, str] = {}
-
-    def as_argv(self) -> list[str]:
-        """The argv that runs it, with the shell spelled out (a compensation is plain argv)."""
-        return ["/bin/sh", "-c", " ".join(self.argv)] if self.shell else list(self.argv)
-
-
-class Requirement(msgspec.Struct, frozen=True):
-    """A program an action needs: ``where`` is its path below the step (``payload.command[0]``)."""
-
-    where: str
-    program: str
-    cwd: str | None = None
-    env: dict[str, str] = {}
-
-
-@dataclass(frozen=True)
-class ActionType:
-    name: str
-    payload: type[msgspec.Struct]
-    rollback: type[msgspec.Struct] | None
-    command: Callable[[Any], Command]
-    compensation: Callable[[Any, Any], Command | None]
-    requires: Callable[[Any, Any], list[Requirement]]
-    check: Callable[[Any, Any], list[tuple[str, str]]]
-    # Problems only the files can show (a template's rendered file names), given the step's
-    # directory: checked by plan validation like ``check``.
-    check_files: Callable[[Any, Path], list[tuple[str, str]]] | None = None
-
-
-_TYPES: dict[str, ActionType] = {}
-
-
-def register(action_type: ActionType) -> ActionType:
-    """Add a type (a later registration of the same name replaces the earlier one)."""
-    _TYPES[action_type.name] = action_type
-    return action_type
-
-
-def get(name: str) -> ActionType | None:
-    _load_builtins()
-    return _TYPES.get(name)
-
-
-def known() -> list[str]:
-    _load_builtins()
-    return sorted(_TYPES)
-
-
-def _load_builtins() -> None:
-    if "shell" not in _TYPES:
-        from sp.actions import shell  # noqa: F401  (registers itself)
-    if "run_tests" not in _TYPES:
-        from sp.actions import tests_type  # noqa: F401  (registers itself)
-    if "deploy" not in _TYPES:
-        from sp.actions import preview  # noqa: F401  (registers deploy and generate_preview)
-    if "modify_files" not in _TYPES:
-        from sp.actions import files, template, tooling  # noqa: F401  (register themselves)
-    if "compress" not in _TYPES:
-        from sp.actions import archive  # noqa: F401  (registers compress and decompress)
-    if "http_request" not in _TYPES:
-        from sp.actions import http  # noqa: F401  (registers itself)
-    if "sqlite_query" not in _TYPES:
-        from sp.actions import sqlitedb  # noqa: F401  (registers itself)
-    if "install_dependencies" not in _TYPES:
-        from sp.actions import deps  # noqa: F401  (registers itself)
-    from sp.actions import custom
-
-    custom.load_entry_points()  # other packages' types (sp.action_types), once
-
-
-def find_program(program: str, cwd: str | None = None, env: dict[str, str] | None = None) -> bool:
-    """Whether ``program`` can be executed here: a path (relative to ``cwd``) that is an
-    executable file, or a name found on ``PATH`` (the action's own ``PATH`` when it sets one)."""
-    if "/" in program:
-        path = Path(program)
-        if not path.is_absolute() and cwd:
-            path = Path(cwd) / path
-        return path.is_file() and os.access(path, os.X_OK)
-    search = (env or {}).get("PATH", os.environ.get("PATH", os.defpath))
-    return shutil.which(program, path=search) is not None
+from sp.plans.action_types import GROUP as GROUP
+from sp.plans.action_types import ActionType as ActionType
+from sp.plans.action_types import Command as Command
+from sp.plans.action_types import Requirement as Requirement
+from sp.plans.action_types import find_program as find_program
+from sp.plans.action_types import get as get
+from sp.plans.action_types import known as known
+from sp.plans.action_types import register as register

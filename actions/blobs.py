@@ -15,6 +15,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from sp.host.blobs import atomic_write as atomic_write
+from sp.host.blobs import store_blob as store_blob
 from sp.ledger.errors import UsageError
 
 
@@ -30,18 +32,6 @@ def put_blob(data: bytes) -> str:
     if _brokered():
         return _put_via_worker(data)
     return store_blob(home_root(), data)
-
-
-def store_blob(home: Path, data: bytes) -> str:
-    """Store ``data`` under ``<home>/blobs/<sha256>`` (once) and return its hash; the worker
-    calls it for a sandboxed action (:mod:`sp.runner.broker`)."""
-    sha = hashlib.sha256(data).hexdigest()
-    target = home / "blobs" / sha
-    try:  # reused: fresh again, so that sp gc leaves it until this action records it
-        os.utime(target)
-    except FileNotFoundError:
-        atomic_write(target, data, 0o600)
-    return sha
 
 
 def _brokered() -> bool:
@@ -77,23 +67,6 @@ def get_blob(sha: str) -> bytes:
     if hashlib.sha256(data).hexdigest() != sha:
         raise UsageError(f"blob {sha} is corrupt")
     return data
-
-
-def atomic_write(path: Path, data: bytes, mode: int | None) -> None:
-    """Write ``data`` to a temporary file beside ``path``, fsync, chmod, rename over it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".sp-tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        if mode is not None:
-            os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def image_of(path: Path) -> dict[str, Any]:

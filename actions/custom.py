@@ -39,14 +39,12 @@ import json
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from importlib.metadata import entry_points
 from typing import Any, TypeVar
 
 import msgspec
 
 from sp.actions import ActionType, Command, Requirement, register
 
-GROUP = "sp.action_types"
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -115,26 +113,6 @@ def action_type(name: str, *, payload: type[msgspec.Struct],
         return func
 
     return decorate
-
-
-_LOADED = False
-
-
-def load_entry_points() -> None:
-    """Load the ``sp.action_types`` entry points once; a failing one is reported and skipped."""
-    global _LOADED
-    if _LOADED:
-        return
-    _LOADED = True
-    for ep in entry_points(group=GROUP):
-        try:
-            obj = ep.load()
-        except Exception as e:  # a broken plugin must not break sp
-            print(f"sp: warning: action type entry point {ep.name} ({ep.value}) failed to "
-                  f"load: {type(e).__name__}: {e}", file=sys.stderr)
-            continue
-        if isinstance(obj, ActionType):
-            register(obj)
 
 
 def main(args: list[str]) -> int:

@@ -41,8 +41,8 @@ def _module(type_name: str) -> Any:
         from sp.actions import template
         return template
     if type_name in ("compress", "decompress"):
-        from sp.actions import archive
-        return archive.RUNNERS[type_name]
+        from sp.actions import compression
+        return compression.RUNNERS[type_name]
     if type_name == "http_request":
         from sp.actions import http
         return http

@@ -67,8 +67,8 @@ def submit(app: App, name: str | None, agent: str | None, task: str | None, prio
       seq 1 100 | sed 's/^/echo item /' | sp submit --each -
     """
     from sp.agents import names
+    from sp.agents.durations import parse_duration_ms
     from sp.commands import actions
-    from sp.commands.durations import parse_duration_ms
     from sp.ledger.errors import UsageError
 
     names.check_optional(name, "action name", "--name")
@@ -144,8 +144,8 @@ def status(app: App, action: str | None, everything: bool, agent: str | None, re
       sp status
       sp status 3f2a --format json
     """
+    from sp.agents.durations import format_ms
     from sp.commands.actions import resolve
-    from sp.commands.durations import format_ms
     from sp.projections import queries
 
     store = app.store(write=False)
@@ -257,8 +257,8 @@ def wait(app: App, action_ids: tuple[str, ...], timeout: str | None, fmt: str) -
     Example:
       sp wait $(sp submit -- make build) && echo built
     """
+    from sp.agents.durations import parse_duration_ms
     from sp.commands.actions import resolve
-    from sp.commands.durations import parse_duration_ms
     from sp.ledger.errors import WaitTimeoutError
     from sp.machines.states import FINAL, SATISFIED, ActionState
     from sp.projections import queries

@@ -183,8 +183,8 @@ def action() -> None:
 def _execute(app: App, agent_id: str, task: str, timeout: str | None, checkpoint_enabled: bool,
              notify_on_completion: bool, detach: bool, allow_unsandboxed: bool = False) -> None:
     from sp.agents import names
+    from sp.agents.durations import parse_duration_ms
     from sp.commands import actions, agents, execution
-    from sp.commands.durations import parse_duration_ms
     from sp.machines.states import ActionState
     from sp.runner.foreground import run_claimed
 

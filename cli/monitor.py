@@ -98,7 +98,7 @@ def metrics_cmd(app: App, agent: str | None, task: str | None, since: str, fmt: 
       sp metrics --since 7d
       sp metrics --agent backup --task nightly --format json
     """
-    from sp.commands.durations import parse_duration_ms
+    from sp.agents.durations import parse_duration_ms
     from sp.projections.monitoring import metrics
 
     since_ms = None if since == "all" else parse_duration_ms(since, "--since")

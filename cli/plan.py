@@ -22,7 +22,7 @@ def _invalid(err: Any, fmt: str) -> None:
 
 
 def _ms(ms: int | None) -> str:
-    from sp.commands.durations import format_ms
+    from sp.agents.durations import format_ms
 
     return "unknown" if ms is None else format_ms(ms)
 

@@ -112,7 +112,7 @@ def report(app: App, out: str, since: str) -> None:
     Example:
       sp report --html /tmp/sp-report.html --since 7d
     """
-    from sp.commands.durations import parse_duration_ms
+    from sp.agents.durations import parse_duration_ms
 
     since_ms = None if since == "all" else parse_duration_ms(since, "--since")
     fd, tmp = _writable(out)

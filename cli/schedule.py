@@ -77,8 +77,8 @@ def schedule_add(app: App, name: str, cron: str | None, window: str | None, adap
           --timezone Europe/Paris --missed catchup:6h --overlap skip
       sp schedule add reindex --window 01:00-05:00 --adaptive --agent db-001 --task reindex
     """
+    from sp.agents.durations import parse_duration_ms
     from sp.commands import actions, schedules
-    from sp.commands.durations import parse_duration_ms
 
     jitter_ms = 0 if jitter is None else parse_duration_ms(jitter, "--jitter")
     event = schedules.define(

@@ -134,8 +134,8 @@ def daemon(app: App, config: str | None, concurrency: int, grace: str,
       sp daemon --concurrency 4 --grace 1m
       sp daemon --concurrency 0      # triggers only; sp worker runs the actions
     """
+    from sp.agents.durations import parse_duration_ms
     from sp.commands import actions, triggers
-    from sp.commands.durations import parse_duration_ms
     from sp.commands.home import Home
     from sp.triggers.daemon import Daemon
 

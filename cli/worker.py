@@ -41,7 +41,7 @@ def worker(app: App, concurrency: int, until_idle: bool, grace: str) -> None:
       sp worker --concurrency 4
       sp worker --until-idle
     """
-    from sp.commands.durations import parse_duration_ms
+    from sp.agents.durations import parse_duration_ms
     from sp.runner.worker import Worker
 
     grace_s = parse_duration_ms(grace, "--grace") / 1000

@@ -218,7 +218,7 @@ def submit_in(tx: Transaction, specs: list[SubmitSpec], by: str, wheres: list[st
 
 def _wake(store: EventStore) -> None:
     """Tell an idle worker, at once, that work arrived (the seed's dispatcher pipe)."""
-    from sp.runner.wake import signal_workers
+    from sp.host.wake import signal_workers
 
     signal_workers(Path(store.path).parent)
 
@@ -279,7 +279,7 @@ def cancel(store: EventStore, action_id: str, reason: str = "", by: str = "") ->
         new = machine.check_event(action_id, state, event)
         tx.append(action_id, [event], version)
         cascade(tx, action_id, f"dependency {action_id} was cancelled", by)
-        from sp.plans import reactor  # a plan (or its rollback) decides its next event
+        from sp.commands import reactor  # a plan (or its rollback) decides its next event
 
         reactor.on_action_finished(tx, action_id, new)
         return new
@@ -349,12 +349,12 @@ def restart(store: EventStore, action_id: str, from_step: int | None = None,
 def restart_with(store: EventStore, action_id: str, from_step: int | None = None,
                  by: str = "") -> tuple[ActionState, list[str]]:
     """:func:`restart`, and the actions queued again with it: for an action of a plan, its
-    cancelled dependents (the plan is reopened if it had finished; plans/reactor.py).
+    cancelled dependents (the plan is reopened if it had finished; commands/reactor.py).
 
     :raises InvalidTransitionError: the action (or its plan) cannot be restarted now.
     """
+    from sp.commands import reactor
     from sp.machines import action as machine
-    from sp.plans import reactor
 
     with store.transaction() as tx:
         state, version = state_of(tx, action_id)

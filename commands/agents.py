@@ -62,7 +62,7 @@ def apply(store: EventStore, path: str | Path, by: str = "") -> tuple[str, bool]
 
 def _check_limits(agent: AgentConfig, where: str) -> None:
     """Values no kernel accepts (nice 40, io_weight 0) are refused before anything is written."""
-    from sp.runner import limits
+    from sp.host import limits
 
     if agent.resources is not None:
         _check_one(limits, agent.resources, f"{where}: $.resources")

@@ -37,7 +37,7 @@ def resume(store: EventStore, agent: str | None = None, by: str = "") -> bool:
         if not tx.query_one("SELECT 1 FROM pauses WHERE agent = ?", (key,)):
             return False
         tx.append(STREAM, [ev.WorkResumed(by=by, agent=key)], None)
-    from sp.runner.wake import signal_workers
+    from sp.host.wake import signal_workers
 
     signal_workers(Path(store.path).parent)
     return True

@@ -16,6 +16,7 @@ from typing import Any
 import msgspec
 
 from sp.commands.actions import cascade, state_of
+from sp.host import proc
 from sp.ledger import codec
 from sp.ledger import events as ev
 from sp.ledger.errors import ActionNotFoundError
@@ -23,7 +24,6 @@ from sp.ledger.store import EventStore, Transaction
 from sp.machines import action as machine
 from sp.machines.action import ActionState
 from sp.projections.queue import READY_SQL
-from sp.runner import proc
 
 LEASE_TTL_MS = 30_000
 MAX_DENIALS = 50  # denials recorded per attempt; the rest are counted
@@ -41,7 +41,7 @@ class Claim(msgspec.Struct, frozen=True):
     checkpoint_step: int | None
     resume_step: int | None
     limits: dict[str, Any] = {}  # what was enforced (also in the started event)
-    prepared: Any = None  # runner.limits.Prepared when the action asks for limits
+    prepared: Any = None  # host.limits.Prepared when the action asks for limits
     refused: str | None = None  # why it must not run (limits, sandbox or policy): do not run
     refused_kind: str = "limits_unavailable"
     sandbox: Any = None  # security.sandbox.SandboxSpec the process enters, when confined
@@ -139,7 +139,7 @@ def _release(claims: list[Claim]) -> None:
     """Undo the side preparations (cgroups) of claims whose transaction did not commit."""
     for c in claims:
         if c.prepared is not None:
-            from sp.runner import limits
+            from sp.host import limits
 
             limits.cleanup(c.prepared)
 
@@ -226,7 +226,7 @@ def _prepare_start(tx: Transaction, action_id: str, owner: str, now: int) -> _St
         # read back from the kernel; it is removed again if this transaction fails.
         from sp.agents.config import Resources
         from sp.agents.units import dec_hook
-        from sp.runner import limits
+        from sp.host import limits
 
         resources = msgspec.convert(spec.resources, Resources, dec_hook=dec_hook)
         try:
@@ -253,7 +253,7 @@ def _prepare_start(tx: Transaction, action_id: str, owner: str, now: int) -> _St
         machine.check_event(action_id, state, event)
     except BaseException:
         if prepared is not None:
-            from sp.runner import limits
+            from sp.host import limits
 
             limits.cleanup(prepared)
         raise
@@ -466,7 +466,7 @@ def _finish(tx: Transaction, claim_: Claim, outcome: Outcome, now: int, rng: ran
     if _cascades(claim_, new):
         cascade(tx, aid, f"dependency {aid} {new.value}", claim_.owner)
     if claim_.spec.group is not None:  # a plan (or its rollback) decides its next event
-        from sp.plans import reactor
+        from sp.commands import reactor
 
         reactor.on_action_finished(tx, aid, new)
     return new

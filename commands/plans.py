@@ -2,7 +2,7 @@
 rollback.
 
 ``apply`` records the plan and submits all its actions in one transaction; from then on the
-queue runs them as their dependencies complete, and the plan reactor (plans/reactor.py) moves
+queue runs them as their dependencies complete, and the plan reactor (commands/reactor.py) moves
 the plan's own lifecycle from their outcomes.
 """
 
@@ -16,6 +16,7 @@ import msgspec
 
 from sp.commands.actions import SubmitSpec, submit_in
 from sp.commands.policies import refuse
+from sp.commands.rollback import RollbackPlan, plan_of
 from sp.ledger import events as ev
 from sp.ledger.errors import UsageError
 from sp.ledger.store import EventStore
@@ -26,7 +27,6 @@ from sp.plans import graph
 from sp.plans.errors import AmbiguousPlanError, PlanNotFoundError
 from sp.plans.load import load_plan
 from sp.plans.model import Plan, Step, steps_from
-from sp.plans.rollback import RollbackPlan, plan_of
 from sp.projections.plans import stream_of
 from sp.projections.queries import details_of
 
@@ -101,7 +101,7 @@ def apply(store: EventStore, path: str | Path, by: str = "") -> str:
 
 
 def _wake(store: EventStore) -> None:
-    from sp.runner.wake import signal_workers
+    from sp.host.wake import signal_workers
 
     signal_workers(Path(store.path).parent)
 
@@ -289,7 +289,7 @@ def rollback(store: EventStore, plan_id: str, by: str = "") -> tuple[int, Rollba
     :raises PlanTransitionError: the plan cannot roll back now (running, rolling back, ...).
     :raises UsageError: some of its actions have not finished (a plan that is stopping).
     """
-    from sp.plans import rollback as rb
+    from sp.commands import rollback as rb
 
     with store.transaction() as tx:
         preview = plan_of(tx, plan_id)
@@ -317,7 +317,7 @@ def cancel(store: EventStore, plan_id: str, reason: str = "", then_rollback: boo
     :raises PlanTransitionError: the plan is not running.
     :raises PlanNotFoundError: no such plan.
     """
-    from sp.plans import reactor
+    from sp.commands import reactor
 
     with store.transaction() as tx:
         touched = reactor.cancel(tx, plan_id, reason, then_rollback, by)

@@ -164,7 +164,7 @@ def _sp_code(argv: list[str]) -> bool:
 def _payload(policy: Policy, spec: Any, where: str) -> list[Denial]:
     if spec.action_type == "shell" or not spec.payload:
         return []
-    from sp import actions as registry
+    from sp.plans import action_types as registry
     from sp.security import paths
 
     kind = registry.get(spec.action_type)

@@ -34,11 +34,11 @@ import msgspec
 
 from sp.commands.actions import cascade, state_of
 from sp.commands.home import Home
+from sp.host import proc
 from sp.ledger import events as ev
 from sp.ledger.store import EventStore, Transaction
 from sp.machines import action as machine
 from sp.machines.action import ActionState
-from sp.runner import proc
 
 LOCK_FILE = "recovery.lock"  # in <home>/run/
 LOG_LOOK_BYTES = 1 << 16  # how much of an attempt's log is read for output of its own
@@ -282,7 +282,7 @@ def _recover_one(store: EventStore, s: _Suspect, by: str, now: int,
         tx.execute("DELETE FROM leases WHERE name = ?", (action_id,))
         if new in (ActionState.FAILED, ActionState.CANCELLED):
             cascade(tx, action_id, f"dependency {action_id} {new.value}", by)
-            from sp.plans import reactor  # a plan (or its rollback) decides its next event
+            from sp.commands import reactor  # a plan (or its rollback) decides its next event
 
             reactor.on_action_finished(tx, action_id, new)
     return Recovered(action_id, outcome, reason)
@@ -315,7 +315,7 @@ def _after_commit(effects: _Effects) -> None:
         # Processes that left the process group are still in the attempt's cgroups.
         import signal
 
-        from sp.runner import limits
+        from sp.host import limits
 
         for enforced in effects.cgroups:
             prepared = limits.from_enforced(enforced)

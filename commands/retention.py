@@ -1,5 +1,5 @@
 """``sp gc`` and ``sp archive``: retention of files (security.retention) and of streams
-(security.archive picks them, ledger.archive moves them)."""
+(security.archivable picks them, ledger.archive moves them)."""
 
 from __future__ import annotations
 
@@ -10,12 +10,12 @@ from typing import Any
 
 import msgspec
 
-from sp.commands.durations import parse_duration_ms
+from sp.agents.durations import parse_duration_ms
 from sp.commands.home import Home
 from sp.ledger import archive as ledger_archive
 from sp.ledger.errors import ActionNotFoundError, UsageError
 from sp.ledger.store import EventStore, Transaction
-from sp.security import archive as selection
+from sp.security import archivable as selection
 from sp.security import retention
 
 

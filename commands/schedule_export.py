@@ -19,8 +19,8 @@ from typing import Any
 from sp.commands import schedules
 from sp.ledger.errors import SpError, UsageError
 from sp.ledger.store import EventStore
-from sp.triggers import cron as cronlib
-from sp.triggers import crontab, systemd
+from sp.schedules import cron as cronlib
+from sp.schedules import crontab, systemd
 
 
 def script_path() -> str:

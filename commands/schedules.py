@@ -24,10 +24,10 @@ from sp.ledger.errors import SpError, UsageError
 from sp.ledger.store import EventStore, Transaction
 from sp.machines.states import FINAL, ActionState
 from sp.projections.schedules import STREAM_PREFIX, any_enabled
-from sp.triggers import clockwatch
-from sp.triggers import cron as cronlib
-from sp.triggers.adaptive import AdaptiveDaily
-from sp.triggers.plan import Fire, Gap, MissedPolicy, Skip, parse_missed, parse_overlap, plan
+from sp.schedules import clockwatch
+from sp.schedules import cron as cronlib
+from sp.schedules.adaptive import AdaptiveDaily
+from sp.schedules.slots import Fire, Gap, MissedPolicy, Skip, parse_missed, parse_overlap, plan
 
 if TYPE_CHECKING:
     from sp.agents.config import AgentConfig
@@ -74,7 +74,7 @@ def slots_of(query: Any, row: dict[str, Any]) -> cronlib.Cron:
 
     :raises UsageError: the expression, zone or window is no longer valid.
     """
-    from sp.triggers.adaptive import slots_of as slots
+    from sp.schedules.adaptive import slots_of as slots
 
     return slots(row["cron"], row["timezone"], row["run_window"], row["adaptive"], query,
                  row["last_slot_ms"])
@@ -92,7 +92,7 @@ def define(store: EventStore, name: str, cron: str | None, agent: str, task: str
     """Add a schedule (or redefine one with ``replace``); everything is checked first.
 
     A ``cron`` expression names its times; or ``window`` with ``adaptive`` runs it once a
-    day inside the window at the minute of lowest recorded load (:mod:`sp.triggers.adaptive`).
+    day inside the window at the minute of lowest recorded load (:mod:`sp.schedules.adaptive`).
 
     :raises UsageError: a bad name, cron expression, zone, jitter or policy; an unknown agent
         or task; the schedule exists and ``replace`` is not set. Nothing is written.
@@ -141,7 +141,7 @@ def _adaptive_cron(cron: str | None, window: str | None, adaptive: bool) -> tupl
         raise UsageError("--window goes with --adaptive (run at the quietest minute in it)")
     if cron is not None:
         raise UsageError("--adaptive picks the time inside --window itself: leave out --cron")
-    from sp.triggers.adaptive import parse_window
+    from sp.schedules.adaptive import parse_window
 
     parsed = parse_window(window)
     return parsed.daily_cron(), parsed.text()

@@ -18,13 +18,13 @@ from typing import Any
 
 import msgspec
 
+from sp.agents import trigger_names
+from sp.agents.trigger_file import TriggerFile, decode_triggers, load_triggers, split_action
 from sp.commands import agents
 from sp.ledger import events as ev
 from sp.ledger.errors import UsageError
 from sp.ledger.store import EventStore
 from sp.projections.triggers import CONFIG_STREAM
-from sp.triggers import names
-from sp.triggers.config import TriggerFile, decode_triggers, load_triggers, split_action
 
 # What may follow /hooks/ in a webhook's URL: no spaces, queries or fragments.
 _HOOK_NAME = re.compile(r"[A-Za-z0-9._~:@/-]+")
@@ -51,7 +51,7 @@ class Applied(msgspec.Struct, frozen=True):
 
 
 def entries(doc: TriggerFile) -> list[Entry]:
-    """Every trigger of the document, in file order, names resolved (see triggers.names)."""
+    """Every trigger of the document, in file order, names resolved (see agents.trigger_names)."""
     out: list[Entry] = []
 
     def action(name: str) -> str:
@@ -60,31 +60,32 @@ def entries(doc: TriggerFile) -> list[Entry]:
 
     for i, f in enumerate(doc.triggers.filesystem):
         glob = "" if f.glob == "*" else f" {f.glob}"
-        out.append(Entry(names.FILESYSTEM, names.filesystem(f),
+        out.append(Entry(trigger_names.FILESYSTEM, trigger_names.filesystem(f),
                          f"{f.path}{glob} [{','.join(f.events)}]"
                          f"{' recursive' if f.recursive else ''}",
                          action(f.action), f"$.triggers.filesystem[{i}]"))
     for i, w in enumerate(doc.triggers.network):
-        name = names.webhook(w)
-        out.append(Entry(names.WEBHOOK, name, f"POST http://{w.host}:{w.port}/hooks/{name}"
-                                              f" ({w.auth})",
+        name = trigger_names.webhook(w)
+        out.append(Entry(trigger_names.WEBHOOK, name,
+                         f"POST http://{w.host}:{w.port}/hooks/{name} ({w.auth})",
                          action(w.action), f"$.triggers.network[{i}]"))
     for i, s in enumerate(doc.triggers.hardware):
-        out.append(Entry(names.SERIAL, names.serial(s), f"{s.device} @{s.baud} /{s.pattern}/",
+        out.append(Entry(trigger_names.SERIAL, trigger_names.serial(s),
+                         f"{s.device} @{s.baud} /{s.pattern}/",
                          action(s.action), f"$.triggers.hardware[{i}]"))
     for key, c in doc.conditions.items():
-        out.append(Entry(names.CONDITION, key, f"{c.trigger} (cooldown {_ms(c.cooldown)})",
+        out.append(Entry(trigger_names.CONDITION, key, f"{c.trigger} (cooldown {_ms(c.cooldown)})",
                          action(c.action), f"$.conditions.{key}"))
     for key, k in doc.continuous.items():
         every = f"every {_ms(k.interval)}" if k.interval else "at its decorator's interval"
-        out.append(Entry(names.CONTINUOUS, key, every,
+        out.append(Entry(trigger_names.CONTINUOUS, key, every,
                          action(k.action) if k.action else f"python:{k.python}",
                          f"$.continuous.{key}"))
     return out
 
 
 def _ms(ms: int) -> str:
-    from sp.commands.durations import format_ms
+    from sp.agents.durations import format_ms
 
     return format_ms(ms)
 
@@ -120,7 +121,7 @@ def check(store: EventStore, doc: TriggerFile, source: str,
     hooks: defaultdict[int, set[str]] = defaultdict(set)
     for i, w in enumerate(doc.triggers.network):
         where = f"{source}: $.triggers.network[{i}]"
-        name = names.webhook(w)
+        name = trigger_names.webhook(w)
         if not 1 <= w.port <= 65535:
             raise UsageError(f"{where}.port: expected 1..65535, got {w.port}")
         if not _HOOK_NAME.fullmatch(name):

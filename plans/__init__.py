@@ -1,2 +1,4 @@
-"""Plans: dependency graphs of actions from YAML/TOML files, their validation, and the reactor
-that moves a plan's own lifecycle (machines/plan.py) from its actions' outcomes."""
+"""Plans: dependency graphs of actions from YAML/TOML files, their validation, and the
+action-type registry that says what a step's ``type:`` means. The reactor that moves a plan's
+own lifecycle (machines/plan.py) from its actions' outcomes, and rollback runs, decide and append
+events, so they are commands (``commands/reactor.py``, ``commands/rollback.py``)."""

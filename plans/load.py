@@ -14,13 +14,12 @@ from typing import Any
 
 import msgspec
 
-from sp import actions
 from sp.agents import names
 from sp.agents.config import Retry, load_document_marked
 from sp.agents.documents import Marks, place
 from sp.agents.units import enc_hook
 from sp.ledger.errors import UsageError
-from sp.plans import graph
+from sp.plans import action_types, graph
 from sp.plans.decode import Problem, Problems, decode_fields, kind
 from sp.plans.errors import PlanInvalidError
 from sp.plans.model import (
@@ -218,10 +217,10 @@ class _Loader:
         before = len(self.problems)
         doc = decode_fields(raw, ActionDoc, file, path, self.problems)
         type_name = raw.get("type")
-        t = actions.get(type_name) if isinstance(type_name, str) else None
+        t = action_types.get(type_name) if isinstance(type_name, str) else None
         if isinstance(type_name, str) and t is None:
             self.add(file, f"{path}.type", f"unknown action type {type_name!r} "
-                                           f"(known: {', '.join(actions.known())})")
+                                           f"(known: {', '.join(action_types.known())})")
         if t is None or doc is None:
             # still check what can be checked of the payload, for a complete report
             if t is not None and isinstance(raw.get("payload"), dict):
@@ -258,7 +257,7 @@ class _Loader:
             where=f"{file}: {path}",
         )
 
-    def rollback_of(self, doc: ActionDoc, t: actions.ActionType, file: str,
+    def rollback_of(self, doc: ActionDoc, t: action_types.ActionType, file: str,
                     path: str) -> tuple[Any, RollbackCommon]:
         raw = doc.rollback
         common = RollbackCommon()
@@ -281,7 +280,7 @@ class _Loader:
             self.retry(common.retry, file, f"{path}.rollback.retry")
         return decode_fields(own, t.rollback, file, f"{path}.rollback", self.problems), common
 
-    def compensation(self, command: actions.Command, common: RollbackCommon,
+    def compensation(self, command: action_types.Command, common: RollbackCommon,
                      base: Path) -> Compensation:
         retry = common.retry or self.rollback.retry
         timeout = common.timeout if common.timeout is not None else self.rollback.timeout
@@ -305,10 +304,10 @@ class _Loader:
         fb = decode_fields(doc.fallback, FallbackDoc, file, f"{path}.fallback", self.problems)
         if fb is None:
             return None
-        t = actions.get(fb.type)
+        t = action_types.get(fb.type)
         if t is None:
             self.add(file, f"{path}.fallback.type", f"unknown action type {fb.type!r} "
-                                                    f"(known: {', '.join(actions.known())})")
+                                                    f"(known: {', '.join(action_types.known())})")
             return None
         payload = decode_fields(fb.payload, t.payload, file, f"{path}.fallback.payload",
                                 self.problems)
@@ -320,7 +319,7 @@ class _Loader:
         return {"type": t.name, "argv": command.argv, "shell": command.shell,
                 "cwd": _cwd(base, command.cwd), "env": command.env}
 
-    def check(self, t: actions.ActionType, payload: Any, undo: Any, base: Path, file: str,
+    def check(self, t: action_types.ActionType, payload: Any, undo: Any, base: Path, file: str,
               path: str) -> bool:
         """The type's own checks, then the programs it needs (the seed's
         ``check_prerequisites``); whether all is well."""
@@ -332,7 +331,7 @@ class _Loader:
         ok = not checked
         for req in t.requires(payload, undo) if ok else []:
             cwd = _cwd(base, req.cwd)
-            if not actions.find_program(req.program, cwd, req.env):
+            if not action_types.find_program(req.program, cwd, req.env):
                 full = os.path.normpath(os.path.join(cwd, req.program))
                 why = "not on PATH" if "/" not in req.program else f"no executable file {full}"
                 self.add(file, f"{path}.{req.where}",

@@ -13,17 +13,27 @@ table and prefix.
 
 from __future__ import annotations
 
-import sqlite3
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from itertools import compress
 from operator import is_not, itemgetter
-from typing import Any
+from typing import Any, Protocol
 
 from sp.ledger.store import Transaction
 
 Key = Any  # a scalar for one-column keys, a tuple otherwise
 RowDict = dict[str, Any]
+
+
+
+class _Connection(Protocol):
+    """What the flush needs of the transaction's connection (named structurally: only the
+    ledger imports sqlite3)."""
+
+    def execute(self, sql: str, parameters: Sequence[Any] = ..., /) -> Any: ...
+
+    def executemany(self, sql: str, parameters: Iterable[Sequence[Any]], /) -> Any: ...
+
 
 _MISSING: Any = object()
 _IN_CHUNK = 500  # keys per "WHERE key IN (...)" (well under SQLite's parameter limit)
@@ -337,14 +347,14 @@ class Rows:
             dirty.clear()
 
 
-def _run(conn: sqlite3.Connection, sql: str, params: list[tuple[Any, ...]]) -> None:
+def _run(conn: _Connection, sql: str, params: list[tuple[Any, ...]]) -> None:
     if len(params) == 1:
         conn.execute(sql, params[0])
     else:
         conn.executemany(sql, params)
 
 
-def _insert(conn: sqlite3.Connection, sql: _Statements, one: str,
+def _insert(conn: _Connection, sql: _Statements, one: str,
             rows: list[tuple[Any, ...]]) -> None:
     """Insert ``rows`` with multi-row ``VALUES`` statements: for the handful of rows of one
     append, one statement of n rows costs a half to a third of ``executemany`` (whose per-row

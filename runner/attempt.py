@@ -22,8 +22,8 @@ from typing import IO, Any
 from sp.commands import actions, execution
 from sp.commands.execution import Claim, Outcome
 from sp.commands.home import Home
+from sp.host import proc as proc_identity
 from sp.ledger.store import EventStore
-from sp.runner import proc as proc_identity
 from sp.runner.spawn import spawn
 
 KILL_GRACE_S = 5.0
@@ -218,7 +218,7 @@ class Attempt:
 
             argv = sandbox.wrap(self.claim.sandbox, argv, enforce.capabilities())
         if self.prepared is not None:
-            from sp.runner import limits
+            from sp.host import limits
 
             argv = limits.wrap(self.prepared, argv)
         try:
@@ -333,14 +333,14 @@ class Attempt:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self.pid, sig)
         if self.prepared is not None:
-            from sp.runner import limits
+            from sp.host import limits
 
             limits.kill_all(self.prepared, sig)
 
     def _exhausted(self, code: int | None) -> str | None:
         if self.prepared is None:
             return None
-        from sp.runner import limits
+        from sp.host import limits
 
         reason: str | None = limits.exhausted(self.prepared, code)
         return reason
@@ -364,7 +364,7 @@ class Attempt:
     def _done(self, kind: str | None, text: str, retryable: bool = True) -> None:
         usage: dict[str, int] = {}
         if self.prepared is not None:
-            from sp.runner import limits
+            from sp.host import limits
 
             usage = limits.usage(self.prepared, self.rusage)
             limits.cleanup(self.prepared)
@@ -419,7 +419,7 @@ def _sandbox_exit() -> int:
 
 
 def _shim_exit() -> int:
-    from sp.runner import limits
+    from sp.host import limits
 
     return limits.SHIM_EXIT
 

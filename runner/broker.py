@@ -310,8 +310,8 @@ class Broker:
                 data = beneath.read_capped(fd, MAX_BLOB_BYTES, path)
             finally:
                 os.close(fd)
-            from sp.actions.blobs import store_blob
             from sp.commands import blobs
+            from sp.host.blobs import store_blob
 
             sha = store_blob(Path(self.home_root), data)
             blobs.record_stored(self.store, self.action_id, sha, len(data),

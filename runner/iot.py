@@ -187,8 +187,8 @@ def trigger_action(name: str, payload: dict[str, Any] | None = None) -> str | No
     if context is not None:
         return context.trigger_action(name, payload)
     with _outside() as (store, agent, action_id):
-        from sp.triggers.config import split_action
-        from sp.triggers.fire import fire
+        from sp.agents.trigger_file import split_action
+        from sp.commands.fire import fire
 
         agent_of, task = split_action(agent, name)
         return fire(store, f"api:{agent}", "api", agent_of, task, dict(payload or {}),

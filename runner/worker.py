@@ -35,12 +35,12 @@ import msgspec
 from sp.commands import execution
 from sp.commands.execution import Claim, Outcome
 from sp.commands.home import Home
+from sp.host.wake import Waker
 from sp.ledger.errors import DiskFullError, SpError, translate
 from sp.ledger.store import EventStore
 from sp.machines.states import ActionState
 from sp.runner.attempt import Attempt
 from sp.runner.sweeper import Sweeper
-from sp.runner.wake import Waker
 
 POLL_S = 0.02  # timeouts, output patterns and free slots are checked at least this often
 # A spawned child is noted in its lease with the next transaction the worker makes anyway, or

@@ -44,7 +44,7 @@ from sp.machines.states import FINAL, ActionState
 
 STREAM = "maintenance"
 _FINAL = frozenset(s.value for s in FINAL)
-_ROLLBACK_GROUP = "rollback:"  # plans.rollback.ROLLBACK_GROUP: a plan's compensations
+_ROLLBACK_GROUP = "rollback:"  # commands.rollback.ROLLBACK_GROUP: a plan's compensations
 _PREVIEW_TYPES = ("deploy", "generate_preview")
 _DAY = 86_400_000
 

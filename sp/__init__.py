@@ -10,15 +10,23 @@ holds real folders), bottom layer first:
 
 * :mod:`sp.ledger`: the event log: schema and migrations, codec, append, read, verify;
 * :mod:`sp.machines`: lifecycle state machines, the rules every event is checked against;
-* :mod:`sp.agents`: agent configuration files and their tasks;
+* :mod:`sp.agents`: agent files and their tasks, and the trigger file that fires them;
 * :mod:`sp.projections`: read models rebuilt from the log (actions, queue, metrics, ...);
 * :mod:`sp.security`: capability policies and the kernel sandbox of one action's process;
-* :mod:`sp.plans`: plan files (dependency graphs of actions), their validation and reactor;
+* :mod:`sp.plans`: plan files (dependency graphs of actions), their validation, and the
+  action-type registry that says what a step's ``type:`` means;
+* :mod:`sp.schedules`: cron maths, slots, clock watch, adaptive windows, crontab and systemd;
+* :mod:`sp.host`: this device's kernel: resource limits and cgroups, ``/proc``, blob files,
+  the wake pipe;
 * :mod:`sp.commands`: the write path: load state, ask the machine, append events;
 * :mod:`sp.runner`: workers: claim, spawn, stream output, heartbeat, timeouts, cancel;
-* :mod:`sp.triggers`: schedules, the tick, the daemon and event sources;
+* :mod:`sp.triggers`: the daemon and its event sources (inotify, webhook, serial, ...);
 * :mod:`sp.actions`: built-in action types;
 * :mod:`sp.cli`: the command-line interface (``sp``, alias ``systemprompt-os``).
+
+Each imports only those above it in this list (siblings on one layer: security, plans,
+schedules and host; machines and agents, import neither each other); ``[tool.importlinter]``
+in ``pyproject.toml`` declares it and ``make test`` checks it with ``lint-imports``.
 
 Code imports them absolutely (``from sp.ledger.store import EventStore``), never by the bare
 folder name: ``tests/test_one_package.py`` checks it.

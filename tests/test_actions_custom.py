@@ -16,6 +16,7 @@ from sp.actions import custom
 from sp.commands import plans
 from sp.commands.home import Home
 from sp.ledger.store import EventStore
+from sp.plans import action_types
 from sp.runner.worker import Worker
 
 pytestmark = pytest.mark.timeout(120)
@@ -72,9 +73,9 @@ def plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     actions.known()  # the built-ins, before the registry is copied
     monkeypatch.syspath_prepend(str(lib))
     monkeypatch.setenv("PYTHONPATH", str(lib))
-    monkeypatch.setattr(actions, "_TYPES", dict(actions._TYPES))
+    monkeypatch.setattr(action_types, "_TYPES", dict(action_types._TYPES))
     monkeypatch.setattr(custom, "_FUNCTIONS", dict(custom._FUNCTIONS))
-    monkeypatch.setattr(custom, "_LOADED", False)
+    monkeypatch.setattr(action_types, "_LOADED", False)
     monkeypatch.delitem(sys.modules, "sp_plug_demo", raising=False)
     yield lib
     sys.modules.pop("sp_plug_demo", None)

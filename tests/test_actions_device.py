@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from sp.actions import archive, blobs
+from sp.actions import blobs, compression
 from sp.actions import run as actions_run
 from sp.commands import plans
 from sp.commands.home import Home
@@ -120,7 +120,7 @@ def test_archive_refusals(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert list(tmp_path.glob("*.sp-tmp")) == []
 
 
-@pytest.mark.skipif(archive.zstd_available(), reason="zstandard is installed here")
+@pytest.mark.skipif(compression.zstd_available(), reason="zstandard is installed here")
 def test_zstd_without_zstandard_is_refused_at_validation(sp: Sp, tmp_path: Path) -> None:
     path = _plan(tmp_path, [_step("z", "compress", {"src": "a", "dest": "a.zst",
                                                     "format": "zstd"})])
@@ -130,7 +130,7 @@ def test_zstd_without_zstandard_is_refused_at_validation(sp: Sp, tmp_path: Path)
     assert "actions[0].payload.format" in out and "zstd is unavailable here" in out
 
 
-@pytest.mark.skipif(not archive.zstd_available(), reason="zstandard is not installed")
+@pytest.mark.skipif(not compression.zstd_available(), reason="zstandard is not installed")
 def test_zstd_round_trip(tmp_path: Path) -> None:  # pragma: no cover - needs zstandard
     src = tmp_path / "a.txt"
     src.write_bytes(b"zstd " * 1000)

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from sp.runner import proc
+from sp.host import proc
 from tests.conftest import Sp
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]

@@ -1,4 +1,4 @@
-"""runner.limits against the real kernel: real cgroups, real processes, no mocks.
+"""host.limits against the real kernel: real cgroups, real processes, no mocks.
 
 A test skips, saying why, only where this kernel lacks the mechanism (no writable cgroup of that
 controller); every other failure is a failure.
@@ -20,9 +20,9 @@ import pytest
 
 from sp.agents.config import Resources
 from sp.agents.units import Percent, Size
+from sp.host import limits
+from sp.host.limits import LimitsUnavailableError, Prepared
 from sp.ledger.errors import UsageError
-from sp.runner import limits
-from sp.runner.limits import LimitsUnavailableError, Prepared
 
 PY = sys.executable
 MiB = 1 << 20

@@ -16,7 +16,7 @@ from click.testing import Result
 
 from sp.agents import names
 from sp.ledger.errors import UsageError
-from sp.triggers import crontab, systemd
+from sp.schedules import crontab, systemd
 from tests import hostile as h
 from tests.conftest import Sp
 

@@ -112,8 +112,8 @@ def test_condition_commands_are_argv(tmp_path: Path) -> None:
 # test until it is looked at and listed here.
 SHELL_SITES = {
     "runner/attempt.py": "spec.shell / the step's shell (from --shell or shell: true)",
-    "actions/__init__.py": "Command.shell (the shell type's shell: true)",
-    "runner/limits.py": "a fixed script; the user's argv follows as \"$@\", never parsed",
+    "plans/action_types.py": "Command.shell (the shell type's shell: true)",
+    "host/limits.py": "a fixed script; the user's argv follows as \"$@\", never parsed",
     "cli/action.py": "sp submit --each FILE: one shell line per line, as its help says",
     # These name /bin/sh as the program a shell: true action needs; they run nothing.
     "actions/shell.py": "a requirement check",
@@ -140,7 +140,7 @@ def test_every_shell_site_is_known() -> None:
     assert found == set(SHELL_SITES), found
 
 
-@pytest.mark.parametrize("source", ["runner/attempt.py", "actions/__init__.py"])
+@pytest.mark.parametrize("source", ["runner/attempt.py", "plans/action_types.py"])
 def test_shell_sites_are_gated(source: str) -> None:
     """Each ``/bin/sh -c`` there is under an ``if`` on a ``shell`` flag (same or previous line)."""
     lines = (REPO / source).read_text().splitlines()

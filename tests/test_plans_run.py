@@ -390,7 +390,7 @@ actions:
     execution.finish(store, claims["plan/a"], execution.Outcome(exit_code=0, duration_ms=5))
     assert _states(store, plan_id) == {"plan": "rolled_back", "a": "cancelled", "b": "failed"}
     # the reactor is idempotent: asking again decides nothing new
-    from sp.plans import reactor
+    from sp.commands import reactor
 
     n = len(store.read_stream(f"plan:{plan_id}"))
     with store.transaction() as tx:

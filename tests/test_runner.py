@@ -13,11 +13,11 @@ import pytest
 
 from sp.commands import actions, agents, execution
 from sp.commands.home import Home
+from sp.host.wake import fifo_path
 from sp.ledger.clock import ManualClock
 from sp.ledger.store import EventStore
 from sp.ledger.verify import verify
 from sp.projections import queries
-from sp.runner.wake import fifo_path
 from sp.runner.worker import Worker
 from tests.conftest import Sp
 from tests.waiting import asleep_in, holds_open, wait_until

@@ -12,11 +12,11 @@ from sp.agents.config import Resources
 from sp.agents.units import Size
 from sp.commands import actions, agents, execution, recovery
 from sp.commands.home import Home
+from sp.host import limits
 from sp.ledger import events as ev
 from sp.ledger.clock import ManualClock
 from sp.ledger.store import EventStore
 from sp.projections import queries
-from sp.runner import limits
 from sp.runner.worker import Worker
 from tests.conftest import Sp
 

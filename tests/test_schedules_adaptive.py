@@ -11,15 +11,17 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from sp.agents.trigger_file import TriggerFile, decode_triggers
 from sp.commands import actions, agents, schedules
 from sp.commands.home import Home
 from sp.ledger import events as ev
 from sp.ledger.clock import ManualClock
 from sp.ledger.errors import UsageError
 from sp.ledger.store import EventStore
-from sp.triggers import adaptive, load
-from sp.triggers.adaptive import AdaptiveDaily, Window, choose, parse_window
-from sp.triggers.config import TriggerFile, decode_triggers
+from sp.schedules import adaptive
+from sp.schedules import load_samples as load
+from sp.schedules.adaptive import AdaptiveDaily, Window, choose, parse_window
+from sp.triggers import load_source
 from sp.triggers.sources import SourceContext
 from tests.conftest import Sp
 from tests.triggerkit import running, wait_for
@@ -266,7 +268,7 @@ def ctx(home: Home, clock: ManualClock) -> Iterator[SourceContext]:
 def test_samples_are_recorded_and_kept_for_30_days(store: EventStore, clock: ManualClock,
                                                    ctx: SourceContext) -> None:
     assert load.samples_between(store.query, 0, 2 * START) == []  # no table yet: no samples
-    source = load.LoadSource()
+    source = load_source.LoadSource()
     source.sample(ctx, reading=(0.5, 12.0))
     clock.advance(29 * DAY)
     source.sample(ctx, reading=(1.5, 50.0))
@@ -280,11 +282,11 @@ def test_samples_are_recorded_and_kept_for_30_days(store: EventStore, clock: Man
 
 
 def test_the_load_source_runs_unless_disabled(store: EventStore, home: Home) -> None:
-    assert [s.name for s in load.build(decode_triggers({}, "t"), SourceContext(home,
+    assert [s.name for s in load_source.build(decode_triggers({}, "t"), SourceContext(home,
                                        TriggerFile()))] == ["load"]
-    assert load.build(decode_triggers({"load_samples": False}, "t"),
+    assert load_source.build(decode_triggers({"load_samples": False}, "t"),
                       SourceContext(home, TriggerFile())) == []
-    source = load.LoadSource(every_ms=20)
+    source = load_source.LoadSource(every_ms=20)
     with running(source, home, TriggerFile()):
         wait_for(lambda: source.recorded >= 3)
     assert len(load.samples_between(store.query, 0, 1 << 62)) >= 3

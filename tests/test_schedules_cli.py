@@ -115,7 +115,7 @@ def test_schedule_history_is_plain_sql(sp: Sp, applied: Path) -> None:
 
 
 def test_export_crontab_in_the_seeds_form(sp: Sp, applied: Path) -> None:
-    from sp.triggers.cron import local_zone_name
+    from sp.schedules.cron import local_zone_name
 
     local = local_zone_name()
     add(sp, "daily", "--cron", "0 9 * * *", "--timezone", local)

@@ -12,8 +12,8 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from sp.ledger.errors import UsageError
-from sp.triggers import clockwatch, cron, systemd
-from sp.triggers.plan import Fire, Gap, MissedPolicy, Skip, parse_missed, parse_overlap, plan
+from sp.schedules import clockwatch, cron, systemd
+from sp.schedules.slots import Fire, Gap, MissedPolicy, Skip, parse_missed, parse_overlap, plan
 
 MIN = 60_000
 HOUR = 60 * MIN

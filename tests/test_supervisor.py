@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 
 from sp.commands.execution import LEASE_TTL_MS
+from sp.host import proc
 from sp.ledger.clock import OFFSET_FILE_ENV
 from sp.ledger.store import EventStore
-from sp.runner import proc
 from sp.runner.sweeper import SWEEP_EVERY_MS
 from tests.conftest import Sp
 

@@ -17,11 +17,11 @@ from typing import Any
 import pytest
 
 from sp.commands import triggers
+from sp.commands.fire import fire
 from sp.commands.home import Home
 from sp.ledger.store import EventStore
 from sp.triggers import webhook
 from sp.triggers.daemon import Daemon
-from sp.triggers.fire import fire
 from tests.conftest import REPO, Sp
 from tests.triggerkit import AGENT, apply_agent, wait_for
 

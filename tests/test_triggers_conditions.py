@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from sp.agents.trigger_file import Condition, TriggerFile, decode_triggers
 from sp.commands import agents
 from sp.commands.home import Home
 from sp.ledger.clock import ManualClock
@@ -19,7 +20,6 @@ from sp.ledger.errors import UsageError
 from sp.ledger.store import EventStore
 from sp.triggers import conditions
 from sp.triggers.conditions import ConditionSource, Cooldown, parse_condition
-from sp.triggers.config import Condition, TriggerFile, decode_triggers
 from sp.triggers.sources import SourceContext
 from tests.triggerkit import payload_of, running, wait_for
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from sp.agents.trigger_file import TriggerFile, decode_triggers
 from sp.commands import actions, agents
 from sp.commands.actions import SubmitSpec
 from sp.commands.home import Home
@@ -22,7 +23,6 @@ from sp.ledger.errors import UsageError
 from sp.ledger.store import EventStore
 from sp.runner import iot
 from sp.runner.memory import AgentMemory
-from sp.triggers.config import TriggerFile, decode_triggers
 from sp.triggers.continuous import ContinuousSource, build
 from sp.triggers.sources import SourceContext
 from tests.conftest import REPO

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from sp.agents.trigger_file import TriggerFile, decode_triggers
 from sp.commands import agents
 from sp.commands.home import Home
 from sp.ledger.errors import UsageError
 from sp.ledger.store import EventStore
-from sp.triggers.config import TriggerFile, decode_triggers
 from sp.triggers.serial_port import SerialSource, build
 from sp.triggers.sources import SourceContext
 from tests.triggerkit import payload_of, running, wait_for

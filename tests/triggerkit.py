@@ -8,11 +8,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from sp.agents.trigger_file import TriggerFile, decode_triggers
 from sp.commands import agents
 from sp.commands.home import Home
 from sp.ledger.clock import Clock, SystemClock
 from sp.ledger.store import EventStore
-from sp.triggers.config import TriggerFile, decode_triggers
 from sp.triggers.sources import Source, SourceContext
 from tests.waiting import wait_until
 

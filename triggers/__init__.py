@@ -1,3 +1,3 @@
-"""Triggers: what makes actions happen without a person typing. Time-based schedules for now
-(``cron``: cron maths; ``clockwatch``: suspend and restart evidence between ticks; ``plan``:
-which slots fire or are skipped; ``crontab`` and ``systemd``: exports for the OS schedulers)."""
+"""Event sources: what makes actions happen without a person typing, watched by ``sp daemon``
+(inotify, webhook, serial ports, conditions, continuous actions, load samples). The trigger file
+they read is decoded in ``agents/trigger_file.py``; time-based schedules are ``schedules/``."""

@@ -31,141 +31,26 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import signal
 import socket
 import subprocess
 import threading
 import time
-from typing import Any, NamedTuple
+from typing import Any
 
-from sp.ledger.errors import SpError, UsageError
-from sp.triggers import names
-from sp.triggers.config import Condition, TriggerFile
-from sp.triggers.fire import stream_of
+from sp.agents import trigger_names
+from sp.agents.condition_syntax import Expression, parse_condition, parse_host
+from sp.agents.trigger_file import Condition, TriggerFile
+from sp.commands.fire import stream_of
+from sp.ledger.errors import SpError
 from sp.triggers.sources import Source, SourceContext
 
 DEFAULT_HOST = ("1.1.1.1", 53)
 CONNECT_TIMEOUT_S = 1.5
 COMMAND_TIMEOUT_MAX_MS = 5 * 60_000
 
-_EXPR = re.compile(
-    r"\s*(?:(?P<not>not)\s+)?(?P<measure>[a-z_][a-z0-9_]*)"
-    r"(?:\((?P<arg>[^()]*)\))?"
-    r"\s*(?:(?P<op>>=|<=|>|<)\s*(?P<num>-?\d+(?:\.\d+)?)\s*(?P<unit>%|°C|C)?)?\s*"
-)
-
-
-class _Measure(NamedTuple):
-    unit: str | None  # None: a boolean measure
-    arg: str  # "" none, "path", "host:port"
-
-
-MEASURES: dict[str, _Measure] = {
-    "disk_usage": _Measure("%", "path"),
-    "memory_usage": _Measure("%", ""),
-    "cpu_temp": _Measure("C", ""),
-    "load": _Measure("", ""),
-    "internet_connected": _Measure(None, "host:port"),
-    "command_succeeds": _Measure(None, ""),
-    "command_fails": _Measure(None, ""),
-}
-_UNIT_WORDS = {"%": 'a percentage like "90%"', "C": 'degrees Celsius like "80C"',
-               "": 'a plain number like "2.5"'}
-
-
-class Expression(NamedTuple):
-    """A parsed condition expression."""
-
-    measure: str
-    arg: str | None
-    op: str | None
-    threshold: float | None
-    negate: bool
-    unit: str
-
-
 class Unavailable(Exception):
     """The measure cannot be taken now (no sensor, no such path)."""
-
-
-def parse_condition(cond: Condition, where: str) -> Expression:
-    """Parse ``cond.trigger`` strictly; ``where`` names the condition in errors.
-
-    :raises UsageError: unknown measure, a comparison missing or where none belongs, a wrong
-        unit, a bad argument, or ``command:`` missing or where none belongs.
-    """
-    text = cond.trigger
-    m = _EXPR.fullmatch(text)
-    if m is None:
-        raise UsageError(f"{where}.trigger: cannot parse {text!r} (e.g. \"disk_usage > 90%\", "
-                         "\"cpu_temp > 80C\", internet_connected)")
-    name = m["measure"]
-    spec = MEASURES.get(name)
-    if spec is None:
-        raise UsageError(f"{where}.trigger: unknown measure {name!r} in {text!r} (known: "
-                         f"{', '.join(MEASURES)})")
-    arg = m["arg"].strip() if m["arg"] is not None else None
-    if arg is not None and not spec.arg:
-        raise UsageError(f"{where}.trigger: {name} takes no argument, got {text!r}")
-    if arg is not None:
-        _check_arg(name, arg, f"{where}.trigger")
-    threshold: float | None = None
-    unit = ""
-    if spec.unit is None:
-        if m["op"] is not None:
-            raise UsageError(f"{where}.trigger: {name} is true or false; it takes no comparison "
-                             f"(write {name} or not {name}), got {text!r}")
-    else:
-        if m["not"]:
-            raise UsageError(f"{where}.trigger: not goes with a true-or-false measure, and "
-                             f"{name} is a number: compare it instead")
-        if m["op"] is None:
-            raise UsageError(f"{where}.trigger: {name} needs a comparison, e.g. "
-                             f"\"{name} > {_example(spec.unit)}\", got {text!r}")
-        unit = (m["unit"] or "").replace("°", "")
-        if unit != spec.unit:
-            raise UsageError(f"{where}.trigger: {name} is compared with "
-                             f"{_UNIT_WORDS[spec.unit]}, got {text!r}")
-        threshold = float(m["num"])
-        if unit == "%" and not 0 <= threshold <= 100:
-            raise UsageError(f"{where}.trigger: a percentage is between 0% and 100%, "
-                             f"got {text!r}")
-        if unit == "" and threshold < 0:
-            raise UsageError(f"{where}.trigger: {name} is never negative, got {text!r}")
-    is_command = name in ("command_succeeds", "command_fails")
-    if is_command and not cond.command:
-        raise UsageError(f"{where}.command: {name} needs the command to run, e.g. "
-                         "command: [mountpoint, -q, /mnt/backup]")
-    if not is_command and cond.command is not None:
-        raise UsageError(f"{where}.command: only command_succeeds and command_fails run a "
-                         f"command (the trigger is {text!r})")
-    if cond.interval <= 0:
-        raise UsageError(f"{where}.interval: must be positive")
-    return Expression(name, arg, m["op"], threshold, bool(m["not"]), unit)
-
-
-def _example(unit: str) -> str:
-    return {"%": "90%", "C": "80C"}.get(unit, "2.5")
-
-
-def _check_arg(name: str, arg: str, where: str) -> None:
-    if name == "disk_usage":
-        if not arg.startswith("/"):
-            raise UsageError(f"{where}: disk_usage(PATH) needs an absolute path, got {arg!r}")
-        return
-    parse_host(arg, where)
-
-
-def parse_host(text: str, where: str) -> tuple[str, int]:
-    """``host:port`` or ``[v6]:port``. :raises UsageError: malformed."""
-    m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d{1,5})|([A-Za-z0-9.-]+):(\d{1,5})", text)
-    if m is None:
-        raise UsageError(f"{where}: expected HOST:PORT (e.g. 1.1.1.1:53), got {text!r}")
-    host, port = (m[1], m[2]) if m[1] else (m[3], m[4])
-    if not 1 <= int(port) <= 65535:
-        raise UsageError(f"{where}: port {port} is out of range")
-    return host, int(port)
 
 
 # -- measuring --------------------------------------------------------------------------------
@@ -284,7 +169,7 @@ class ConditionSource:
 
     def __init__(self, name: str, cond: Condition, expr: Expression) -> None:
         self.condition = name
-        self.name = name  # triggers.names: a condition's name is its key
+        self.name = name  # agents.trigger_names: a condition's name is its key
         self.cond = cond
         self.expr = expr
         self.cooldown = Cooldown(int(cond.cooldown))
@@ -320,7 +205,7 @@ class ConditionSource:
         payload = {"condition": self.condition, "expression": self.cond.trigger,
                    "value": value, "threshold": self.expr.threshold}
         try:
-            action_id = ctx.fire(self.name, names.CONDITION, self.cond.action, payload,
+            action_id = ctx.fire(self.name, trigger_names.CONDITION, self.cond.action, payload,
                                  detail=f"{self.cond.trigger}: {value}{self.expr.unit}")
         except SpError as e:
             if str(e) != self._fire_error:

@@ -29,35 +29,17 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import re
 import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from sp.agents import trigger_names
+from sp.agents.trigger_file import PYTHON_TARGET, Continuous, TriggerFile, split_action
 from sp.ledger.errors import UsageError
 from sp.machines.states import FINAL, ActionState
-from sp.triggers import names
-from sp.triggers.config import Continuous, TriggerFile, split_action
 from sp.triggers.sources import Source, SourceContext
-
-_TARGET = re.compile(r"(?P<module>[^:\s]+):(?P<func>[A-Za-z_][A-Za-z0-9_]*"
-                     r"(?:\.[A-Za-z_][A-Za-z0-9_]*)*)")
-
-
-def check_python(doc: TriggerFile, target: str, where: str) -> None:
-    """The form of ``python:`` (nothing is imported before the daemon starts).
-
-    :raises UsageError: not ``module:function`` / ``file.py:function``, or no ``agent:`` (the
-        function's memory and triggered tasks belong to the file's agent).
-    """
-    if _TARGET.fullmatch(target) is None:
-        raise UsageError(f"{where}.python: expected module:function or path/file.py:function, "
-                         f"got {target!r}")
-    if not doc.agent:
-        raise UsageError(f"{where}.python: a Python continuous action belongs to an agent: set "
-                         "agent: at the top of the file")
 
 
 def load_python(target: str, where: str = "python", base: Path | None = None
@@ -67,7 +49,7 @@ def load_python(target: str, where: str = "python", base: Path | None = None
 
     :raises UsageError: the module or the function cannot be found, or it is not callable.
     """
-    m = _TARGET.fullmatch(target)
+    m = PYTHON_TARGET.fullmatch(target)
     if m is None:
         raise UsageError(f"{where}: expected module:function, got {target!r}")
     module_name, func = m["module"], m["func"]
@@ -107,7 +89,7 @@ class ContinuousSource:
     def __init__(self, entry_name: str, entry: Continuous, agent: str | None, interval_ms: int,
                  function: Callable[..., Any] | None = None) -> None:
         self.entry_name = entry_name
-        self.name = entry_name  # triggers.names: a continuous entry's name is its key
+        self.name = entry_name  # agents.trigger_names: a continuous entry's name is its key
         self.entry = entry
         self.agent = agent
         self.interval_ms = interval_ms
@@ -149,7 +131,7 @@ class ContinuousSource:
                 self._complain(ctx, f"skipped: the previous run {self._last_action} has not "
                                     "finished")
                 return
-        self._last_action = ctx.fire(self.name, names.CONTINUOUS, self.entry.action,
+        self._last_action = ctx.fire(self.name, trigger_names.CONTINUOUS, self.entry.action,
                                      {"continuous": self.entry_name, "run": self.runs},
                                      detail=f"every {self.interval_ms} ms")
 
@@ -162,10 +144,10 @@ class ContinuousSource:
 
             def fire(task: str, payload: dict[str, Any], detail: str) -> str | None:
                 agent_of, task_of = split_action(agent, task)
-                from sp.triggers.fire import fire as fire_task
+                from sp.commands.fire import fire as fire_task
 
-                return fire_task(ctx.store(), self.name, names.CONTINUOUS, agent_of, task_of,
-                                 payload, detail=detail)
+                return fire_task(ctx.store(), self.name, trigger_names.CONTINUOUS, agent_of,
+                                 task_of, payload, detail=detail)
 
             self.context = iot.ContinuousContext(
                 self.entry_name, agent, ctx.store, fire, settings=self.entry.settings,

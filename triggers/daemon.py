@@ -24,11 +24,11 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
+from sp.agents.trigger_file import TriggerFile
 from sp.commands.home import Home
 from sp.ledger.clock import Clock
 from sp.ledger.errors import SpError
 from sp.runner.worker import Worker
-from sp.triggers.config import TriggerFile
 from sp.triggers.sources import Source, SourceContext, build_all
 
 BACKOFF_MIN_S = 1.0

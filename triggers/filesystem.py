@@ -27,10 +27,10 @@ import warnings
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from sp.agents import trigger_names
+from sp.agents.trigger_file import FileTrigger, TriggerFile
 from sp.ledger.clock import Clock
 from sp.ledger.errors import SpError
-from sp.triggers import names
-from sp.triggers.config import FileTrigger, TriggerFile
 from sp.triggers.sources import Source, SourceContext
 
 with warnings.catch_warnings():
@@ -136,7 +136,7 @@ class FileSource:
     def __init__(self, trigger: FileTrigger, root: Path) -> None:
         self.trigger = trigger
         self.root = root
-        self.name = names.filesystem(trigger)
+        self.name = trigger_names.filesystem(trigger)
         self.wanted = 0
         for event in trigger.events:
             self.wanted |= MASKS[event]
@@ -212,7 +212,7 @@ class FileSource:
         if burst.n > 1:
             detail += f" ({burst.n} events: {', '.join(burst.events)})"
         try:
-            action_id = ctx.fire(self.name, names.FILESYSTEM, self.trigger.action, payload,
+            action_id = ctx.fire(self.name, trigger_names.FILESYSTEM, self.trigger.action, payload,
                                  detail=detail)
         except SpError as e:
             ctx.log(f"{self.name}: {burst.key}: not fired: {e}")

@@ -31,9 +31,9 @@ import re
 import threading
 from typing import Any
 
+from sp.agents import trigger_names
+from sp.agents.trigger_file import SerialTrigger, TriggerFile
 from sp.ledger.errors import SpError
-from sp.triggers import names
-from sp.triggers.config import SerialTrigger, TriggerFile
 from sp.triggers.sources import Source, SourceContext
 
 READ_TIMEOUT_S = 0.25  # how long one read waits: bounds how late the source sees stop
@@ -45,7 +45,7 @@ class SerialSource:
 
     def __init__(self, trigger: SerialTrigger) -> None:
         self.trigger = trigger
-        self.name = names.serial(trigger)
+        self.name = trigger_names.serial(trigger)
         self.pattern = re.compile(trigger.pattern)
         self.opens = 0
         self.failed_opens = 0
@@ -64,7 +64,7 @@ class SerialSource:
         payload: dict[str, Any] = {"line": line, "groups": m.groupdict(),
                                    "device": self.trigger.device}
         try:
-            action_id = ctx.fire(self.name, names.SERIAL, self.trigger.action, payload,
+            action_id = ctx.fire(self.name, trigger_names.SERIAL, self.trigger.action, payload,
                                  detail=line[:200])
         except SpError as e:  # e.g. the task was removed from the agent: keep reading
             if str(e) != self._fire_error:

@@ -12,11 +12,11 @@ import threading
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from sp.agents.trigger_file import TriggerFile, split_action
+from sp.commands.fire import fire
 from sp.commands.home import Home
 from sp.ledger.clock import Clock, SystemClock
 from sp.ledger.store import EventStore
-from sp.triggers.config import TriggerFile, split_action
-from sp.triggers.fire import fire
 
 
 class SourceContext:
@@ -69,7 +69,7 @@ BUILDERS: dict[str, str] = {
     "serial": "sp.triggers.serial_port:build",
     "conditions": "sp.triggers.conditions:build",
     "continuous": "sp.triggers.continuous:build",
-    "load": "sp.triggers.load:build",
+    "load": "sp.triggers.load_source:build",
 }
 
 

@@ -40,10 +40,10 @@ from urllib.parse import urlsplit
 
 import msgspec
 
+from sp.agents import trigger_names
+from sp.agents.trigger_file import TriggerFile, WebhookTrigger
 from sp.ledger import jsoninput
 from sp.ledger.errors import SpError, UsageError
-from sp.triggers import names
-from sp.triggers.config import TriggerFile, WebhookTrigger
 from sp.triggers.sources import Source, SourceContext
 
 PREFIX = "/hooks/"
@@ -264,7 +264,7 @@ class _Handler(BaseHTTPRequestHandler):
         if delivery:
             detail += f", delivery {delivery}"
         try:
-            action_id = ctx.fire(hook.name, names.WEBHOOK, hook.trigger.action, payload,
+            action_id = ctx.fire(hook.name, trigger_names.WEBHOOK, hook.trigger.action, payload,
                                  detail=detail, key=key)
         except SpError as e:
             ctx.log(f"{self.server.label}: {PREFIX}{hook.name}: not fired: {e}")
@@ -331,7 +331,7 @@ def build(doc: TriggerFile, ctx: SourceContext) -> list[Source]:
     """
     servers: dict[int, WebhookServer] = {}
     for i, t in enumerate(doc.triggers.network):
-        name = names.webhook(t)
+        name = trigger_names.webhook(t)
         where = f"{ctx.source or 'trigger file'}: $.triggers.network[{i}]"
         try:
             secret = resolve_secret(t, where)

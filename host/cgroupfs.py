@@ -1,5 +1,5 @@
 """The cgroup filesystem, v1 or v2: which hierarchies this process sits in, and reading,
-writing, creating and removing cgroup directories. runner/limits.py builds on it."""
+writing, creating and removing cgroup directories. host/limits.py builds on it."""
 
 from __future__ import annotations
 

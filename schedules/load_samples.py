@@ -6,20 +6,18 @@ ephemeral facts (like heartbeats): not events, not replayed, kept for :data:`RET
 losing them only makes adaptive schedules fall back to their window's start. One row a minute
 is one small commit a minute, well within what the ledger's fsync budget allows.
 
-The source is built for every trigger file unless it says ``load_samples: false``.
+The daemon's source (:mod:`sp.triggers.load_source`) is built for every trigger file unless it
+says ``load_samples: false``.
 """
 
 from __future__ import annotations
 
 import os
-import threading
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:  # `sp tick` reads samples: it need not load the daemon's machinery
-    from sp.ledger.store import EventStore, Transaction
-    from sp.triggers.config import TriggerFile
-    from sp.triggers.sources import Source, SourceContext
+if TYPE_CHECKING:
+    from sp.ledger.store import Transaction
 
 SAMPLE_EVERY_MS = 60_000
 RETENTION_MS = 30 * 86_400_000
@@ -61,41 +59,3 @@ def measure() -> tuple[float, float]:
     import psutil
 
     return os.getloadavg()[0], float(psutil.cpu_percent(interval=None))
-
-
-class LoadSource:
-    """Records a load sample every ``every_ms`` (the first one a full interval after start,
-    so that the CPU percent covers a whole interval)."""
-
-    def __init__(self, every_ms: int = SAMPLE_EVERY_MS) -> None:
-        self.name = "load"
-        self.every_ms = every_ms
-        self.recorded = 0
-
-    def sample(self, ctx: SourceContext, store: EventStore | None = None,
-               reading: tuple[float, float] | None = None) -> None:
-        """Record one sample now (``reading`` injected by tests)."""
-        load1, cpu = reading if reading is not None else measure()
-        store = store or ctx.store()
-        with store.transaction() as tx:
-            record(tx, ctx.clock.now_ms(), load1, cpu)
-        self.recorded += 1
-
-    def run(self, ctx: SourceContext, stop: threading.Event) -> None:
-        measure()  # prime the CPU counter
-        failing = False
-        while not stop.wait(self.every_ms / 1000):
-            try:
-                self.sample(ctx)
-            except Exception as e:  # a busy ledger must not end the sampling
-                if not failing:
-                    ctx.log(f"load: cannot record a sample: {e}")
-                failing = True
-            else:
-                failing = False
-
-
-def build(doc: TriggerFile, ctx: SourceContext) -> list[Source]:
-    if not doc.load_samples:
-        return []
-    return [LoadSource()]

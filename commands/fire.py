@@ -64,7 +64,7 @@ def fire(store: EventStore, trigger: str, kind: str, agent: str, task: str,
             by=by or f"trigger:{trigger}", trigger=trigger, kind=kind, action_id=action_id,
             agent=agent, task=task, payload=payload, detail=detail,
         )], version)
-    from sp.runner.wake import signal_workers
+    from sp.host.wake import signal_workers
 
     signal_workers(Path(store.path).parent)
     return action_id

@@ -11,7 +11,7 @@ it again decides nothing new (it is idempotent) and it stays right after ``sp re
   dependency cascade already cancelled what depended on it; independent branches go on.
 * Once no action of the plan is unfinished: ``plan.completed`` if all completed (or were
   skipped), else the rollback run (``on_failure: rollback``, after a stop) or ``plan.failed``.
-* A compensating action ended: see :func:`sp.plans.rollback.on_compensation_finished`.
+* A compensating action ended: see :func:`sp.commands.rollback.on_compensation_finished`.
 * ``sp plan cancel`` (:func:`cancel`): like a stop, by a person; once nothing runs the plan is
   ``cancelled``, or its rollback run starts (``--rollback``).
 * An action of the plan was restarted (:func:`on_action_restarted`): its cancelled dependents
@@ -25,6 +25,7 @@ from typing import Any
 
 import msgspec
 
+from sp.commands import rollback
 from sp.commands.actions import cascade, state_of
 from sp.ledger import events as ev
 from sp.ledger.errors import UsageError
@@ -33,7 +34,6 @@ from sp.machines import action as action_machine
 from sp.machines import plan as plan_machine
 from sp.machines.plan import PlanState
 from sp.machines.states import FINAL, SATISFIED, ActionState
-from sp.plans import rollback
 from sp.projections.plans import stream_of
 
 _A = ActionState

@@ -22,7 +22,7 @@ from typing import Any
 from croniter import croniter
 
 from sp.ledger.errors import UsageError
-from sp.triggers.cron import expand
+from sp.schedules.cron import expand
 
 _DAYS = ("Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat")
 _RANGES = ((0, 59), (0, 23), (1, 31), (1, 12))  # minute, hour, day of month, month

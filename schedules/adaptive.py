@@ -2,11 +2,11 @@
 minute of lowest recorded machine load.
 
 ``sp schedule add NAME --window 01:00-05:00 --adaptive`` defines a schedule whose slot on each
-day is chosen from the load samples (:mod:`sp.triggers.load`) of the :data:`LEARN_DAYS` days before
-that day's window opens: the samples are grouped by their minute of the day (local time in the
-schedule's zone), averaged, and the minute with the lowest average 1-minute load wins (ties:
-the lower CPU percent, then the earlier minute). Without any sample in the window the slot is
-the window's start.
+day is chosen from the load samples (:mod:`sp.schedules.load_samples`) of the :data:`LEARN_DAYS`
+days before that day's window opens: the samples are grouped by their minute of the day (local
+time in the schedule's zone), averaged, and the minute with the lowest average 1-minute load
+wins (ties: the lower CPU percent, then the earlier minute). Without any sample in the window
+the slot is the window's start.
 
 Because a day's choice reads only samples recorded *before* its window opens, it is fixed by
 the time it can fire: a tick late in the window sees the same slot as one early in it, so the
@@ -16,8 +16,8 @@ deterministic given the samples; the choice (and what it rested on) is recorded 
 day whose window already holds the schedule's last fire keeps that fire as its slot: never a
 second run the same day.
 
-:class:`AdaptiveDaily` offers the slots through :class:`sp.triggers.cron.Cron`'s interface, so
-that :func:`sp.triggers.plan.plan` and the tick treat it like any schedule.
+:class:`AdaptiveDaily` offers the slots through :class:`sp.schedules.cron.Cron`'s interface, so
+that :func:`sp.schedules.slots.plan` and the tick treat it like any schedule.
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ from datetime import date, datetime, time, timedelta
 from typing import Any, NamedTuple
 
 from sp.ledger.errors import UsageError
-from sp.triggers.cron import Cron, zone
-from sp.triggers.load import Query, samples_between
+from sp.schedules.cron import Cron, zone
+from sp.schedules.load_samples import Query, samples_between
 
 LEARN_DAYS = 14
 DAY_MS = 86_400_000
@@ -209,7 +209,7 @@ def slots_of(cron: str, timezone: str, window: str, adaptive: bool, query: Query
 
     :raises UsageError: the expression, zone or window is not (or no longer) valid.
     """
-    from sp.triggers.cron import parse
+    from sp.schedules.cron import parse
 
     if adaptive:
         return AdaptiveDaily(parse_window(window), timezone, query,

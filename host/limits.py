@@ -44,8 +44,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sp.agents.config import Resources
-from sp.ledger.errors import SpError, UsageError
-from sp.runner.cgroupfs import (
+from sp.host.cgroupfs import (
     _PARENT,
     _ROLES,
     _V1,
@@ -62,6 +61,7 @@ from sp.runner.cgroupfs import (
     _schedulers,
     _write,
 )
+from sp.ledger.errors import SpError, UsageError
 
 __all__ = [
     "LimitsUnavailableError",

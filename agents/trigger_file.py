@@ -136,7 +136,7 @@ def decode_triggers(raw: Any, source: str) -> TriggerFile:
         except re.error as e:
             raise UsageError(f"{source}: $.triggers.hardware[{i}].pattern: not a regular "
                              f"expression: {e}") from None
-    from sp.triggers.conditions import parse_condition
+    from sp.agents.condition_syntax import parse_condition
 
     for name, cond in doc.conditions.items():
         _check_action(doc, cond.action, f"{source}: $.conditions.{name}.action")
@@ -150,8 +150,6 @@ def decode_triggers(raw: Any, source: str) -> TriggerFile:
             if cont.interval is None:
                 raise UsageError(f"{source}: $.continuous.{name}.interval: required with action")
         if cont.python is not None:
-            from sp.triggers.continuous import check_python
-
             check_python(doc, cont.python, f"{source}: $.continuous.{name}")
         if cont.interval is not None and cont.interval <= 0:
             raise UsageError(f"{source}: $.continuous.{name}.interval: must be positive")
@@ -187,6 +185,24 @@ def _check_action(doc: TriggerFile, action: str, where: str) -> None:
         raise UsageError(f"{where}: {names.shown(action)} is not a task or agent/task")
     if "/" not in action and not doc.agent:
         raise UsageError(f"{where}: {action!r} names no agent: write agent/task or set agent:")
+
+
+PYTHON_TARGET = re.compile(r"(?P<module>[^:\s]+):(?P<func>[A-Za-z_][A-Za-z0-9_]*"
+                     r"(?:\.[A-Za-z_][A-Za-z0-9_]*)*)")
+
+
+def check_python(doc: TriggerFile, target: str, where: str) -> None:
+    """The form of ``python:`` (nothing is imported before the daemon starts).
+
+    :raises UsageError: not ``module:function`` / ``file.py:function``, or no ``agent:`` (the
+        function's memory and triggered tasks belong to the file's agent).
+    """
+    if PYTHON_TARGET.fullmatch(target) is None:
+        raise UsageError(f"{where}.python: expected module:function or path/file.py:function, "
+                         f"got {target!r}")
+    if not doc.agent:
+        raise UsageError(f"{where}.python: a Python continuous action belongs to an agent: set "
+                         "agent: at the top of the file")
 
 
 def split_action(doc_agent: str | None, action: str) -> tuple[str, str]:

@@ -3,7 +3,7 @@
 A slot is **on time** when the tick runs within :data:`ON_TIME_MS` of it (cron ticks every
 minute; a tick that runs a little late still fires the slot). Older slots were **missed**: the
 device was off, asleep, or nothing ran ``sp tick``. When the tick found evidence that the device
-slept or restarted since the previous tick (see :mod:`sp.triggers.clockwatch`), the on-time window
+slept or restarted since the previous tick (see :mod:`sp.schedules.clockwatch`), the on-time window
 shrinks to the time the device was awake, so a slot that fell in the sleep counts as missed
 rather than late. Missed slots follow the schedule's missed-run policy:
 
@@ -27,7 +27,7 @@ from typing import NamedTuple
 import msgspec
 
 from sp.ledger.errors import UsageError
-from sp.triggers.cron import Cron
+from sp.schedules.cron import Cron
 
 ON_TIME_MS = 5 * 60_000
 # Slots looked at per schedule and tick (newest first): bounds the work after a long outage.
@@ -87,7 +87,7 @@ def parse_missed(text: str | None, persistent: bool, where: str = "--missed") ->
             raise UsageError(f"{where}: backfill:N needs N between 1 and {MAX_SLOTS}, "
                              f"got {arg!r}")
         return MissedPolicy("backfill", backfill_max=int(arg))
-    from sp.commands.durations import parse_duration_ms
+    from sp.agents.durations import parse_duration_ms
 
     window = parse_duration_ms(arg, f"{where} catchup window")
     if window <= 0:
@@ -104,7 +104,7 @@ def parse_overlap(text: str, where: str = "--overlap") -> str:
 
 
 class Gap(msgspec.Struct, frozen=True):
-    """What happened to the device since the previous tick (:mod:`sp.triggers.clockwatch`)."""
+    """What happened to the device since the previous tick (:mod:`sp.schedules.clockwatch`)."""
 
     cause: str = ""  # "" (nothing known) | suspended | restarted
     awake_ms: int | None = None  # at most this long awake since then (None: unknown)

@@ -29,7 +29,7 @@ from sp.machines.states import FINAL
 
 _FINAL_ACTIONS = frozenset(s.value for s in FINAL)
 _FINAL_PLANS = frozenset({"completed", "failed", "rolled_back", "rollback_failed"})
-_ROLLBACK_GROUP = "rollback:"  # plans.rollback.ROLLBACK_GROUP
+_ROLLBACK_GROUP = "rollback:"  # commands.rollback.ROLLBACK_GROUP
 _PLAN = "plan:"  # projections.plans.STREAM_PREFIX
 
 

@@ -17,7 +17,7 @@ continuous  continuous             its key
 
 from __future__ import annotations
 
-from sp.triggers.config import FileTrigger, SerialTrigger, WebhookTrigger
+from sp.agents.trigger_file import FileTrigger, SerialTrigger, WebhookTrigger
 
 FILESYSTEM = "filesystem"
 WEBHOOK = "webhook"

@@ -10,7 +10,7 @@ losing them only loses evidence. On the next tick:
   stops while the device is suspended): the device was **suspended** for the difference, and
   awake for at most the monotonic difference.
 
-:func:`sp.triggers.plan.plan` then treats the slots that fell while the device was away as missed
+:func:`sp.schedules.slots.plan` then treats the slots that fell while the device was away as missed
 runs (their policy decides), not as a burst of late ones.
 """
 
@@ -19,7 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from sp.ledger.store import Transaction
-from sp.triggers.plan import Gap
+from sp.schedules.slots import Gap
 
 SUSPEND_MIN_MS = 60_000  # NTP slews by far less; a suspend of under a minute changes nothing
 
