@@ -16,7 +16,7 @@ from typing import Any
 import msgspec
 
 from sp.commands.actions import cascade, state_of
-from sp.ledger import codec
+from sp.ledger import codec, side
 from sp.ledger import events as ev
 from sp.ledger.errors import ActionNotFoundError
 from sp.ledger.store import EventStore, Transaction
@@ -199,12 +199,8 @@ def _append_starts(tx: Transaction, starts: list[_Start], now: int) -> None:
     tx.append_many([(s.claim.action_id, [s.event], s.version) for s in starts])
     pid, pid_start = _own_identity()
     host = tx.store.host
-    tx.executemany(
-        "INSERT OR REPLACE INTO leases (name, owner, pid, pid_start, host, heartbeat_ms,"
-        " expires_ms) VALUES (?, ?, ?, ?, ?, ?, ?)",
-        [(s.claim.action_id, s.claim.owner, pid, pid_start, host, now, now + LEASE_TTL_MS)
-         for s in starts],
-    )
+    side.put_leases(tx, [(s.claim.action_id, s.claim.owner, pid, pid_start, host, now,
+                          now + LEASE_TTL_MS) for s in starts])
 
 
 def _prepare_start(tx: Transaction, action_id: str, owner: str, now: int) -> _Start:
@@ -320,20 +316,14 @@ def record_children(store: EventStore, owner: str,
 
 def _record_children_in(tx: Transaction, owner: str,
                         children: Sequence[tuple[str, int, int]]) -> None:
-    tx.executemany(
-        "UPDATE leases SET child_pid = ?, child_start = ? WHERE name = ? AND owner = ?",
-        [(pid, start, action_id, owner) for action_id, pid, start in children],
-    )
+    side.note_lease_children(tx, owner, children)
 
 
 def heartbeat(store: EventStore, action_ids: list[str], owner: str) -> None:
     """Renew the leases of running attempts (a side table: never an event per heartbeat)."""
     now = store.clock.now_ms()
     with store.transaction() as tx:
-        tx.executemany(
-            "UPDATE leases SET heartbeat_ms = ?, expires_ms = ? WHERE name = ? AND owner = ?",
-            [(now, now + LEASE_TTL_MS, a, owner) for a in action_ids],
-        )
+        side.renew_leases(tx, action_ids, owner, now, LEASE_TTL_MS)
 
 
 def cancel_requests(store: EventStore, action_ids: list[str]) -> list[str]:
@@ -422,7 +412,7 @@ def _finish_in(tx: Transaction, ended: list[tuple[Claim, Outcome]], now: int,
     def flush() -> None:
         if plain:
             tx.append_many(plain)
-            tx.executemany("DELETE FROM leases WHERE name = ? AND owner = ?", leases)
+            side.drop_leases(tx, leases)
             plain.clear()
             leases.clear()
 
@@ -462,7 +452,7 @@ def _finish(tx: Transaction, claim_: Claim, outcome: Outcome, now: int, rng: ran
     events, version, new = decided
     aid = claim_.action_id
     tx.append(aid, events, version)
-    tx.execute("DELETE FROM leases WHERE name = ? AND owner = ?", (aid, claim_.owner))
+    side.drop_leases(tx, [(aid, claim_.owner)])
     if _cascades(claim_, new):
         cascade(tx, aid, f"dependency {aid} {new.value}", claim_.owner)
     if claim_.spec.group is not None:  # a plan (or its rollback) decides its next event
@@ -555,4 +545,4 @@ def interrupt(store: EventStore, claim_: Claim, reason: str, duration_ms: int,
                                      duration_ms=duration_ms, then=then, usage=usage or {})
         machine.check_event(claim_.action_id, state, event)
         tx.append(claim_.action_id, [event], version)
-        tx.execute("DELETE FROM leases WHERE name = ?", (claim_.action_id,))
+        side.drop_lease(tx, claim_.action_id)

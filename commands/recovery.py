@@ -35,6 +35,7 @@ import msgspec
 from sp.commands.actions import cascade, state_of
 from sp.commands.home import Home
 from sp.ledger import events as ev
+from sp.ledger import side
 from sp.ledger.store import EventStore, Transaction
 from sp.machines import action as machine
 from sp.machines.action import ActionState
@@ -75,10 +76,7 @@ class _Suspect(NamedTuple):
 
 
 def _lease(store: EventStore | Transaction, action_id: str) -> _Lease | None:
-    row = store.query_one(
-        "SELECT owner, pid, pid_start, host, expires_ms, child_pid, child_start FROM leases"
-        " WHERE name = ?", (action_id,),
-    )
+    row = side.lease(store, action_id)
     return None if row is None else _Lease(*row)
 
 
@@ -279,7 +277,7 @@ def _recover_one(store: EventStore, s: _Suspect, by: str, now: int,
         denied, denials_file = _denials_left(store, action_id, int(attempts), by)
         tx.append(action_id, [*denied, event], version)
         _note_effects(tx, action_id, lease, s, denials_file, effects)
-        tx.execute("DELETE FROM leases WHERE name = ?", (action_id,))
+        side.drop_lease(tx, action_id)
         if new in (ActionState.FAILED, ActionState.CANCELLED):
             cascade(tx, action_id, f"dependency {action_id} {new.value}", by)
             from sp.plans import reactor  # a plan (or its rollback) decides its next event
