@@ -73,6 +73,7 @@ def claim_many(store: EventStore, owner: str, n: int,
     """
     if n <= 0 or "" in paused:
         return []
+    before_begin(store)
     with store.transaction() as tx:
         return _claim_in(tx, owner, n, paused, store.clock.now_ms())
 
@@ -122,6 +123,8 @@ def finish_and_claim(store: EventStore, owner: str, ended: list[tuple[Claim, Out
     rng = rng or random.Random()
     states: list[ActionState | None] = []
     claims: list[Claim] = []
+    if n > 0:
+        before_begin(store)
     try:
         with store.transaction() as tx:
             now = store.clock.now_ms()
@@ -133,6 +136,27 @@ def finish_and_claim(store: EventStore, owner: str, ended: list[tuple[Claim, Out
         _release(claims)
         raise
     return states, claims
+
+
+def before_begin(store: EventStore) -> None:
+    """The host work a claim may need, done before its ``BEGIN IMMEDIATE``: the sandbox's
+    namespace probe forks a child, and a fork must neither hold the ledger's write lock (every
+    other writer would wait on it) nor happen in a threaded process (the daemon probes at its
+    start, before its threads: :func:`warm_up`). The probe runs once per process, and only
+    where some agent has a policy (the only claims that consult it)."""
+    from sp.security import sandbox
+
+    if sandbox.probed():
+        return
+    if store.query_one("SELECT 1 FROM policies LIMIT 1") is not None:
+        warm_up()
+
+
+def warm_up() -> None:
+    """Run the per-process host probes now (:func:`sp.security.sandbox.probe`, cached)."""
+    from sp.security import enforce
+
+    enforce.capabilities()
 
 
 def _release(claims: list[Claim]) -> None:
@@ -163,6 +187,7 @@ def submit_and_claim(store: EventStore, spec: Any, owner: str, by: str) -> Claim
         from sp.commands.policies import refuse
 
         refuse(store, [spec], ["task"])
+    before_begin(store)
     with store.transaction() as tx:
         (action_id,) = submit_in(tx, [spec], by, ["task"], store.clock.now_ms())
         return _start(tx, action_id, owner, store.clock.now_ms())
@@ -173,6 +198,7 @@ def claim(store: EventStore, action_id: str, owner: str) -> Claim:
 
     :raises InvalidTransitionError: the action is not waiting to run.
     """
+    before_begin(store)
     with store.transaction() as tx:
         return _start(tx, action_id, owner, store.clock.now_ms())
 
