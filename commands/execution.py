@@ -15,7 +15,7 @@ from typing import Any
 
 import msgspec
 
-from sp.commands.actions import cascade, state_of
+from sp.commands.actions import cascade, new_action_id, state_of
 from sp.ledger import codec, side
 from sp.ledger import events as ev
 from sp.ledger.errors import ActionNotFoundError
@@ -74,18 +74,22 @@ def claim_many(store: EventStore, owner: str, n: int,
     if n <= 0 or "" in paused:
         return []
     before_begin(store)
-    with store.transaction() as tx:
-        return _claim_in(tx, owner, n, paused, store.clock.now_ms())
+    ready = _prepare_limits(store, _ready_ids(store, n, paused, store.clock.now_ms()))
+    try:
+        with store.transaction() as tx:
+            return _claim_in(tx, owner, n, paused, store.clock.now_ms(), ready)
+    finally:
+        _discard(ready)
 
 
-def _claim_in(tx: Transaction, owner: str, n: int, paused: frozenset[str],
-              now: int) -> list[Claim]:
-    """:func:`claim_many` inside a transaction the caller holds."""
+def _ready_ids(reader: EventStore | Transaction, n: int, paused: frozenset[str],
+               now: int) -> list[str]:
+    """The ``n`` most urgent ready actions, leaving a paused agent's alone."""
     if n <= 0 or "" in paused:
         return []
     if paused:
         marks = ", ".join("?" for _ in paused)
-        rows = tx.query(
+        rows = reader.query(
             "SELECT q.action_id FROM queue q JOIN actions a USING (action_id)"
             " WHERE q.unmet_deps = 0 AND (q.not_before_ms IS NULL OR q.not_before_ms <= ?)"
             f" AND (a.agent IS NULL OR a.agent NOT IN ({marks}))"
@@ -93,12 +97,23 @@ def _claim_in(tx: Transaction, owner: str, n: int, paused: frozenset[str],
             (now, *sorted(paused), n),
         )
     else:
-        rows = tx.query(READY_SQL, (now, n))
+        rows = reader.query(READY_SQL, (now, n))
+    return [str(r[0]) for r in rows]
+
+
+def _claim_in(tx: Transaction, owner: str, n: int, paused: frozenset[str],
+              now: int, ready: _Limits) -> list[Claim]:
+    """:func:`claim_many` inside a transaction the caller holds. An action whose cgroups were
+    not prepared before the transaction (it became ready meanwhile) is left for the next
+    claim."""
     claims: list[Claim] = []
     starts: list[_Start] = []
     try:
-        for (action_id,) in rows:
-            start = _prepare_start(tx, str(action_id), owner, now)
+        for action_id in _ready_ids(tx, n, paused, now):
+            try:
+                start = _prepare_start(tx, action_id, owner, now, ready)
+            except _UnpreparedError:
+                continue
             starts.append(start)
             claims.append(start.claim)
         _append_starts(tx, starts, now)
@@ -123,19 +138,77 @@ def finish_and_claim(store: EventStore, owner: str, ended: list[tuple[Claim, Out
     rng = rng or random.Random()
     states: list[ActionState | None] = []
     claims: list[Claim] = []
+    ready: _Limits = {}
     if n > 0:
         before_begin(store)
+        ready = _prepare_limits(store, _ready_ids(store, n, paused, store.clock.now_ms()))
     try:
         with store.transaction() as tx:
             now = store.clock.now_ms()
             if children:
                 _record_children_in(tx, owner, children)
             states = _finish_in(tx, ended, now, rng)
-            claims = _claim_in(tx, owner, n, paused, now)
+            claims = _claim_in(tx, owner, n, paused, now, ready)
     except BaseException:
         _release(claims)
         raise
+    finally:
+        _discard(ready)
     return states, claims
+
+
+# Cgroups made before a claim's transaction, by (action_id, attempt): the prepared limits, or
+# why the required ones cannot be had.
+_Limits = dict[tuple[str, int], Any]
+
+
+class _UnpreparedError(Exception):
+    """An action to claim needs cgroups that were not made before the transaction."""
+
+
+def _prepare_limits(store: EventStore, action_ids: Sequence[str],
+                    new: Sequence[tuple[str, dict[str, Any], bool]] = ()) -> _Limits:
+    """Create the cgroups of the next attempt of each of ``action_ids`` that asks for
+    resources (and of each ``new`` ``(action_id, resources, limits_required)``, attempt 1),
+    before ``BEGIN``: writing /sys/fs/cgroup under the write lock would hold every other
+    writer. The claim then records what was enforced, read back from the kernel; what it does
+    not use is removed (:func:`_discard`)."""
+    wanted: list[tuple[str, int, dict[str, Any], bool]] = [(a, 1, r, q) for a, r, q in new]
+    if action_ids:
+        marks = ", ".join("?" for _ in action_ids)
+        for aid, attempts, resources, required in store.query(
+                "SELECT a.action_id, a.attempts, json_extract(e.data, '$.resources'),"
+                " json_extract(e.data, '$.limits_required') FROM actions a JOIN events e"
+                " ON e.stream = a.action_id AND e.version = 1"
+                f" WHERE a.action_id IN ({marks})", tuple(action_ids)):
+            if resources is not None:
+                wanted.append((str(aid), int(attempts) + 1, msgspec.json.decode(resources),
+                               bool(required)))
+    ready: _Limits = {}
+    for aid, attempt, resources, required in wanted:
+        if not resources:
+            continue
+        from sp.agents.config import Resources
+        from sp.agents.units import dec_hook
+        from sp.runner import limits
+
+        try:
+            ready[(aid, attempt)] = limits.prepare(
+                msgspec.convert(resources, Resources, dec_hook=dec_hook), f"{aid}-{attempt}",
+                required=required)
+        except limits.LimitsUnavailableError as e:
+            ready[(aid, attempt)] = e
+    return ready
+
+
+def _discard(ready: _Limits) -> None:
+    """Remove the cgroups made for claims that did not take them (after the transaction)."""
+    from sp.runner import limits
+
+    for made in ready.values():
+        if isinstance(made, limits.Prepared):
+            limits.cleanup(made)
+    ready.clear()
 
 
 def before_begin(store: EventStore) -> None:
@@ -188,9 +261,19 @@ def submit_and_claim(store: EventStore, spec: Any, owner: str, by: str) -> Claim
 
         refuse(store, [spec], ["task"])
     before_begin(store)
-    with store.transaction() as tx:
-        (action_id,) = submit_in(tx, [spec], by, ["task"], store.clock.now_ms())
-        return _start(tx, action_id, owner, store.clock.now_ms())
+    planned = action_id = new_action_id()
+    ready = _prepare_limits(store, (), [(planned, spec.resources or {},
+                                         spec.limits_required)])
+    try:
+        with store.transaction() as tx:
+            (action_id,) = submit_in(tx, [spec], by, ["task"], store.clock.now_ms(),
+                                     new_ids=[planned])
+            return _start(tx, action_id, owner, store.clock.now_ms(), ready)
+    except _UnpreparedError:
+        # Its key named an existing action (nothing was submitted): claim that one.
+        return claim(store, action_id, owner)
+    finally:
+        _discard(ready)
 
 
 def claim(store: EventStore, action_id: str, owner: str) -> Claim:
@@ -199,8 +282,15 @@ def claim(store: EventStore, action_id: str, owner: str) -> Claim:
     :raises InvalidTransitionError: the action is not waiting to run.
     """
     before_begin(store)
-    with store.transaction() as tx:
-        return _start(tx, action_id, owner, store.clock.now_ms())
+    while True:
+        ready = _prepare_limits(store, [action_id])
+        try:
+            with store.transaction() as tx:
+                return _start(tx, action_id, owner, store.clock.now_ms(), ready)
+        except _UnpreparedError:
+            continue  # another attempt began meanwhile: prepare for the one after it
+        finally:
+            _discard(ready)
 
 
 class _Start(msgspec.Struct):
@@ -211,8 +301,8 @@ class _Start(msgspec.Struct):
     version: int
 
 
-def _start(tx: Transaction, action_id: str, owner: str, now: int) -> Claim:
-    start = _prepare_start(tx, action_id, owner, now)
+def _start(tx: Transaction, action_id: str, owner: str, now: int, ready: _Limits) -> Claim:
+    start = _prepare_start(tx, action_id, owner, now, ready)
     _append_starts(tx, [start], now)
     return start.claim
 
@@ -229,8 +319,13 @@ def _append_starts(tx: Transaction, starts: list[_Start], now: int) -> None:
                           now + LEASE_TTL_MS) for s in starts])
 
 
-def _prepare_start(tx: Transaction, action_id: str, owner: str, now: int) -> _Start:
-    """Decide one claim (its limits, sandbox, ``started`` event) without appending it."""
+def _prepare_start(tx: Transaction, action_id: str, owner: str, now: int,
+                   ready: _Limits) -> _Start:
+    """Decide one claim (its limits, sandbox, ``started`` event) without appending it.
+
+    :raises _UnpreparedError: it asks for resources, and its cgroups were not made before the
+        transaction (``ready``).
+    """
     row = tx.query_one(
         "SELECT state, version, attempts, checkpoint, checkpoint_step FROM actions"
         " WHERE action_id = ?", (action_id,),
@@ -244,22 +339,20 @@ def _prepare_start(tx: Transaction, action_id: str, owner: str, now: int) -> _St
     enforced: dict[str, Any] = {}
     refused: str | None = None
     if spec.resources:
-        # The cgroup is made before `started` so that the event records what was enforced,
-        # read back from the kernel; it is removed again if this transaction fails.
-        from sp.agents.config import Resources
-        from sp.agents.units import dec_hook
-        from sp.runner import limits
-
-        resources = msgspec.convert(spec.resources, Resources, dec_hook=dec_hook)
-        try:
-            prepared = limits.prepare(resources, f"{action_id}-{attempt}",
-                                      required=spec.limits_required)
-            enforced = {**prepared.enforced, "missing": prepared.missing}
-        except limits.LimitsUnavailableError as e:
+        # The cgroup was made before the transaction (_prepare_limits) so that `started`
+        # records what is enforced, read back from the kernel; this claim takes it over, and
+        # removes it again if the transaction fails (_release).
+        made = ready.pop((action_id, attempt), None)
+        if made is None:
+            raise _UnpreparedError(action_id)
+        if isinstance(made, Exception):
             # `limits: required` and a limit cannot be enforced: the attempt is started and
             # at once failed (not retried) without spawning anything: refused, on the record.
-            refused = str(e)
-            enforced = {"missing": list(e.missing), "refused": True}
+            refused = str(made)
+            enforced = {"missing": list(getattr(made, "missing", [])), "refused": True}
+        else:
+            prepared = made
+            enforced = {**prepared.enforced, "missing": prepared.missing}
     from sp.commands.policies import attempt_sandbox
 
     confined, sandboxed, policy, denials, why = attempt_sandbox(tx, action_id, attempt, spec)

@@ -70,8 +70,6 @@ def test_recovery_kills_only_after_its_commit(
             orphan.wait()
 
 
-@pytest.mark.xfail(strict=True, reason="issue 12 item 4, left: a claim still creates its "
-                   "cgroups inside its transaction (execution._prepare_start)")
 def test_a_claims_cgroups_are_created_outside_its_transaction(
         store: EventStore, monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[bool] = []
@@ -79,8 +77,23 @@ def test_a_claims_cgroups_are_created_outside_its_transaction(
     actions.submit(store, [actions.SubmitSpec(command=["true"], resources={"nice": 5})])
     claim = execution.claim_next(store, "w")
     assert claim is not None
+    assert claim.limits.get("nice") == 5 or claim.limits.get("missing")
+    try:
+        assert seen == [False]  # made before BEGIN, taken over by the claim
+    finally:
+        if claim.prepared is not None:
+            limits.cleanup(claim.prepared)
+
+
+def test_a_foreground_runs_cgroups_are_created_outside_its_transaction(
+        store: EventStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[bool] = []
+    monkeypatch.setattr(limits, "prepare", _recording(store, seen, limits.prepare))
+    claim = execution.submit_and_claim(
+        store, actions.SubmitSpec(command=["true"], resources={"nice": 5}), "fg", "test")
     try:
         assert seen == [False]
+        assert claim.prepared is not None and claim.prepared.name == f"{claim.action_id}-1"
     finally:
         if claim.prepared is not None:
             limits.cleanup(claim.prepared)
