@@ -16,6 +16,13 @@ from typing import Any
 import msgspec
 
 from sp.commands.actions import cascade, new_action_id, state_of
+from sp.commands.preparation import (
+    Limits,
+    UnpreparedError,
+    before_begin,
+    discard,
+    prepare_limits,
+)
 from sp.ledger import codec, side
 from sp.ledger import events as ev
 from sp.ledger.errors import ActionNotFoundError
@@ -74,12 +81,12 @@ def claim_many(store: EventStore, owner: str, n: int,
     if n <= 0 or "" in paused:
         return []
     before_begin(store)
-    ready = _prepare_limits(store, _ready_ids(store, n, paused, store.clock.now_ms()))
+    ready = prepare_limits(store, _ready_ids(store, n, paused, store.clock.now_ms()))
     try:
         with store.transaction() as tx:
             return _claim_in(tx, owner, n, paused, store.clock.now_ms(), ready)
     finally:
-        _discard(ready)
+        discard(ready)
 
 
 def _ready_ids(reader: EventStore | Transaction, n: int, paused: frozenset[str],
@@ -102,7 +109,7 @@ def _ready_ids(reader: EventStore | Transaction, n: int, paused: frozenset[str],
 
 
 def _claim_in(tx: Transaction, owner: str, n: int, paused: frozenset[str],
-              now: int, ready: _Limits) -> list[Claim]:
+              now: int, ready: Limits) -> list[Claim]:
     """:func:`claim_many` inside a transaction the caller holds. An action whose cgroups were
     not prepared before the transaction (it became ready meanwhile) is left for the next
     claim."""
@@ -112,7 +119,7 @@ def _claim_in(tx: Transaction, owner: str, n: int, paused: frozenset[str],
         for action_id in _ready_ids(tx, n, paused, now):
             try:
                 start = _prepare_start(tx, action_id, owner, now, ready)
-            except _UnpreparedError:
+            except UnpreparedError:
                 continue
             starts.append(start)
             claims.append(start.claim)
@@ -138,10 +145,10 @@ def finish_and_claim(store: EventStore, owner: str, ended: list[tuple[Claim, Out
     rng = rng or random.Random()
     states: list[ActionState | None] = []
     claims: list[Claim] = []
-    ready: _Limits = {}
+    ready: Limits = {}
     if n > 0:
         before_begin(store)
-        ready = _prepare_limits(store, _ready_ids(store, n, paused, store.clock.now_ms()))
+        ready = prepare_limits(store, _ready_ids(store, n, paused, store.clock.now_ms()))
     try:
         with store.transaction() as tx:
             now = store.clock.now_ms()
@@ -153,83 +160,8 @@ def finish_and_claim(store: EventStore, owner: str, ended: list[tuple[Claim, Out
         _release(claims)
         raise
     finally:
-        _discard(ready)
+        discard(ready)
     return states, claims
-
-
-# Cgroups made before a claim's transaction, by (action_id, attempt): the prepared limits, or
-# why the required ones cannot be had.
-_Limits = dict[tuple[str, int], Any]
-
-
-class _UnpreparedError(Exception):
-    """An action to claim needs cgroups that were not made before the transaction."""
-
-
-def _prepare_limits(store: EventStore, action_ids: Sequence[str],
-                    new: Sequence[tuple[str, dict[str, Any], bool]] = ()) -> _Limits:
-    """Create the cgroups of the next attempt of each of ``action_ids`` that asks for
-    resources (and of each ``new`` ``(action_id, resources, limits_required)``, attempt 1),
-    before ``BEGIN``: writing /sys/fs/cgroup under the write lock would hold every other
-    writer. The claim then records what was enforced, read back from the kernel; what it does
-    not use is removed (:func:`_discard`)."""
-    wanted: list[tuple[str, int, dict[str, Any], bool]] = [(a, 1, r, q) for a, r, q in new]
-    if action_ids:
-        marks = ", ".join("?" for _ in action_ids)
-        for aid, attempts, resources, required in store.query(
-                "SELECT a.action_id, a.attempts, json_extract(e.data, '$.resources'),"
-                " json_extract(e.data, '$.limits_required') FROM actions a JOIN events e"
-                " ON e.stream = a.action_id AND e.version = 1"
-                f" WHERE a.action_id IN ({marks})", tuple(action_ids)):
-            if resources is not None:
-                wanted.append((str(aid), int(attempts) + 1, msgspec.json.decode(resources),
-                               bool(required)))
-    ready: _Limits = {}
-    for aid, attempt, resources, required in wanted:
-        if not resources:
-            continue
-        from sp.agents.config import Resources
-        from sp.agents.units import dec_hook
-        from sp.runner import limits
-
-        try:
-            ready[(aid, attempt)] = limits.prepare(
-                msgspec.convert(resources, Resources, dec_hook=dec_hook), f"{aid}-{attempt}",
-                required=required)
-        except limits.LimitsUnavailableError as e:
-            ready[(aid, attempt)] = e
-    return ready
-
-
-def _discard(ready: _Limits) -> None:
-    """Remove the cgroups made for claims that did not take them (after the transaction)."""
-    from sp.runner import limits
-
-    for made in ready.values():
-        if isinstance(made, limits.Prepared):
-            limits.cleanup(made)
-    ready.clear()
-
-
-def before_begin(store: EventStore) -> None:
-    """The host work a claim may need, done before its ``BEGIN IMMEDIATE``: the sandbox's
-    namespace probe forks a child, and a fork must neither hold the ledger's write lock (every
-    other writer would wait on it) nor happen in a threaded process (the daemon probes at its
-    start, before its threads: :func:`warm_up`). The probe runs once per process, and only
-    where some agent has a policy (the only claims that consult it)."""
-    from sp.security import sandbox
-
-    if sandbox.probed():
-        return
-    if store.query_one("SELECT 1 FROM policies LIMIT 1") is not None:
-        warm_up()
-
-
-def warm_up() -> None:
-    """Run the per-process host probes now (:func:`sp.security.sandbox.probe`, cached)."""
-    from sp.security import enforce
-
-    enforce.capabilities()
 
 
 def _release(claims: list[Claim]) -> None:
@@ -262,18 +194,18 @@ def submit_and_claim(store: EventStore, spec: Any, owner: str, by: str) -> Claim
         refuse(store, [spec], ["task"])
     before_begin(store)
     planned = action_id = new_action_id()
-    ready = _prepare_limits(store, (), [(planned, spec.resources or {},
+    ready = prepare_limits(store, (), [(planned, spec.resources or {},
                                          spec.limits_required)])
     try:
         with store.transaction() as tx:
             (action_id,) = submit_in(tx, [spec], by, ["task"], store.clock.now_ms(),
                                      new_ids=[planned])
             return _start(tx, action_id, owner, store.clock.now_ms(), ready)
-    except _UnpreparedError:
+    except UnpreparedError:
         # Its key named an existing action (nothing was submitted): claim that one.
         return claim(store, action_id, owner)
     finally:
-        _discard(ready)
+        discard(ready)
 
 
 def claim(store: EventStore, action_id: str, owner: str) -> Claim:
@@ -283,14 +215,14 @@ def claim(store: EventStore, action_id: str, owner: str) -> Claim:
     """
     before_begin(store)
     while True:
-        ready = _prepare_limits(store, [action_id])
+        ready = prepare_limits(store, [action_id])
         try:
             with store.transaction() as tx:
                 return _start(tx, action_id, owner, store.clock.now_ms(), ready)
-        except _UnpreparedError:
+        except UnpreparedError:
             continue  # another attempt began meanwhile: prepare for the one after it
         finally:
-            _discard(ready)
+            discard(ready)
 
 
 class _Start(msgspec.Struct):
@@ -301,7 +233,7 @@ class _Start(msgspec.Struct):
     version: int
 
 
-def _start(tx: Transaction, action_id: str, owner: str, now: int, ready: _Limits) -> Claim:
+def _start(tx: Transaction, action_id: str, owner: str, now: int, ready: Limits) -> Claim:
     start = _prepare_start(tx, action_id, owner, now, ready)
     _append_starts(tx, [start], now)
     return start.claim
@@ -320,10 +252,10 @@ def _append_starts(tx: Transaction, starts: list[_Start], now: int) -> None:
 
 
 def _prepare_start(tx: Transaction, action_id: str, owner: str, now: int,
-                   ready: _Limits) -> _Start:
+                   ready: Limits) -> _Start:
     """Decide one claim (its limits, sandbox, ``started`` event) without appending it.
 
-    :raises _UnpreparedError: it asks for resources, and its cgroups were not made before the
+    :raises UnpreparedError: it asks for resources, and its cgroups were not made before the
         transaction (``ready``).
     """
     row = tx.query_one(
@@ -339,12 +271,12 @@ def _prepare_start(tx: Transaction, action_id: str, owner: str, now: int,
     enforced: dict[str, Any] = {}
     refused: str | None = None
     if spec.resources:
-        # The cgroup was made before the transaction (_prepare_limits) so that `started`
+        # The cgroup was made before the transaction (prepare_limits) so that `started`
         # records what is enforced, read back from the kernel; this claim takes it over, and
         # removes it again if the transaction fails (_release).
         made = ready.pop((action_id, attempt), None)
         if made is None:
-            raise _UnpreparedError(action_id)
+            raise UnpreparedError(action_id)
         if isinstance(made, Exception):
             # `limits: required` and a limit cannot be enforced: the attempt is started and
             # at once failed (not retried) without spawning anything: refused, on the record.

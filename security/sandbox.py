@@ -170,7 +170,7 @@ def probed() -> bool:
 def probe() -> Capabilities:
     """What can be enforced here (cached per process). It forks a throwaway child: call it
     outside any ledger transaction and before a process starts threads
-    (:func:`sp.commands.execution.before_begin`, the daemon's start)."""
+    (:func:`sp.commands.preparation.before_begin`, the daemon's start)."""
     abi = landlock.abi_version()
     user = os.geteuid() != 0
     have, ns_reason = _probe_namespaces(user)

@@ -165,7 +165,7 @@ class Daemon:
         if self.concurrency > 0:
             # The sandbox probe forks: before any thread of ours exists, and outside any
             # transaction (a worker's claim would otherwise run it under the write lock).
-            from sp.commands.execution import warm_up
+            from sp.commands.preparation import warm_up
 
             warm_up()
         handlers = self._install_signals()
