@@ -76,12 +76,13 @@ def agent_show(app: App, agent_id: str, fmt: str) -> None:
     import yaml
 
     from sp.commands import agents
+    from sp.projections.queries import agent_config_json
 
     store = app.store(write=False)
     agents.get(store, agent_id)  # validates and raises for an unknown agent
-    row = store.query_one("SELECT config FROM agents WHERE agent_id = ?", (agent_id,))
-    assert row is not None
-    doc = msgspec.json.decode(row[0])
+    config = agent_config_json(store, agent_id)
+    assert config is not None
+    doc = msgspec.json.decode(config)
     if fmt == "json":
         echo_json(doc)
     else:

@@ -28,11 +28,12 @@ def deployment(store: Any, home_root: str | Path, ref: str) -> dict[str, Any]:
     from sp.actions import preview
     from sp.commands import actions
     from sp.ledger.errors import UsageError
+    from sp.projections import queries
 
     action_id = actions.resolve(store, ref)
-    found = store.query_one("SELECT data FROM checkpoints WHERE action_id = ?", (action_id,))
-    row = store.query_one("SELECT state FROM actions WHERE action_id = ?", (action_id,))
-    if found is None or not isinstance(data := msgspec.json.decode(found[0]), dict) \
+    found = queries.last_checkpoint_json(store, action_id)
+    state = queries.action_state(store, action_id)
+    if found is None or not isinstance(data := msgspec.json.decode(found), dict) \
             or "url" not in data:
         raise UsageError(f"action {action_id} has recorded no deployment (is it a deploy or "
                          "generate_preview action that has run?)")
@@ -42,7 +43,7 @@ def deployment(store: Any, home_root: str | Path, ref: str) -> dict[str, Any]:
     pid, port = preview.server_info(home)
     live_port = preview.running_port(home)
     url = preview.url_of(live_port, str(data["name"])) if live_port else data["url"]
-    return {"action_id": action_id, "state": None if row is None else row[0],
+    return {"action_id": action_id, "state": state,
             "name": data["name"], "url": url, "version": data.get("version"),
             "current": None if current is None else int(current[1:]),
             "server": {"pid": pid, "port": port, "running": live_port is not None,

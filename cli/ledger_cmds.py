@@ -70,7 +70,10 @@ def replay(app: App, check: bool, report: bool, force: bool, fmt: str) -> None:
         else:
             click.echo(f"differs: {diff.table} {diff.key}: {diff.detail}")
         sys.exit(0 if diff is None else 1)
-    count, recovered = replaying.replay(store, force)
+    count, (recovered, cleanup) = replaying.replay(store, force)
+    from sp.runner import reaper
+
+    reaper.clean_up(cleanup)
     if fmt == "json":
         echo_json({"events": count, "recovered": recovered})
         return

@@ -60,12 +60,9 @@ class Sampler:
 def snapshot(app: App, sampler: Sampler) -> list[dict[str, Any]]:
     store = app.store(write=False)
     now = store.clock.now_ms()
-    marks = ", ".join("?" * len(ACTIVE))
-    rows = store.query(
-        "SELECT a.action_id, a.name, a.agent, a.task, a.state, a.progress, a.progress_msg,"
-        " a.started_ms, l.child_pid FROM actions a LEFT JOIN leases l ON l.name = a.action_id"
-        f" WHERE a.state IN ({marks}) ORDER BY a.state != 'executing', a.submitted_seq LIMIT 200",
-        ACTIVE)
+    from sp.projections.queries import active_actions
+
+    rows = active_actions(store, ACTIVE, 200)
     out = []
     for aid, name, agent, task, state, progress, msg, started, pid in rows:
         cpu, rss = sampler.usage(pid) if state == "executing" else (None, None)

@@ -38,12 +38,12 @@ def _bars(title: str, items: list[tuple[str, float]], unit: str, colour: str) ->
 
 
 def build(app: App, since_ms: int | None) -> str:
+    from sp.projections import queries
+
     store = app.store(write=False)
     now = store.clock.now_ms()
     start = 0 if since_ms is None else now - since_ms
-    acts = store.query(
-        "SELECT action_id, name, agent, state, submitted_ms, started_ms, finished_ms, error"
-        " FROM actions WHERE submitted_ms >= ? ORDER BY submitted_seq LIMIT 500", (start,))
+    acts = queries.actions_since(store, start, 500)
     parts = [f"<h1>sp report</h1><p>{len(acts)} actions since {_day(start)} UTC "
              f"(generated {_day(now)} UTC)</p>"]
     # Timeline: one lane per action.
@@ -64,9 +64,7 @@ def build(app: App, since_ms: int | None) -> str:
                 "</title></rect>")
         parts.append(f"<h2>Timeline</h2><svg id='timeline' width='720' "
                      f"height='{14 * len(spans) + 10}' role='img'>" + "".join(lanes) + "</svg>")
-    attempts = store.query(
-        "SELECT action_id, attempt, outcome, duration_ms, finished_ms, peak_rss_bytes"
-        " FROM metrics_attempts WHERE finished_ms >= ? ORDER BY finished_ms LIMIT 500", (start,))
+    attempts = queries.attempts_since(store, start, 500)
     names = {str(a[0]): str(a[1]) for a in acts}
     parts.append(_bars("Durations (ms)", [
         (f"{names.get(str(r[0]), r[0])} #{r[1]}", float(r[3] or 0)) for r in attempts[-40:]

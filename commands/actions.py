@@ -174,21 +174,26 @@ def submit(store: EventStore, specs: list[SubmitSpec], by: str = "",
 
 
 def submit_in(tx: Transaction, specs: list[SubmitSpec], by: str, wheres: list[str],
-              now: int) -> list[str]:
-    """:func:`submit` inside a transaction the caller holds (e.g. a fallback at finish)."""
+              now: int, new_ids: list[str] | None = None) -> list[str]:
+    """:func:`submit` inside a transaction the caller holds (e.g. a fallback at finish).
+
+    ``new_ids``: the new actions' ids, chosen by the caller (one per spec, used unless the
+    spec's key finds an existing action): a foreground run prepares its cgroups before the
+    transaction, and their name carries the id.
+    """
     from sp.machines import action as machine
 
     ids: list[str] = []
     batches: list[tuple[str, list[ev.Event], int | None]] = []
     keys: dict[str, str] = {}
-    for spec, where in zip(specs, wheres, strict=True):
+    for i, (spec, where) in enumerate(zip(specs, wheres, strict=True)):
         if spec.key is not None:
             existing = keys.get(spec.key) or _by_key(tx, spec.key)
             if existing:
                 ids.append(existing)
                 continue
         deps = [_dependency(tx, d, ids, where) for d in spec.depends_on]
-        action_id = new_action_id()
+        action_id = new_ids[i] if new_ids is not None else new_action_id()
         if spec.key is not None:
             keys[spec.key] = action_id
         ids.append(action_id)

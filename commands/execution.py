@@ -15,9 +15,16 @@ from typing import Any
 
 import msgspec
 
-from sp.commands.actions import cascade, state_of
+from sp.commands.actions import cascade, new_action_id, state_of
+from sp.commands.preparation import (
+    Limits,
+    UnpreparedError,
+    before_begin,
+    discard,
+    prepare_limits,
+)
 from sp.host import proc
-from sp.ledger import codec
+from sp.ledger import codec, side
 from sp.ledger import events as ev
 from sp.ledger.errors import ActionNotFoundError
 from sp.ledger.store import EventStore, Transaction
@@ -73,18 +80,23 @@ def claim_many(store: EventStore, owner: str, n: int,
     """
     if n <= 0 or "" in paused:
         return []
-    with store.transaction() as tx:
-        return _claim_in(tx, owner, n, paused, store.clock.now_ms())
+    before_begin(store)
+    ready = prepare_limits(store, _ready_ids(store, n, paused, store.clock.now_ms()))
+    try:
+        with store.transaction() as tx:
+            return _claim_in(tx, owner, n, paused, store.clock.now_ms(), ready)
+    finally:
+        discard(ready)
 
 
-def _claim_in(tx: Transaction, owner: str, n: int, paused: frozenset[str],
-              now: int) -> list[Claim]:
-    """:func:`claim_many` inside a transaction the caller holds."""
+def _ready_ids(reader: EventStore | Transaction, n: int, paused: frozenset[str],
+               now: int) -> list[str]:
+    """The ``n`` most urgent ready actions, leaving a paused agent's alone."""
     if n <= 0 or "" in paused:
         return []
     if paused:
         marks = ", ".join("?" for _ in paused)
-        rows = tx.query(
+        rows = reader.query(
             "SELECT q.action_id FROM queue q JOIN actions a USING (action_id)"
             " WHERE q.unmet_deps = 0 AND (q.not_before_ms IS NULL OR q.not_before_ms <= ?)"
             f" AND (a.agent IS NULL OR a.agent NOT IN ({marks}))"
@@ -92,12 +104,23 @@ def _claim_in(tx: Transaction, owner: str, n: int, paused: frozenset[str],
             (now, *sorted(paused), n),
         )
     else:
-        rows = tx.query(READY_SQL, (now, n))
+        rows = reader.query(READY_SQL, (now, n))
+    return [str(r[0]) for r in rows]
+
+
+def _claim_in(tx: Transaction, owner: str, n: int, paused: frozenset[str],
+              now: int, ready: Limits) -> list[Claim]:
+    """:func:`claim_many` inside a transaction the caller holds. An action whose cgroups were
+    not prepared before the transaction (it became ready meanwhile) is left for the next
+    claim."""
     claims: list[Claim] = []
     starts: list[_Start] = []
     try:
-        for (action_id,) in rows:
-            start = _prepare_start(tx, str(action_id), owner, now)
+        for action_id in _ready_ids(tx, n, paused, now):
+            try:
+                start = _prepare_start(tx, action_id, owner, now, ready)
+            except UnpreparedError:
+                continue
             starts.append(start)
             claims.append(start.claim)
         _append_starts(tx, starts, now)
@@ -122,16 +145,22 @@ def finish_and_claim(store: EventStore, owner: str, ended: list[tuple[Claim, Out
     rng = rng or random.Random()
     states: list[ActionState | None] = []
     claims: list[Claim] = []
+    ready: Limits = {}
+    if n > 0:
+        before_begin(store)
+        ready = prepare_limits(store, _ready_ids(store, n, paused, store.clock.now_ms()))
     try:
         with store.transaction() as tx:
             now = store.clock.now_ms()
             if children:
                 _record_children_in(tx, owner, children)
             states = _finish_in(tx, ended, now, rng)
-            claims = _claim_in(tx, owner, n, paused, now)
+            claims = _claim_in(tx, owner, n, paused, now, ready)
     except BaseException:
         _release(claims)
         raise
+    finally:
+        discard(ready)
     return states, claims
 
 
@@ -163,9 +192,20 @@ def submit_and_claim(store: EventStore, spec: Any, owner: str, by: str) -> Claim
         from sp.commands.policies import refuse
 
         refuse(store, [spec], ["task"])
-    with store.transaction() as tx:
-        (action_id,) = submit_in(tx, [spec], by, ["task"], store.clock.now_ms())
-        return _start(tx, action_id, owner, store.clock.now_ms())
+    before_begin(store)
+    planned = action_id = new_action_id()
+    ready = prepare_limits(store, (), [(planned, spec.resources or {},
+                                         spec.limits_required)])
+    try:
+        with store.transaction() as tx:
+            (action_id,) = submit_in(tx, [spec], by, ["task"], store.clock.now_ms(),
+                                     new_ids=[planned])
+            return _start(tx, action_id, owner, store.clock.now_ms(), ready)
+    except UnpreparedError:
+        # Its key named an existing action (nothing was submitted): claim that one.
+        return claim(store, action_id, owner)
+    finally:
+        discard(ready)
 
 
 def claim(store: EventStore, action_id: str, owner: str) -> Claim:
@@ -173,8 +213,16 @@ def claim(store: EventStore, action_id: str, owner: str) -> Claim:
 
     :raises InvalidTransitionError: the action is not waiting to run.
     """
-    with store.transaction() as tx:
-        return _start(tx, action_id, owner, store.clock.now_ms())
+    before_begin(store)
+    while True:
+        ready = prepare_limits(store, [action_id])
+        try:
+            with store.transaction() as tx:
+                return _start(tx, action_id, owner, store.clock.now_ms(), ready)
+        except UnpreparedError:
+            continue  # another attempt began meanwhile: prepare for the one after it
+        finally:
+            discard(ready)
 
 
 class _Start(msgspec.Struct):
@@ -185,8 +233,8 @@ class _Start(msgspec.Struct):
     version: int
 
 
-def _start(tx: Transaction, action_id: str, owner: str, now: int) -> Claim:
-    start = _prepare_start(tx, action_id, owner, now)
+def _start(tx: Transaction, action_id: str, owner: str, now: int, ready: Limits) -> Claim:
+    start = _prepare_start(tx, action_id, owner, now, ready)
     _append_starts(tx, [start], now)
     return start.claim
 
@@ -199,16 +247,17 @@ def _append_starts(tx: Transaction, starts: list[_Start], now: int) -> None:
     tx.append_many([(s.claim.action_id, [s.event], s.version) for s in starts])
     pid, pid_start = _own_identity()
     host = tx.store.host
-    tx.executemany(
-        "INSERT OR REPLACE INTO leases (name, owner, pid, pid_start, host, heartbeat_ms,"
-        " expires_ms) VALUES (?, ?, ?, ?, ?, ?, ?)",
-        [(s.claim.action_id, s.claim.owner, pid, pid_start, host, now, now + LEASE_TTL_MS)
-         for s in starts],
-    )
+    side.put_leases(tx, [(s.claim.action_id, s.claim.owner, pid, pid_start, host, now,
+                          now + LEASE_TTL_MS) for s in starts])
 
 
-def _prepare_start(tx: Transaction, action_id: str, owner: str, now: int) -> _Start:
-    """Decide one claim (its limits, sandbox, ``started`` event) without appending it."""
+def _prepare_start(tx: Transaction, action_id: str, owner: str, now: int,
+                   ready: Limits) -> _Start:
+    """Decide one claim (its limits, sandbox, ``started`` event) without appending it.
+
+    :raises UnpreparedError: it asks for resources, and its cgroups were not made before the
+        transaction (``ready``).
+    """
     row = tx.query_one(
         "SELECT state, version, attempts, checkpoint, checkpoint_step FROM actions"
         " WHERE action_id = ?", (action_id,),
@@ -222,22 +271,20 @@ def _prepare_start(tx: Transaction, action_id: str, owner: str, now: int) -> _St
     enforced: dict[str, Any] = {}
     refused: str | None = None
     if spec.resources:
-        # The cgroup is made before `started` so that the event records what was enforced,
-        # read back from the kernel; it is removed again if this transaction fails.
-        from sp.agents.config import Resources
-        from sp.agents.units import dec_hook
-        from sp.host import limits
-
-        resources = msgspec.convert(spec.resources, Resources, dec_hook=dec_hook)
-        try:
-            prepared = limits.prepare(resources, f"{action_id}-{attempt}",
-                                      required=spec.limits_required)
-            enforced = {**prepared.enforced, "missing": prepared.missing}
-        except limits.LimitsUnavailableError as e:
+        # The cgroup was made before the transaction (prepare_limits) so that `started`
+        # records what is enforced, read back from the kernel; this claim takes it over, and
+        # removes it again if the transaction fails (_release).
+        made = ready.pop((action_id, attempt), None)
+        if made is None:
+            raise UnpreparedError(action_id)
+        if isinstance(made, Exception):
             # `limits: required` and a limit cannot be enforced: the attempt is started and
             # at once failed (not retried) without spawning anything: refused, on the record.
-            refused = str(e)
-            enforced = {"missing": list(e.missing), "refused": True}
+            refused = str(made)
+            enforced = {"missing": list(getattr(made, "missing", [])), "refused": True}
+        else:
+            prepared = made
+            enforced = {**prepared.enforced, "missing": prepared.missing}
     from sp.commands.policies import attempt_sandbox
 
     confined, sandboxed, policy, denials, why = attempt_sandbox(tx, action_id, attempt, spec)
@@ -320,20 +367,14 @@ def record_children(store: EventStore, owner: str,
 
 def _record_children_in(tx: Transaction, owner: str,
                         children: Sequence[tuple[str, int, int]]) -> None:
-    tx.executemany(
-        "UPDATE leases SET child_pid = ?, child_start = ? WHERE name = ? AND owner = ?",
-        [(pid, start, action_id, owner) for action_id, pid, start in children],
-    )
+    side.note_lease_children(tx, owner, children)
 
 
 def heartbeat(store: EventStore, action_ids: list[str], owner: str) -> None:
     """Renew the leases of running attempts (a side table: never an event per heartbeat)."""
     now = store.clock.now_ms()
     with store.transaction() as tx:
-        tx.executemany(
-            "UPDATE leases SET heartbeat_ms = ?, expires_ms = ? WHERE name = ? AND owner = ?",
-            [(now, now + LEASE_TTL_MS, a, owner) for a in action_ids],
-        )
+        side.renew_leases(tx, action_ids, owner, now, LEASE_TTL_MS)
 
 
 def cancel_requests(store: EventStore, action_ids: list[str]) -> list[str]:
@@ -422,7 +463,7 @@ def _finish_in(tx: Transaction, ended: list[tuple[Claim, Outcome]], now: int,
     def flush() -> None:
         if plain:
             tx.append_many(plain)
-            tx.executemany("DELETE FROM leases WHERE name = ? AND owner = ?", leases)
+            side.drop_leases(tx, leases)
             plain.clear()
             leases.clear()
 
@@ -462,7 +503,7 @@ def _finish(tx: Transaction, claim_: Claim, outcome: Outcome, now: int, rng: ran
     events, version, new = decided
     aid = claim_.action_id
     tx.append(aid, events, version)
-    tx.execute("DELETE FROM leases WHERE name = ? AND owner = ?", (aid, claim_.owner))
+    side.drop_leases(tx, [(aid, claim_.owner)])
     if _cascades(claim_, new):
         cascade(tx, aid, f"dependency {aid} {new.value}", claim_.owner)
     if claim_.spec.group is not None:  # a plan (or its rollback) decides its next event
@@ -555,4 +596,4 @@ def interrupt(store: EventStore, claim_: Claim, reason: str, duration_ms: int,
                                      duration_ms=duration_ms, then=then, usage=usage or {})
         machine.check_event(claim_.action_id, state, event)
         tx.append(claim_.action_id, [event], version)
-        tx.execute("DELETE FROM leases WHERE name = ?", (claim_.action_id,))
+        side.drop_lease(tx, claim_.action_id)

@@ -8,13 +8,10 @@ from pathlib import Path
 from typing import Any
 
 from sp.commands import agents
-from sp.commands.actions import submit_in
-from sp.ledger import events as ev
+from sp.commands.triggers import fire_in, stream_of
 from sp.ledger.store import EventStore
 
-
-def stream_of(trigger: str) -> str:
-    return f"trigger:{trigger}"
+__all__ = ["PAYLOAD_ENV_MAX", "fire", "stream_of", "trigger_env"]
 
 
 # Environment strings longer than 128 KiB make exec fail (Linux MAX_ARG_STRLEN): a bigger
@@ -53,17 +50,10 @@ def fire(store: EventStore, trigger: str, kind: str, agent: str, task: str,
     spec = msgspec.structs.replace(spec, payload=payload, key=key,
                                    env={**spec.env, **trigger_env(trigger, kind, payload)})
     with store.transaction() as tx:
-        if key is not None:
-            row = tx.query_one("SELECT action_id FROM actions WHERE idem_key = ?", (key,))
-            if row is not None:
-                return None
-        (action_id,) = submit_in(tx, [spec], by or f"trigger:{trigger}", [f"trigger {trigger}"],
-                                 store.clock.now_ms())
-        version = tx.stream_version(stream_of(trigger))
-        tx.append(stream_of(trigger), [ev.TriggerFired(
-            by=by or f"trigger:{trigger}", trigger=trigger, kind=kind, action_id=action_id,
-            agent=agent, task=task, payload=payload, detail=detail,
-        )], version)
+        action_id = fire_in(tx, spec, trigger, kind, agent, task, payload, detail=detail,
+                            key=key, by=by)
+    if action_id is None:
+        return None
     from sp.host.wake import signal_workers
 
     signal_workers(Path(store.path).parent)

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
+from sp.ledger import side
 from sp.ledger.errors import LedgerWipedError
 from sp.ledger.store import EventStore
 
@@ -149,11 +150,7 @@ def _give_id(store: EventStore) -> str:
     import uuid  # only when a ledger is created: a cron run need not load it
 
     with store.transaction() as tx:
-        tx.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('ledger_id', ?)",
-                   (uuid.uuid4().hex,))
-        row = tx.query_one("SELECT value FROM meta WHERE key = 'ledger_id'")
-    assert row is not None
-    return str(row[0])
+        return side.meta_once(tx, "ledger_id", uuid.uuid4().hex)
 
 
 def stale_head(store: EventStore, marker: Marker | None) -> tuple[int, str] | None:

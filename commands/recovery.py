@@ -10,7 +10,8 @@ first and then every half lease period. Two sweeps never race: each holds the ho
 lock (a ``flock`` on ``<home>/run/recovery.lock``); a sweep that finds it taken does nothing.
 The evidence (is the owner alive, did the attempt run: /proc, the log) is gathered before the
 write transaction; inside it the decision is taken again on what is still true (the same
-attempt, the same lease), and processes are stopped only after the commit.
+attempt, the same lease). This module only decides and records (:func:`sweep`); processes are
+stopped and files removed after the commit by the runner (:mod:`sp.runner.reaper`).
 
 Which attempts count. An attempt counts when there is evidence that it ran: a child noted in
 its lease, a live process whose environment names it, output of its own in its log, or a
@@ -36,6 +37,7 @@ from sp.commands.actions import cascade, state_of
 from sp.commands.home import Home
 from sp.host import proc
 from sp.ledger import events as ev
+from sp.ledger import side
 from sp.ledger.store import EventStore, Transaction
 from sp.machines import action as machine
 from sp.machines.action import ActionState
@@ -75,10 +77,7 @@ class _Suspect(NamedTuple):
 
 
 def _lease(store: EventStore | Transaction, action_id: str) -> _Lease | None:
-    row = store.query_one(
-        "SELECT owner, pid, pid_start, host, expires_ms, child_pid, child_start FROM leases"
-        " WHERE name = ?", (action_id,),
-    )
+    row = side.lease(store, action_id)
     return None if row is None else _Lease(*row)
 
 
@@ -199,43 +198,53 @@ def _unchanged(before: _Lease | None, now: _Lease | None) -> bool:
     return before[:5] == now[:5]
 
 
-class _Effects:
-    """What to do once the sweep's transactions have committed."""
+class Cleanup:
+    """What the sweep decided to stop and remove once its transactions have committed (the
+    runner's :func:`sp.runner.reaper.clean_up` does it: commands decide, they never kill)."""
 
     def __init__(self) -> None:
         self.groups: list[tuple[int, int]] = []  # process groups noted in leases
         self.strays: list[tuple[int, int]] = []
         self.files: list[str] = []  # denials files, recorded
-        self.cgroups: list[dict[str, Any]] = []
+        self.cgroups: list[dict[str, Any]] = []  # the `limits` of the attempts' started events
 
 
-def recover(store: EventStore, by: str = "replay", *, wait: bool = True,
-            skip_own: bool = False) -> list[Recovered]:
-    """Record an event for every executing action whose owner is gone.
+class Swept(NamedTuple):
+    done: list[Recovered]
+    cleanup: Cleanup
 
-    ``wait``: wait for a sweep another process runs, else (``False``) return ``[]`` at once:
+
+def sweep(store: EventStore, by: str = "replay", *, wait: bool = True,
+          skip_own: bool = False) -> Swept:
+    """Record an event for every executing action whose owner is gone, and say what to clean
+    up after (the decider of recovery; :func:`sp.runner.reaper.recover` acts on it).
+
+    The evidence (the /proc scan for strays, the logs) is gathered before any write
+    transaction, so that the write lock is never held across a scan of every process; each
+    decision is then taken again under the lock on what is still true.
+
+    ``wait``: wait for a sweep another process runs, else (``False``) return nothing at once:
     it does the work. ``skip_own``: leave the attempts this process holds alone (a worker's
     own sweep).
 
     :raises OSError: the home's recovery lock cannot be taken.
     """
     root = os.path.dirname(os.path.abspath(store.path))
+    cleanup = Cleanup()
     with sweep_lock(root, wait) as held:
         if not held:
-            return []
+            return Swept([], cleanup)
         now = store.clock.now_ms()
         done: list[Recovered] = []
-        effects = _Effects()
         for suspect in _suspects(store, now, skip_own):
-            outcome = _recover_one(store, suspect, by, now, effects)
+            outcome = _recover_one(store, suspect, by, now, cleanup)
             if outcome is not None:
                 done.append(outcome)
-        _after_commit(effects)
-        return done
+        return Swept(done, cleanup)
 
 
 def _recover_one(store: EventStore, s: _Suspect, by: str, now: int,
-                 effects: _Effects) -> Recovered | None:
+                 effects: Cleanup) -> Recovered | None:
     """Decide and record one suspect in a transaction of its own; None when it turns out
     alive or changed meanwhile (it finished, a live owner renewed its lease)."""
     action_id = s.action_id
@@ -279,7 +288,7 @@ def _recover_one(store: EventStore, s: _Suspect, by: str, now: int,
         denied, denials_file = _denials_left(store, action_id, int(attempts), by)
         tx.append(action_id, [*denied, event], version)
         _note_effects(tx, action_id, lease, s, denials_file, effects)
-        tx.execute("DELETE FROM leases WHERE name = ?", (action_id,))
+        side.drop_lease(tx, action_id)
         if new in (ActionState.FAILED, ActionState.CANCELLED):
             cascade(tx, action_id, f"dependency {action_id} {new.value}", by)
             from sp.commands import reactor  # a plan (or its rollback) decides its next event
@@ -289,7 +298,7 @@ def _recover_one(store: EventStore, s: _Suspect, by: str, now: int,
 
 
 def _note_effects(tx: Transaction, action_id: str, lease: _Lease | None, s: _Suspect,
-                  denials_file: str | None, effects: _Effects) -> None:
+                  denials_file: str | None, effects: Cleanup) -> None:
     """Remember what to stop and remove once this decision has committed."""
     if denials_file is not None:
         effects.files.append(denials_file)
@@ -300,25 +309,3 @@ def _note_effects(tx: Transaction, action_id: str, lease: _Lease | None, s: _Sus
                if isinstance(r.event, ev.ActionStarted)]
     if started and started[-1].limits.get("cgroups"):
         effects.cgroups.append(started[-1].limits)
-
-
-def _after_commit(effects: _Effects) -> None:
-    """Stop process groups whose owner died, so a resumed attempt does not run beside its
-    orphaned predecessor; remove what was recorded."""
-    for pid, started_at in effects.groups:
-        proc.kill_group(pid, started_at)
-    proc.kill_attempt(effects.strays)
-    for path in effects.files:  # recorded: the evidence is in the ledger now
-        with contextlib.suppress(OSError):
-            os.unlink(path)
-    if effects.cgroups:
-        # Processes that left the process group are still in the attempt's cgroups.
-        import signal
-
-        from sp.host import limits
-
-        for enforced in effects.cgroups:
-            prepared = limits.from_enforced(enforced)
-            if prepared is not None:
-                limits.kill_all(prepared, signal.SIGKILL)
-                limits.cleanup(prepared)

@@ -9,7 +9,7 @@ both, for a user who has decided to rebuild from a damaged log anyway.
 
 from __future__ import annotations
 
-from sp.commands.recovery import Recovered, recover
+from sp.commands.recovery import Swept, sweep
 from sp.ledger.errors import LedgerDamagedError
 from sp.ledger.integrity import sqlite_damage
 from sp.ledger.store import EventStore
@@ -24,9 +24,10 @@ def refuse_damaged(store: EventStore) -> None:
         raise LedgerDamagedError(store.path, f"quick_check: {damage[0]}{more}")
 
 
-def replay(store: EventStore, force: bool = False) -> tuple[int, list[Recovered]]:
+def replay(store: EventStore, force: bool = False) -> tuple[int, Swept]:
     """Rebuild every projection, then record a recovery event for each orphaned action.
-    Returns the event count and what was recovered.
+    Returns the event count and what was recovered, with what to clean up after it (the
+    caller hands that to :func:`sp.runner.reaper.clean_up`: commands never kill).
 
     :raises LedgerTamperedError: the log fails the chain walk (not with ``force``).
     :raises LedgerDamagedError: SQLite finds the file damaged (not with ``force``).
@@ -34,7 +35,7 @@ def replay(store: EventStore, force: bool = False) -> tuple[int, list[Recovered]
     if not force:
         refuse_damaged(store)
     count = engine.rebuild(store, verify=not force)
-    return count, recover(store)
+    return count, sweep(store)
 
 
 def check(store: EventStore, force: bool = False) -> tuple[int, engine.Difference | None]:

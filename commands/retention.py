@@ -13,6 +13,7 @@ import msgspec
 from sp.agents.durations import parse_duration_ms
 from sp.commands.home import Home
 from sp.ledger import archive as ledger_archive
+from sp.ledger import events as ev
 from sp.ledger.errors import ActionNotFoundError, UsageError
 from sp.ledger.store import EventStore, Transaction
 from sp.security import archivable as selection
@@ -50,12 +51,41 @@ def gc(store: EventStore, home: Home, *, temp: str | None = None,
         return found
 
     removals = retention.plan(store, home.root, rules, rules_for)
-    seq = None if dry_run else retention.execute(store, home.root, removals, rules, by=by)
+    seq = None if dry_run else _record_and_remove(store, home.root, removals, rules, by)
     return GcReport(
         dry_run=dry_run, removed=removals, files=len(removals),
         bytes_freed=sum(r.bytes for r in removals),
         actions=retention.actions_of(removals), seq=seq,
         retention=rules)
+
+
+def gc_event(removals: list[retention.Removal], rules: retention.Rules,
+             by: str) -> ev.GcCompleted:
+    """Decide ``maintenance.gc_completed``: every removal by kind, and the rules applied."""
+    return ev.GcCompleted(
+        by=by,
+        logs=[r.path[len("logs/"):-len(".log")] for r in removals if r.kind == "log"],
+        tmp=[r.path[len("tmp/"):] for r in removals if r.kind == "tmp"],
+        previews=[r.path[len("previews/"):] for r in removals if r.kind == "preview"],
+        blobs=[r.path[len("blobs/"):] for r in removals if r.kind == "blob"],
+        actions=retention.actions_of(removals),
+        files=len(removals), bytes_freed=sum(r.bytes for r in removals),
+        retention={"temp_ms": rules.temp_ms, "completed_ms": rules.completed_ms,
+                   "failed_ms": rules.failed_ms},
+    )
+
+
+def _record_and_remove(store: EventStore, home: Path, removals: list[retention.Removal],
+                       rules: retention.Rules, by: str) -> int | None:
+    """Record ``maintenance.gc_completed`` naming every removal, then remove the files (the
+    record first: see :func:`sp.security.retention.remove_files`). Re-running gc is
+    idempotent: with nothing left to remove it records nothing. Returns the event's seq."""
+    if not removals:
+        return None
+    with store.transaction() as tx:
+        (rec,) = tx.append(retention.STREAM, [gc_event(removals, rules, by)], None)
+    retention.remove_files(home, removals, rules, store.clock.now_ms())
+    return rec.seq
 
 
 def _flag(value: str | None, where: str) -> int | None:
@@ -136,6 +166,7 @@ def archive(store: EventStore, before: str, file: str | Path, by: str = "") -> A
     event = None
     if chosen.streams or target.exists():  # also finishes what a crashed run left staged
         event = ledger_archive.move(store, target, chosen.streams, before_ms,
+                                    record=_record_archived,
                                     after_move=_rebuild_projections, by=by)
     seq = None
     if event is not None:
@@ -147,6 +178,11 @@ def archive(store: EventStore, before: str, file: str | Path, by: str = "") -> A
         file=str(target), before_ms=before_ms, streams=len(chosen.streams),
         actions=chosen.actions, plans=chosen.plans, held=chosen.held,
         events=0 if event is None else event.count, seq=seq)
+
+
+def _record_archived(tx: Transaction, event: ev.LedgerArchived) -> None:
+    """Append ``ledger.archived`` in the archive's transaction, before the rows go."""
+    tx.append(ledger_archive.STREAM, [event], None)
 
 
 def _rebuild_projections(tx: Transaction) -> None:

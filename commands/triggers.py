@@ -21,10 +21,40 @@ import msgspec
 from sp.agents import trigger_names
 from sp.agents.trigger_file import TriggerFile, decode_triggers, load_triggers, split_action
 from sp.commands import agents
+from sp.commands.actions import SubmitSpec, submit_in
 from sp.ledger import events as ev
 from sp.ledger.errors import UsageError
-from sp.ledger.store import EventStore
-from sp.projections.triggers import CONFIG_STREAM
+from sp.ledger.store import EventStore, Transaction
+from sp.projections.triggers import CONFIG_STREAM, FIRE_STREAM_PREFIX
+
+
+def stream_of(trigger: str) -> str:
+    """The stream of a trigger's fires."""
+    return f"{FIRE_STREAM_PREFIX}{trigger}"
+
+
+def fire_in(tx: Transaction, spec: SubmitSpec, trigger: str, kind: str,
+            agent: str, task: str, payload: dict[str, Any], *, detail: str = "",
+            key: str | None = None, by: str = "") -> str | None:
+    """Record ``trigger.fired`` and submit ``spec`` in the caller's transaction; returns the
+    action id (None, and nothing written, if an action with idempotency ``key`` exists).
+
+    One transaction for both, so that ``sp audit`` says why an action ran and nothing fires
+    without its record.
+    """
+    if key is not None:
+        row = tx.query_one("SELECT action_id FROM actions WHERE idem_key = ?", (key,))
+        if row is not None:
+            return None
+    by = by or f"trigger:{trigger}"
+    (action_id,) = submit_in(tx, [spec], by, [f"trigger {trigger}"], tx.store.clock.now_ms())
+    stream = stream_of(trigger)
+    tx.append(stream, [ev.TriggerFired(
+        by=by, trigger=trigger, kind=kind, action_id=action_id, agent=agent, task=task,
+        payload=payload, detail=detail,
+    )], tx.stream_version(stream))
+    return action_id
+
 
 # What may follow /hooks/ in a webhook's URL: no spaces, queries or fragments.
 _HOOK_NAME = re.compile(r"[A-Za-z0-9._~:@/-]+")

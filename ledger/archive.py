@@ -9,9 +9,9 @@ the chain's first row (:func:`chain_id`).
 Three commits, in this order, each fsync'd (``synchronous=FULL``)::
 
     1. archive: copy the rows into staged_events under a new batch id
-    2. ledger:  BEGIN IMMEDIATE; check the streams did not move since the copy; append
-                ledger.archived (batch, runs, sha256); delete the rows; let the caller fix the
-                projections (after_move); COMMIT
+    2. ledger:  BEGIN IMMEDIATE; check the streams did not move since the copy; the caller
+                appends ledger.archived (batch, runs, sha256) (record); delete the rows; let
+                the caller fix the projections (after_move); COMMIT
     3. archive: move the batch from staged_events into events
 
 A crash (kill -9, power loss) at any point loses nothing and duplicates nothing:
@@ -254,12 +254,16 @@ def _rows_of(query: Callable[..., list[Any]], streams: Sequence[str]) -> list[Ar
 
 
 def move(store: EventStore, path: str | Path, streams: Sequence[str], before_ms: int, *,
+         record: Callable[[Transaction, ev.LedgerArchived], None],
          after_move: Callable[[Transaction], None], by: str = "") -> ev.LedgerArchived | None:
     """Move every row of ``streams`` into the archive at ``path`` (see the module docstring).
 
-    ``after_move(tx)`` runs inside the ledger transaction once the rows are gone, so that the
-    projections change with the log, all or nothing. Returns the recorded event, or None when
-    ``streams`` hold no rows.
+    Inside the ledger transaction, ``record(tx, event)`` appends ``event``, the
+    ``ledger.archived`` fact computed from the rows to move, before they go (the caller is a
+    command: the ledger appends no event of its own; the event must come before the delete,
+    whose gap would otherwise be taken for the chain's head); ``after_move(tx)`` runs once the
+    rows are gone, so that the projections change with the log, all or nothing. Returns the
+    recorded event, or None when ``streams`` hold no rows.
 
     :raises UsageError: ``path`` is not an archive of this ledger.
     :raises ArchiveChangedError: a stream gained or lost events during the copy.
@@ -279,7 +283,7 @@ def move(store: EventStore, path: str | Path, streams: Sequence[str], before_ms:
             _stage(conn, batch, rows)
             try:
                 event = _commit_move(store, target, streams, rows, batch, chain, before_ms,
-                                     after_move, by)
+                                     record, after_move, by)
             except BaseException:
                 conn.execute("DELETE FROM staged_events WHERE batch = ?", (batch,))
                 raise
@@ -304,6 +308,7 @@ def _stage(conn: sqlite3.Connection, batch: str, rows: Sequence[ArchiveRow]) -> 
 
 def _commit_move(store: EventStore, target: Path, streams: Sequence[str],
                  rows: Sequence[ArchiveRow], batch: str, chain: str, before_ms: int,
+                 record: Callable[[Transaction, ev.LedgerArchived], None],
                  after_move: Callable[[Transaction], None], by: str) -> ev.LedgerArchived:
     with store.transaction() as tx:
         now = _rows_of(tx.query, streams)
@@ -315,7 +320,7 @@ def _commit_move(store: EventStore, target: Path, streams: Sequence[str],
             by=by, file=str(target), batch=batch, chain_id=chain, before_ms=before_ms,
             streams=sorted({r[1] for r in rows}), runs=runs_of(rows), count=len(rows),
             sha256=digest([r[7] for r in rows]))
-        tx.append(STREAM, [event], None)
+        record(tx, event)
         guard = tx.query_one(
             "SELECT sql FROM sqlite_master WHERE type = 'trigger' AND name = 'events_no_delete'")
         if guard is None:

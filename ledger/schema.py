@@ -1,6 +1,8 @@
 """DDL of the ledger, as an ordered list of migrations; ``PRAGMA user_version`` = applied count.
 
-Projection tables are not here: they are disposable and owned by ``projections/``.
+Projection tables are not here: they are disposable and owned by ``projections/``. Side
+tables (leases, meta, agent memory, load samples, the schedule clock) are, and
+:mod:`sp.ledger.side` is the only code that reads or writes them.
 """
 
 from __future__ import annotations
@@ -39,6 +41,38 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE leases ADD COLUMN child_pid INTEGER;
     ALTER TABLE leases ADD COLUMN child_start INTEGER;
+    """,
+    # 3: the side tables that were created on first use by their modules (agent memory and
+    # readings, load samples, the schedule clock). IF NOT EXISTS: a ledger that used them
+    # before this migration already has them, with this very shape. Reached through
+    # sp.ledger.side only.
+    """
+    CREATE TABLE IF NOT EXISTS agent_memory (
+        agent      TEXT    NOT NULL,
+        key        TEXT    NOT NULL,
+        value      TEXT    NOT NULL,  -- JSON
+        updated_ms INTEGER NOT NULL,
+        PRIMARY KEY (agent, key)
+    ) WITHOUT ROWID;
+    CREATE TABLE IF NOT EXISTS agent_readings (
+        id    INTEGER PRIMARY KEY AUTOINCREMENT,  -- the order readings were recorded in
+        agent TEXT    NOT NULL,
+        ts_ms INTEGER NOT NULL,
+        value TEXT    NOT NULL                    -- JSON
+    );
+    CREATE INDEX IF NOT EXISTS agent_readings_by_agent ON agent_readings (agent, id);
+    CREATE TABLE IF NOT EXISTS load_samples (
+        ts_ms   INTEGER PRIMARY KEY,
+        load1   REAL NOT NULL,
+        cpu_pct REAL NOT NULL
+    );
+    CREATE TABLE IF NOT EXISTS schedule_clock (
+        id      INTEGER PRIMARY KEY CHECK (id = 1),
+        wall_ms INTEGER NOT NULL,
+        mono_ms INTEGER NOT NULL,
+        boot_id TEXT    NOT NULL,
+        pid     INTEGER NOT NULL
+    );
     """,
 ]
 

@@ -373,6 +373,12 @@ class EventStore:
         """
         return _TransactionScope(self)
 
+    @property
+    def in_transaction(self) -> bool:
+        """Whether a write transaction is open on this store's connection (tests check that
+        no side effect runs inside one: nothing but the ledger belongs there)."""
+        return self._conn.in_transaction
+
     # -- convenience ---------------------------------------------------------------------------
     def append(
         self, stream: str, events: Sequence[Event], expected_version: int | None

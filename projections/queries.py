@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import msgspec
 
 from sp.ledger import events as ev
 from sp.ledger.errors import ActionNotFoundError
-from sp.ledger.store import EventStore, Recorded
+from sp.ledger.side import Reader
+from sp.ledger.store import EventStore, Recorded, Row
 from sp.machines.states import ActionState
 from sp.projections.actions import TABLE as ACTIONS
 
@@ -137,3 +139,53 @@ def details_of(event: ev.Event) -> dict[str, Any]:
             continue
         out[field.name] = value
     return out
+
+
+# -- what the CLI shows beside status and audit (it runs no SQL of its own) -----------------------
+
+def agent_config_json(store: Reader, agent_id: str) -> str | None:
+    """The agent's recorded configuration, as the JSON text it was recorded in."""
+    row = store.query_one("SELECT config FROM agents WHERE agent_id = ?", (agent_id,))
+    return None if row is None else str(row[0])
+
+
+def last_checkpoint_json(store: Reader, action_id: str) -> str | None:
+    """The data of the action's last checkpoint (JSON text), or None."""
+    row = store.query_one("SELECT data FROM checkpoints WHERE action_id = ?", (action_id,))
+    return None if row is None else str(row[0])
+
+
+def action_state(store: Reader, action_id: str) -> str | None:
+    """The action's state (its text), or None for an unknown action."""
+    row = store.query_one("SELECT state FROM actions WHERE action_id = ?", (action_id,))
+    return None if row is None else str(row[0])
+
+
+def active_actions(store: Reader, states: Sequence[str], limit: int = 200) -> list[Row]:
+    """``(action_id, name, agent, task, state, progress, progress_msg, started_ms,
+    child_pid)`` of the actions in ``states``, executing ones first (``sp monitor --live``).
+    The child's pid comes from its lease, a side table: what is running now."""
+    marks = ", ".join("?" * len(states))
+    return store.query(
+        "SELECT a.action_id, a.name, a.agent, a.task, a.state, a.progress, a.progress_msg,"
+        " a.started_ms, l.child_pid FROM actions a LEFT JOIN leases l ON l.name = a.action_id"
+        f" WHERE a.state IN ({marks}) ORDER BY a.state != 'executing', a.submitted_seq"
+        " LIMIT ?", (*states, limit))
+
+
+def actions_since(store: Reader, start_ms: int, limit: int = 500) -> list[Row]:
+    """``(action_id, name, agent, state, submitted_ms, started_ms, finished_ms, error)`` of
+    the actions submitted since ``start_ms``, in submission order (``sp report``)."""
+    return store.query(
+        "SELECT action_id, name, agent, state, submitted_ms, started_ms, finished_ms, error"
+        " FROM actions WHERE submitted_ms >= ? ORDER BY submitted_seq LIMIT ?",
+        (start_ms, limit))
+
+
+def attempts_since(store: Reader, start_ms: int, limit: int = 500) -> list[Row]:
+    """``(action_id, attempt, outcome, duration_ms, finished_ms, peak_rss_bytes)`` of the
+    attempts that finished since ``start_ms``, oldest first (``sp report``)."""
+    return store.query(
+        "SELECT action_id, attempt, outcome, duration_ms, finished_ms, peak_rss_bytes"
+        " FROM metrics_attempts WHERE finished_ms >= ? ORDER BY finished_ms LIMIT ?",
+        (start_ms, limit))

@@ -43,14 +43,14 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar, overload
 
-from sp.ledger import events as ev
+from sp.commands import notices
 from sp.ledger.errors import UsageError
 from sp.ledger.store import EventStore
 from sp.runner.memory import MAX_READINGS, AgentMemory
 
 F = TypeVar("F", bound=Callable[..., Any])
-ALERT_LEVELS = ("info", "warning", "error", "critical")
-ALERT_STREAM = "alerts"
+ALERT_LEVELS = notices.ALERT_LEVELS
+ALERT_STREAM = notices.ALERT_STREAM
 DEFAULT_INTERVAL = "5s"
 
 # "module:qualname" -> the decorated function (its interval is on it: __sp_interval_ms__)
@@ -146,11 +146,7 @@ def record_alert(store: EventStore, message: str, level: str, source: str, agent
 
     :raises UsageError: ``level`` is not info, warning, error or critical.
     """
-    if level not in ALERT_LEVELS:
-        raise UsageError(f"send_alert: level must be one of {', '.join(ALERT_LEVELS)}, "
-                         f"got {level!r}")
-    store.append(ALERT_STREAM, [ev.AlertSent(by=source, message=str(message), level=level,
-                                             source=source, agent=agent)], None)
+    notices.record_alert(store, message, level, source, agent)
     sys.stderr.write(f"alert [{level}] {source}: {message}\n")
     sys.stderr.flush()
 

@@ -2,7 +2,8 @@
 
 A small key/value store (``memory["threshold"] = 80``, ``memory.get("threshold")``) plus a
 bounded list of readings (``memory.record_reading(x)``, ``memory.recent_readings``), kept in the
-ledger file in two side tables:
+ledger file in two side tables (their DDL in :mod:`sp.ledger.schema`, reached through
+:mod:`sp.ledger.side`):
 
 * ``agent_memory(agent, key, value JSON, updated_ms)``
 * ``agent_readings(id, agent, ts_ms, value JSON)``: the newest :data:`MAX_READINGS` per agent
@@ -21,18 +22,11 @@ from typing import Any, overload
 
 import msgspec
 
+from sp.ledger import side
 from sp.ledger.errors import UsageError
 from sp.ledger.store import EventStore
 
 MAX_READINGS = 10_000
-
-_DDL = (
-    "CREATE TABLE IF NOT EXISTS agent_memory (agent TEXT NOT NULL, key TEXT NOT NULL,"
-    " value TEXT NOT NULL, updated_ms INTEGER NOT NULL, PRIMARY KEY (agent, key)) WITHOUT ROWID",
-    "CREATE TABLE IF NOT EXISTS agent_readings (id INTEGER PRIMARY KEY AUTOINCREMENT,"
-    " agent TEXT NOT NULL, ts_ms INTEGER NOT NULL, value TEXT NOT NULL)",
-    "CREATE INDEX IF NOT EXISTS agent_readings_by_agent ON agent_readings (agent, id)",
-)
 
 
 def _enc_hook(obj: Any) -> Any:
@@ -67,7 +61,6 @@ class AgentMemory(MutableMapping[str, Any]):
         self.max_readings = max_readings
         self._store_of = store_of
         self._close = close
-        self._ready = False
 
     def close(self) -> None:
         """Close the ledger connection this memory opened itself (if any)."""
@@ -82,23 +75,15 @@ class AgentMemory(MutableMapping[str, Any]):
         self.close()
 
     def _store(self) -> EventStore:
-        store = self._store_of()
-        if not self._ready:
-            if store.query_one("SELECT count(*) FROM sqlite_master WHERE name IN"
-                               " ('agent_memory', 'agent_readings')") != (2,):
-                with store.transaction() as tx:
-                    for stmt in _DDL:
-                        tx.execute(stmt)
-            self._ready = True
-        return store
+        # The tables exist: opening the store applied the ledger's migrations.
+        return self._store_of()
 
     # -- key/value -------------------------------------------------------------------------
     def __getitem__(self, key: str) -> Any:
-        row = self._store().query_one(
-            "SELECT value FROM agent_memory WHERE agent = ? AND key = ?", (self.agent, key))
-        if row is None:
+        text = side.memory_get(self._store(), self.agent, key)
+        if text is None:
             raise KeyError(key)
-        return _decode(row[0])
+        return _decode(text)
 
     def __setitem__(self, key: str, value: Any) -> None:
         if not isinstance(key, str):
@@ -106,24 +91,18 @@ class AgentMemory(MutableMapping[str, Any]):
         text = encode(value)
         store = self._store()
         with store.transaction() as tx:
-            tx.execute("INSERT OR REPLACE INTO agent_memory (agent, key, value, updated_ms)"
-                       " VALUES (?, ?, ?, ?)", (self.agent, key, text, store.clock.now_ms()))
+            side.memory_put(tx, self.agent, key, text, store.clock.now_ms())
 
     def __delitem__(self, key: str) -> None:
         with self._store().transaction() as tx:
-            if not tx.execute("DELETE FROM agent_memory WHERE agent = ? AND key = ?",
-                              (self.agent, key)):
+            if not side.memory_delete(tx, self.agent, key):
                 raise KeyError(key)
 
     def __iter__(self) -> Iterator[str]:
-        rows = self._store().query("SELECT key FROM agent_memory WHERE agent = ? ORDER BY key",
-                                   (self.agent,))
-        return iter([str(r[0]) for r in rows])
+        return iter(side.memory_keys(self._store(), self.agent))
 
     def __len__(self) -> int:
-        row = self._store().query_one("SELECT count(*) FROM agent_memory WHERE agent = ?",
-                                      (self.agent,))
-        return int(row[0]) if row else 0
+        return side.memory_count(self._store(), self.agent)
 
     def __repr__(self) -> str:
         return f"AgentMemory({self.agent!r})"
@@ -134,12 +113,7 @@ class AgentMemory(MutableMapping[str, Any]):
         text = encode(value)
         store = self._store()
         with store.transaction() as tx:
-            tx.execute("INSERT INTO agent_readings (agent, ts_ms, value) VALUES (?, ?, ?)",
-                       (self.agent, store.clock.now_ms(), text))
-            tx.execute(
-                "DELETE FROM agent_readings WHERE agent = ? AND id < (SELECT id FROM"
-                " agent_readings WHERE agent = ? ORDER BY id DESC LIMIT 1 OFFSET ?)",
-                (self.agent, self.agent, self.max_readings - 1))
+            side.reading_add(tx, self.agent, store.clock.now_ms(), text, self.max_readings)
 
     @property
     def recent_readings(self) -> RecentReadings:
@@ -149,7 +123,7 @@ class AgentMemory(MutableMapping[str, Any]):
     def clear_readings(self) -> int:
         """Forget every reading (e.g. once they were compressed elsewhere); returns how many."""
         with self._store().transaction() as tx:
-            return tx.execute("DELETE FROM agent_readings WHERE agent = ?", (self.agent,))
+            return side.readings_clear(tx, self.agent)
 
 
 class RecentReadings(Sequence[Any]):
@@ -159,9 +133,7 @@ class RecentReadings(Sequence[Any]):
         self._memory = memory
 
     def __len__(self) -> int:
-        row = self._memory._store().query_one(
-            "SELECT count(*) FROM agent_readings WHERE agent = ?", (self._memory.agent,))
-        return int(row[0]) if row else 0
+        return side.readings_count(self._memory._store(), self._memory.agent)
 
     @overload
     def __getitem__(self, index: int) -> Any: ...
@@ -176,21 +148,16 @@ class RecentReadings(Sequence[Any]):
         i = index + n if index < 0 else index
         if not 0 <= i < n:
             raise IndexError(index)
-        row = self._memory._store().query_one(
-            "SELECT value FROM agent_readings WHERE agent = ? ORDER BY id LIMIT 1 OFFSET ?",
-            (self._memory.agent, i))
-        if row is None:
+        text = side.reading_at(self._memory._store(), self._memory.agent, i)
+        if text is None:
             raise IndexError(index)
-        return _decode(row[0])
+        return _decode(text)
 
     def __iter__(self) -> Iterator[Any]:
         return iter(self._all())
 
     def _all(self) -> list[Any]:
-        rows = self._memory._store().query(
-            "SELECT value FROM agent_readings WHERE agent = ? ORDER BY id",
-            (self._memory.agent,))
-        return [_decode(r[0]) for r in rows]
+        return [_decode(t) for t in side.readings_all(self._memory._store(), self._memory.agent)]
 
     def __repr__(self) -> str:
         return f"RecentReadings({self._memory.agent!r}, {len(self)} readings)"

@@ -1,4 +1,5 @@
-"""Deliver a completion/failure notification after the outcome is committed, and record it."""
+"""Deliver a completion/failure notification after the outcome is committed, and record it
+(:func:`sp.commands.notices.record_notified`: the lifecycle machine checks it like any event)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from sp.ledger import events as ev
+from sp.commands import notices
 from sp.ledger.store import EventStore
 from sp.machines.states import ActionState
 
@@ -17,7 +18,8 @@ if TYPE_CHECKING:
 def deliver(store: EventStore, attempt: Attempt, state: ActionState,
             notify: dict[str, Any] | None, by: str) -> None:
     """Send per the action's ``notify:`` settings and append one ``action.notified`` per
-    channel; delivery failures are recorded, never raised."""
+    channel; delivery failures are recorded, never raised. Nothing is recorded when the
+    action is no longer in a final state (the machine refuses ``notify`` there)."""
     from sp.agents.config import Notify
     from sp.runner.notify import Notification, send
 
@@ -37,9 +39,6 @@ def deliver(store: EventStore, attempt: Attempt, state: ActionState,
     results = send(settings, n)
     if not results:
         return
-    with store.transaction() as tx:
-        version = tx.stream_version(attempt.action_id)
-        tx.append(attempt.action_id, [
-            ev.ActionNotified(by=by, channel=r.channel, ok=r.ok, detail=r.detail[:500])
-            for r in results
-        ], version)
+    # The machine decides whether it is recorded (the action may have moved on meanwhile).
+    notices.record_notified(store, attempt.action_id,
+                            [(r.channel, r.ok, r.detail) for r in results], by)

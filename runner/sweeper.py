@@ -4,8 +4,9 @@
 Nothing else has to run after a crash: an action left ``executing`` by a worker that was killed
 is found by the next process that runs work — the next cron tick at the latest — and queued
 again to resume from its checkpoint (or failed when no attempts are left), see
-:mod:`sp.commands.recovery`. Sweeps of several processes never race (the home's recovery lock);
-the attempts the sweeping process holds itself are never touched.
+:mod:`sp.commands.recovery` (the decider) and :mod:`sp.runner.reaper` (the actor). Sweeps of
+several processes never race (the home's recovery lock); the attempts the sweeping process
+holds itself are never touched.
 """
 
 from __future__ import annotations
@@ -13,13 +14,14 @@ from __future__ import annotations
 from sp.commands import recovery
 from sp.commands.execution import LEASE_TTL_MS
 from sp.ledger.store import EventStore
+from sp.runner import reaper
 
 # Half a lease: an owner that died is noticed well before a live one's lease could lapse.
 SWEEP_EVERY_MS = LEASE_TTL_MS // 2
 
 
 class Sweeper:
-    """Runs :func:`sp.commands.recovery.recover` when due by the store's (injectable) clock."""
+    """Runs :func:`sp.runner.reaper.recover` when due by the store's (injectable) clock."""
 
     def __init__(self, store: EventStore, by: str, every_ms: int = SWEEP_EVERY_MS) -> None:
         self.store = store
@@ -38,6 +40,6 @@ class Sweeper:
         if self._next is not None and now < self._next:
             return []
         self._next = now + self.every_ms
-        done = recovery.recover(self.store, by=self.by, wait=False, skip_own=True)
+        done = reaper.recover(self.store, by=self.by, wait=False, skip_own=True)
         self.recovered += len(done)
         return done

@@ -18,20 +18,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from sp.ledger import side
 from sp.ledger.store import Transaction
 from sp.schedules.slots import Gap
 
 SUSPEND_MIN_MS = 60_000  # NTP slews by far less; a suspend of under a minute changes nothing
-
-# Created on first use rather than by a ledger migration: the table is the triggers' own
-# ephemeral state, and a ledger without schedules never needs it.
-_DDL = """CREATE TABLE IF NOT EXISTS schedule_clock (
-    id      INTEGER PRIMARY KEY CHECK (id = 1),
-    wall_ms INTEGER NOT NULL,
-    mono_ms INTEGER NOT NULL,
-    boot_id TEXT    NOT NULL,
-    pid     INTEGER NOT NULL
-)"""
 
 
 def boot_id() -> str:
@@ -44,15 +35,10 @@ def boot_id() -> str:
 
 def observe(tx: Transaction, wall_ms: int, mono_ms: int, boot: str, pid: int) -> Gap:
     """Compare these readings with the previous tick's, store them, and say what happened."""
-    tx.execute(_DDL)
-    prev = tx.query_one("SELECT wall_ms, mono_ms, boot_id FROM schedule_clock WHERE id = 1")
-    tx.execute(
-        "INSERT OR REPLACE INTO schedule_clock (id, wall_ms, mono_ms, boot_id, pid)"
-        " VALUES (1, ?, ?, ?, ?)", (wall_ms, mono_ms, boot, pid),
-    )
+    prev = side.clock_swap(tx, wall_ms, mono_ms, boot, pid)
     if prev is None:
         return Gap()
-    prev_wall, prev_mono, prev_boot = int(prev[0]), int(prev[1]), str(prev[2])
+    prev_wall, prev_mono, prev_boot = prev
     return classify(prev_wall, prev_mono, prev_boot, wall_ms, mono_ms, boot)
 
 

@@ -1,9 +1,10 @@
 """Machine load samples: what adaptive schedules learn the quiet minutes from.
 
 The daemon's ``load`` source records, every :data:`SAMPLE_EVERY_MS`, the 1-minute load average
-and the CPU use since the previous sample into the side table ``load_samples``. Samples are
-ephemeral facts (like heartbeats): not events, not replayed, kept for :data:`RETENTION_MS`;
-losing them only makes adaptive schedules fall back to their window's start. One row a minute
+and the CPU use since the previous sample into the side table ``load_samples`` (through
+:mod:`sp.ledger.side`). Samples are ephemeral facts (like heartbeats): not events, not
+replayed, kept for :data:`RETENTION_MS`; losing them only makes adaptive schedules fall back
+to their window's start. One row a minute
 is one small commit a minute, well within what the ledger's fsync budget allows.
 
 The daemon's source (:mod:`sp.triggers.load_source`) is built for every trigger file unless it
@@ -16,19 +17,13 @@ import os
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from sp.ledger import side
+
 if TYPE_CHECKING:
     from sp.ledger.store import Transaction
 
 SAMPLE_EVERY_MS = 60_000
 RETENTION_MS = 30 * 86_400_000
-
-# Created on first use (like ``schedule_clock``): the table is the triggers' own state, and a
-# ledger whose daemon never ran never needs it.
-DDL = """CREATE TABLE IF NOT EXISTS load_samples (
-    ts_ms   INTEGER PRIMARY KEY,
-    load1   REAL NOT NULL,
-    cpu_pct REAL NOT NULL
-)"""
 
 Query = Callable[[str, Sequence[Any]], list[tuple[Any, ...]]]
 
@@ -36,21 +31,13 @@ Query = Callable[[str, Sequence[Any]], list[tuple[Any, ...]]]
 def record(tx: Transaction, ts_ms: int, load1: float, cpu_pct: float,
            retention_ms: int = RETENTION_MS) -> None:
     """Store one sample and forget those older than the retention."""
-    tx.execute(DDL)
-    tx.execute("INSERT OR REPLACE INTO load_samples (ts_ms, load1, cpu_pct) VALUES (?, ?, ?)",
-               (ts_ms, float(load1), float(cpu_pct)))
-    tx.execute("DELETE FROM load_samples WHERE ts_ms < ?", (ts_ms - retention_ms,))
+    side.load_record(tx, ts_ms, load1, cpu_pct, ts_ms - retention_ms)
 
 
 def samples_between(query: Query, start_ms: int, end_ms: int) -> list[tuple[int, float, float]]:
     """``(ts_ms, load1, cpu_pct)`` with ``start_ms <= ts_ms < end_ms``, oldest first; none when
     no sample was ever recorded. ``query`` is ``store.query`` or ``tx.query``."""
-    if not query("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'load_samples'",
-                 ()):
-        return []
-    return [(int(r[0]), float(r[1]), float(r[2])) for r in query(
-        "SELECT ts_ms, load1, cpu_pct FROM load_samples WHERE ts_ms >= ? AND ts_ms < ?"
-        " ORDER BY ts_ms", (start_ms, end_ms))]
+    return side.load_between(query, start_ms, end_ms)
 
 
 def measure() -> tuple[float, float]:

@@ -352,32 +352,17 @@ def _blobs(ledger: _Ledger, home: Path, rules: Rules) -> list[Removal]:
     return out
 
 
-def execute(store: EventStore, home: Path, removals: list[Removal], rules: Rules,
-            by: str = "") -> int | None:
-    """Record ``maintenance.gc_completed`` naming every removal, then remove the files.
+def remove_files(home: Path, removals: list[Removal], rules: Rules, now_ms: int) -> None:
+    """Remove what ``removals`` name, once ``maintenance.gc_completed`` naming them committed
+    (:func:`sp.commands.retention.gc` records it first).
 
     The order is deliberate: a file removed but never recorded would make an action's history
     lie (its log gone, nothing saying why), while a crash after the commit only leaves files
-    that the next ``sp gc`` finds again, removes, and records once more. Re-running gc is
-    idempotent: with nothing left to remove it records nothing. (A blob an action reuses
-    between the plan and its removal is put back: the record then names one blob too many,
-    never one too few.) Returns the event's seq.
+    that the next ``sp gc`` finds again, removes, and records once more. (A blob an action
+    reuses between the plan and its removal is put back: the record then names one blob too
+    many, never one too few.)
     """
-    if not removals:
-        return None
-    event = ev.GcCompleted(
-        by=by,
-        logs=[r.path[len("logs/"):-len(".log")] for r in removals if r.kind == "log"],
-        tmp=[r.path[len("tmp/"):] for r in removals if r.kind == "tmp"],
-        previews=[r.path[len("previews/"):] for r in removals if r.kind == "preview"],
-        blobs=[r.path[len("blobs/"):] for r in removals if r.kind == "blob"],
-        actions=actions_of(removals),
-        files=len(removals), bytes_freed=sum(r.bytes for r in removals),
-        retention={"temp_ms": rules.temp_ms, "completed_ms": rules.completed_ms,
-                   "failed_ms": rules.failed_ms},
-    )
-    (rec,) = store.append(STREAM, [event], None)
-    fresh_after = store.clock.now_ms() - rules.temp_ms
+    fresh_after = now_ms - rules.temp_ms
     for r in removals:
         if r.kind == "blob":
             _remove_blob(home / r.path, fresh_after)
@@ -386,7 +371,6 @@ def execute(store: EventStore, home: Path, removals: list[Removal], rules: Rules
         if r.kind == "preview":
             name, version = r.path[len("previews/"):].split("/", 1)
             _remove(home / "deploy" / name / f"{version}.json")
-    return rec.seq
 
 
 def actions_of(removals: list[Removal]) -> list[str]:

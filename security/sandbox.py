@@ -47,7 +47,7 @@ import msgspec
 from sp.security import audit, landlock, linux
 from sp.security.enter import SANDBOX_EXIT
 
-__all__ = ["SANDBOX_EXIT", "Capabilities", "SandboxSpec", "code_roots", "plan", "probe",
+__all__ = ["SANDBOX_EXIT", "Capabilities", "SandboxSpec", "code_roots", "plan", "probe", "probed",
            "read_denials", "wrap"]
 
 DROPPED_CAPABILITIES = linux.DROPPED_CAPABILITIES
@@ -161,9 +161,16 @@ def _probe_namespaces(user: bool) -> tuple[list[str], str]:
     return have, (f"unshare failed: {reasons}" if reasons else "")
 
 
+def probed() -> bool:
+    """Whether :func:`probe` already ran in this process (its answer is cached)."""
+    return probe.cache_info().currsize > 0
+
+
 @functools.cache
 def probe() -> Capabilities:
-    """What can be enforced here (cached per process)."""
+    """What can be enforced here (cached per process). It forks a throwaway child: call it
+    outside any ledger transaction and before a process starts threads
+    (:func:`sp.commands.preparation.before_begin`, the daemon's start)."""
     abi = landlock.abi_version()
     user = os.geteuid() != 0
     have, ns_reason = _probe_namespaces(user)

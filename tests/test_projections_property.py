@@ -12,7 +12,7 @@ import hypothesis.strategies as st
 from hypothesis import HealthCheck, settings
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, precondition, rule
 
-from sp.commands import actions, execution, plans, recovery
+from sp.commands import actions, execution, plans
 from sp.commands.execution import Claim, Outcome
 from sp.commands.home import Home
 from sp.ledger import events as ev
@@ -22,6 +22,7 @@ from sp.machines import action as machine
 from sp.machines.plan import SETTLED, PlanState
 from sp.machines.states import FINAL, ActionState
 from sp.projections import engine, queries
+from sp.runner import reaper
 
 # Choices among rows of the ledger are drawn as a plain index (then taken modulo the rows), so
 # that what hypothesis draws never depends on the ledger's state: a row count that differs
@@ -195,9 +196,9 @@ class LiveEqualsReplay(RuleBasedStateMachine):
         # The owner 'died': drop its leases, as after a reboot, then recover.
         with self.store.transaction() as tx:
             tx.execute("DELETE FROM leases")
-        recovery.recover(self.store)
+        reaper.recover(self.store)
         self.claims.clear()
-        assert recovery.recover(self.store) == []
+        assert reaper.recover(self.store) == []
 
     @invariant()
     def counts_match_rows(self) -> None:

@@ -11,6 +11,7 @@ from sp.commands import actions, execution, recovery
 from sp.commands.home import Home
 from sp.ledger.clock import ManualClock
 from sp.ledger.store import EventStore
+from sp.runner import reaper
 
 
 def _expire(clock: ManualClock) -> None:
@@ -28,7 +29,7 @@ def test_a_claimed_attempt_with_no_process_is_queued_again_not_failed(
     (aid,) = actions.submit(store, [actions.SubmitSpec(command=["true"])])  # one attempt
     execution.claim(store, aid, "worker-that-died")
     _expire(clock)
-    (done,) = recovery.recover(store)
+    (done,) = reaper.recover(store)
     assert done.outcome == "interrupted"
     assert "may never have run" in done.reason
     assert _state(store, aid)[0] == "interrupted"
@@ -45,7 +46,7 @@ def test_a_spawned_attempt_with_no_attempts_left_still_fails(
     execution.claim(store, aid, "worker-that-died")
     execution.record_children(store, "worker-that-died", [(aid, os.getpid(), 1)])
     _expire(clock)
-    (done,) = recovery.recover(store)
+    (done,) = reaper.recover(store)
     assert done.outcome == "failed"
     assert _state(store, aid) == ("failed", "heartbeat_missing")
 
@@ -58,7 +59,7 @@ def test_a_spawned_attempt_its_worker_never_noted_is_found_by_its_environment_an
                               env={**os.environ, "SP_ACTION_ID": aid, "SP_ATTEMPT": "1"})
     try:
         _expire(clock)
-        (done,) = recovery.recover(store)
+        (done,) = reaper.recover(store)
         assert done.outcome == "failed"  # it did run: the last attempt is used up
         assert orphan.wait(timeout=10) == -signal.SIGKILL  # and it does not run on beside
     finally:
@@ -76,10 +77,10 @@ def test_an_attempt_without_evidence_is_given_back_once_never_more(
     with home.log_path(aid).open("a") as log:  # the worker's own notes are no evidence
         log.write(f"--- sp: attempt 1 of {aid}\n--- sp: step 0 fetch\n")
     _expire(clock)
-    assert recovery.recover(store)[0].outcome == "interrupted"  # may never have run
+    assert reaper.recover(store)[0].outcome == "interrupted"  # may never have run
     execution.claim(store, aid, "worker-that-died-too")  # attempt 2 of 1
     _expire(clock)
-    (done,) = recovery.recover(store)
+    (done,) = reaper.recover(store)
     assert done.outcome == "failed"
     state, _ = _state(store, aid)
     row = store.query_one("SELECT attempts, max_attempts, error FROM actions"
@@ -95,7 +96,7 @@ def test_output_in_the_attempts_log_counts_the_attempt(
     # What the worker and its child left: the attempt's header, then the child's output.
     home.log_path(aid).write_text(f"--- sp: attempt 1 of {aid}\nfetched 3 papers\n")
     _expire(clock)
-    (done,) = recovery.recover(store)
+    (done,) = reaper.recover(store)
     assert done.outcome == "failed"
     assert _state(store, aid)[0] == "failed"
 
@@ -105,7 +106,7 @@ def test_a_checkpoint_of_the_attempt_counts_it(store: EventStore, clock: ManualC
     execution.claim(store, aid, "worker-that-died")
     actions.checkpoint(store, aid, {"cursor": 3}, step=0)
     _expire(clock)
-    assert recovery.recover(store)[0].outcome == "failed"
+    assert reaper.recover(store)[0].outcome == "failed"
 
 
 def test_a_sweep_leaves_a_lease_renewed_meanwhile_alone(
@@ -119,7 +120,7 @@ def test_a_sweep_leaves_a_lease_renewed_meanwhile_alone(
     suspects = recovery._suspects(store, now, skip_own=False)
     assert [s.action_id for s in suspects] == [aid]
     execution.heartbeat(store, [aid], "slow-worker")  # it was alive after all
-    effects = recovery._Effects()
+    effects = recovery.Cleanup()
     assert recovery._recover_one(store, suspects[0], "test", now, effects) is None
     assert _state(store, aid)[0] == "executing"
 
@@ -131,5 +132,5 @@ def test_a_sweep_skips_what_another_sweep_is_doing(
     _expire(clock)
     with recovery.sweep_lock(str(home.root)) as held:
         assert held
-        assert recovery.recover(store, wait=False) == []  # another sweep holds the lock
-    assert recovery.recover(store, wait=False)[0].outcome == "interrupted"
+        assert reaper.recover(store, wait=False) == []  # another sweep holds the lock
+    assert reaper.recover(store, wait=False)[0].outcome == "interrupted"

@@ -10,13 +10,14 @@ import pytest
 
 from sp.agents.config import Resources
 from sp.agents.units import Size
-from sp.commands import actions, agents, execution, recovery
+from sp.commands import actions, agents, execution
 from sp.commands.home import Home
 from sp.host import limits
 from sp.ledger import events as ev
 from sp.ledger.clock import ManualClock
 from sp.ledger.store import EventStore
 from sp.projections import queries
+from sp.runner import reaper
 from sp.runner.worker import Worker
 from tests.conftest import Sp
 
@@ -104,9 +105,9 @@ def test_bad_limit_values_are_refused_at_apply(sp: Sp, tmp_path: Path) -> None:
 def test_heartbeat_missing_is_detected(store: EventStore, clock: ManualClock) -> None:
     (aid,) = actions.submit(store, [actions.SubmitSpec(command=["true"], retries=1)])
     execution.claim(store, aid, "worker:stuck")  # our own pid: the owner looks alive
-    assert recovery.recover(store) == []
+    assert reaper.recover(store) == []
     clock.advance(execution.LEASE_TTL_MS + 60_000)  # no heartbeat for 90 s
-    (r,) = recovery.recover(store)
+    (r,) = reaper.recover(store)
     assert r.outcome == "interrupted" and r.reason.startswith("heartbeat_missing")
     row = queries.get_action(store, aid)
     assert row["state"] == "interrupted" and row["error"].startswith("heartbeat_missing")
@@ -123,7 +124,7 @@ def test_on_interrupt_policies(store: EventStore, tmp_path: Path, then: str, sta
     actions.checkpoint(store, aid, {"cursor": 7}, step=0)
     with store.transaction() as tx:
         tx.execute("DELETE FROM leases")  # the owner vanished without a trace
-    (r,) = recovery.recover(store)
+    (r,) = reaper.recover(store)
     assert r.outcome == ("held" if then == "hold" else "interrupted")
     row = queries.get_action(store, aid)
     assert row["state"] == state and row["held"] == (then == "hold")

@@ -162,6 +162,12 @@ class Daemon:
         :raises UsageError: a source cannot be built; nothing was started.
         """
         gen = self._load()
+        if self.concurrency > 0:
+            # The sandbox probe forks: before any thread of ours exists, and outside any
+            # transaction (a worker's claim would otherwise run it under the write lock).
+            from sp.commands.preparation import warm_up
+
+            warm_up()
         handlers = self._install_signals()
         names = ", ".join(s.name for s in gen.sources) or "no trigger sources"
         worker = (f"a worker running up to {self.concurrency} at once" if self.concurrency
