@@ -1,2 +1,4 @@
-"""Plans: dependency graphs of actions from YAML/TOML files, their validation, and the reactor
-that moves a plan's own lifecycle (machines/plan.py) from its actions' outcomes."""
+"""Plans: dependency graphs of actions from YAML/TOML files, their validation and graph maths.
+
+The reactor that moves a plan's own lifecycle (machines/plan.py) from its actions' outcomes,
+and rollback runs, live here too."""
