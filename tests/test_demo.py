@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -21,7 +22,11 @@ import pytest
 from sp.security.sandbox import probe
 
 REPO = Path(__file__).resolve().parent.parent
+# The console script of the installed sp: beside the interpreter in a venv (make test), else
+# the one on PATH.
 SP_BIN = Path(sys.executable).with_name("sp")
+if not SP_BIN.exists():
+    SP_BIN = Path(shutil.which("sp") or "sp")
 TAMPER = Path("/etc/sp-demo-tamper")  # what the demo's `tamper` action tries to write
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]

@@ -40,7 +40,11 @@ from sp.cli.main import cli, load_all
 
 REPO = Path(__file__).resolve().parent.parent
 README = REPO / "README.md"
-SP_BIN = Path(sys.executable).with_name("sp")  # the console script of the installed sp
+# The console script of the installed sp: beside the interpreter in a venv (make test), else
+# the one on PATH.
+SP_BIN = Path(sys.executable).with_name("sp")
+if not SP_BIN.exists():
+    SP_BIN = Path(shutil.which("sp") or "sp")
 SKIP = re.compile(r"<!--\s*docs-test:\s*skip:\s*(?P<why>.*?)\s*-->")
 EXPECT = re.compile(r"#.*\(exit (?P<code>\d+)\)")
 
