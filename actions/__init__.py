@@ -1,5 +1,7 @@
-"""Built-in action types: ``shell``, ``modify_files``, ``configure_tooling``, ``clone_template``,
-``run_tests``, ``deploy``/``generate_preview``, ``compress``/``decompress``, ``http_request``,
+"""Built-in action types: what a plan's ``type:`` means.
+
+``shell``, ``modify_files``, ``configure_tooling``, ``clone_template``, ``run_tests``,
+``deploy``/``generate_preview``, ``compress``/``decompress``, ``http_request``,
 ``sqlite_query``, ``install_dependencies``, and custom types (``@action_type``).
 
 Each module registers its types in the registry (:mod:`sp.plans.action_types`, below the

@@ -9,7 +9,6 @@ import json
 import signal
 import sqlite3
 import subprocess
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -29,6 +28,7 @@ from sp.projections import engine
 from sp.runner.worker import Worker
 from tests.conftest import Sp
 from tests.retentionkit import DAY, HOUR, action
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -282,18 +282,6 @@ def write_lock(path: Path) -> Iterator[sqlite3.Connection]:
         conn.close()
 
 
-def wait_for(check: object, what: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if check():  # type: ignore[operator]
-                return
-        except sqlite3.Error:
-            pass
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def _staged(file: Path) -> int:
     if not file.exists():
         return 0
@@ -326,7 +314,7 @@ def test_kill_9_after_the_copy_loses_and_duplicates_nothing(
     before = rows(ledger)
     with write_lock(ledger):  # the move waits for the ledger: stop it there
         proc = sp.popen("archive", "--before", scene["cutoff"], str(file))
-        wait_for(lambda: _staged(file) > 0, "the staged copy")
+        wait_until(lambda: _staged(file) > 0, what="the staged copy", ignoring=(sqlite3.Error,))
         _kill(proc)
     assert rows(ledger) == before  # nothing moved, nothing recorded
     assert rows(file) == []
@@ -349,11 +337,12 @@ def test_kill_9_after_the_move_loses_and_duplicates_nothing(
     before = rows(ledger)
     with write_lock(ledger):
         proc = sp.popen("archive", "--before", scene["cutoff"], str(file))
-        wait_for(lambda: _staged(file) > 0, "the staged copy")
+        wait_until(lambda: _staged(file) > 0, what="the staged copy", ignoring=(sqlite3.Error,))
         archive_lock = sqlite3.connect(file, isolation_level=None, timeout=30)
         archive_lock.execute("BEGIN IMMEDIATE")  # the promotion will wait for the archive
     try:
-        wait_for(lambda: _recorded(ledger) == 1, "ledger.archived")
+        wait_until(lambda: _recorded(ledger) == 1, what="ledger.archived",
+                   ignoring=(sqlite3.Error,))
         _kill(proc)
     finally:
         archive_lock.execute("ROLLBACK")

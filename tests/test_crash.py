@@ -15,6 +15,7 @@ import pytest
 
 from sp.host import proc
 from tests.conftest import Sp
+from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]
 
@@ -44,15 +45,6 @@ def _status(sp: Sp, action_id: str) -> dict[str, Any]:
     return result
 
 
-def _wait_for(predicate: Any, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError("condition not reached in time")
-
-
 def _event_count(sp: Sp) -> int:
     p = sp.proc("verify")
     assert p.returncode == 0, p.stdout
@@ -65,7 +57,7 @@ def _start_and_checkpoint(
     script, pidfile = _script(tmp_path)
     a = sp.proc("submit", "--retries", str(retries), "--", str(script)).stdout.strip()
     worker = sp.popen("worker", "--until-idle", "--grace", "0.2s")
-    _wait_for(lambda: pidfile.exists() and pidfile.read_text().strip() != "")
+    wait_until(lambda: pidfile.exists() and pidfile.read_text().strip() != "")
     assert _status(sp, a)["checkpoint"] == {"done": ["fetch_new_papers"]}
     return a, worker, pidfile
 
@@ -83,7 +75,7 @@ def test_kill_9_then_replay_resumes_from_checkpoint(sp: Sp, tmp_path: Path) -> N
     assert f"recovered {a}: interrupted" in p.stdout
     row = _status(sp, a)
     assert row["state"] == "interrupted" and row["error_kind"] == "interrupted"
-    _wait_for(lambda: not proc.alive(child, child_start))  # the orphan was stopped
+    wait_until(lambda: not proc.alive(child, child_start))  # the orphan was stopped
 
     n = _event_count(sp)
     assert sp.proc("replay").returncode == 0
@@ -142,7 +134,7 @@ def test_cancel_stops_a_running_action_quickly(sp: Sp, tmp_path: Path) -> None:
     child = int(pidfile.read_text())
     started = time.monotonic()
     assert sp.proc("cancel", a).returncode == 0
-    _wait_for(lambda: not proc.alive(child, 0), timeout=10)
+    wait_until(lambda: not proc.alive(child, 0), timeout=10)
     stopped_after = time.monotonic() - started
     assert worker.wait(30) == 0
     row = _status(sp, a)
@@ -204,7 +196,7 @@ def test_kill_9_mid_steps_resumes_without_redoing_finished_steps(sp: Sp,
                 "--checkpoint-enabled", "--detach")
     a = p.stdout.strip()
     worker = sp.popen("worker")
-    _wait_for(lambda: out.exists() and "extract" in out.read_text())
+    wait_until(lambda: out.exists() and "extract" in out.read_text())
     worker.send_signal(signal.SIGKILL)
     worker.wait()
     go.touch()

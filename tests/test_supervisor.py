@@ -10,7 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ from sp.ledger.clock import OFFSET_FILE_ENV
 from sp.ledger.store import EventStore
 from sp.runner.sweeper import SWEEP_EVERY_MS
 from tests.conftest import Sp
+from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
@@ -48,15 +48,6 @@ class Clock:
 
     def advance(self, ms: int) -> None:
         self.file.write_text(str(int(self.file.read_text()) + ms))
-
-
-def _wait_for(predicate: Any, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError("condition not reached in time")
 
 
 def _events(store: EventStore, action_id: str) -> list[tuple[str, dict[str, Any]]]:
@@ -92,8 +83,9 @@ def _orphans(sp: Sp, tmp_path: Path, clock: Clock, n: int = 1,
            for _ in range(n)]
     worker = _popen(sp, clock, "worker", "-c", str(n))
     try:
-        _wait_for(lambda: all((pids / f"{a}.pid").exists()
-                              and (pids / f"{a}.pid").read_text().strip() for a in ids))
+        wait_until(lambda: all((pids / f"{a}.pid").exists()
+                               and (pids / f"{a}.pid").read_text().strip() for a in ids),
+                   timeout=60)
     finally:
         worker.send_signal(signal.SIGKILL)
         worker.communicate()
@@ -127,7 +119,7 @@ def test_a_worker_killed_mid_action_is_resumed_by_the_next_tick_from_its_checkpo
     assert p.returncode == 0, p.stderr
     assert "1 completed" in p.stderr and "recovered 1 left by dead workers" in p.stderr
     _assert_resumed_once(store, sp.home.logs, a)
-    _wait_for(lambda: not proc.alive(child, child_start))  # the orphan was stopped
+    wait_until(lambda: not proc.alive(child, child_start), timeout=60)  # the orphan was stopped
     assert sp.proc("replay", "--check").returncode == 0
     p = sp.proc("tick", "--max-seconds", "5", env=clock.env)  # nothing more to recover
     assert p.returncode == 0 and "recovered" not in p.stderr
@@ -168,7 +160,7 @@ def test_every_entry_point_that_runs_work_sweeps_first(
         daemon = _popen(sp, clock, *entry.split(), "--grace", "1s")
         try:
             want = "completed" if entry == "daemon" else "interrupted"
-            _wait_for(lambda: _state(store, a) == want)
+            wait_until(lambda: _state(store, a) == want, timeout=60)
         finally:
             daemon.send_signal(signal.SIGTERM)
             _, err = daemon.communicate(timeout=30)
@@ -196,11 +188,11 @@ def test_a_long_running_worker_sweeps_again_every_half_lease_period(
                       ).stdout.strip()
     busy = _popen(sp, clock, "worker", "--grace", "0.5s")  # sweeps once, then takes blocker
     try:
-        _wait_for(started.exists)
+        wait_until(started.exists, timeout=60)
         ((a, _, _),) = _orphans(sp, tmp_path, clock)  # another worker, killed -9
         assert _state(store, a) == "executing"
         clock.advance(SWEEP_EVERY_MS + 1_000)  # less than a lease: blocker's stays fresh
-        _wait_for(lambda: _state(store, a) == "interrupted")
+        wait_until(lambda: _state(store, a) == "interrupted", timeout=60)
         by = _events(store, a)[-1][1]["by"]
         assert by.startswith(f"worker:{busy.pid}:") and by.endswith("(recovery sweep)")
         assert _state(store, blocker) == "executing"  # its own attempt: left alone

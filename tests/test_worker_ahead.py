@@ -8,8 +8,6 @@ import json
 import os
 import signal
 import subprocess
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +20,7 @@ from sp.ledger.verify import verify
 from sp.projections import queries
 from sp.runner.worker import Worker
 from tests.conftest import Sp
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -54,13 +53,6 @@ def _sig_ign(status_lines: list[str]) -> int:
     """The set of ignored signals from a ``/proc/<pid>/status`` (bit n-1: signal n)."""
     (mask,) = (int(ln.split()[1], 16) for ln in status_lines if ln.startswith("SigIgn:"))
     return mask
-
-
-def _wait_for(predicate: Callable[[], Any], timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.05)
 
 
 @pytest.fixture
@@ -157,11 +149,11 @@ def _claimed_ahead(sp: Sp, tmp_path: Path, retries: int, grace: str = "0.2s",
     worker = sp.popen("worker", "-c", "1", "--grace", grace,
                       env={**os.environ, "SP_AHEAD_MAX_MS": "60000"})
     pidfile = tmp_path / "blocker.pid"
-    _wait_for(lambda: pidfile.exists() and pidfile.read_text().strip())
+    wait_until(lambda: pidfile.exists() and pidfile.read_text().strip())
     # The worker claims ahead in its turn after the spawn: on a loaded machine the blocker can
     # write its pid first, so wait for the claims rather than expect them at once.
-    _wait_for(lambda: [_status(sp, i)["state"] for i in ids]
-              == ["completed", "executing", "executing", "executing"])
+    wait_until(lambda: [_status(sp, i)["state"] for i in ids]
+               == ["completed", "executing", "executing", "executing"])
     return ids, worker
 
 
@@ -189,12 +181,12 @@ def test_cancel_of_an_attempt_claimed_ahead_never_spawns_it(sp: Sp, tmp_path: Pa
     ids, worker = _claimed_ahead(sp, tmp_path, retries=0)
     try:
         assert sp.proc("cancel", ids[2]).returncode == 0
-        _wait_for(lambda: _status(sp, ids[2])["state"] == "cancelled", timeout=10)
+        wait_until(lambda: _status(sp, ids[2])["state"] == "cancelled", timeout=10)
         log = (sp.home.log_path(ids[2])).read_text()
         assert "--- sp: not run: cancelled before it ran" in log
         assert _status(sp, ids[3])["state"] == "executing"  # still waiting for the slot
         (tmp_path / "go").touch()
-        _wait_for(lambda: _status(sp, ids[3])["state"] == "completed", timeout=10)
+        wait_until(lambda: _status(sp, ids[3])["state"] == "completed", timeout=10)
     finally:
         worker.send_signal(signal.SIGTERM)
         assert worker.wait(30) == 0

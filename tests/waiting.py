@@ -13,18 +13,25 @@ T = TypeVar("T")
 
 
 def wait_until(predicate: Callable[[], T], timeout: float = 30.0, what: str = "",
-               every: float = 0.01) -> T:
+               every: float = 0.01,
+               ignoring: tuple[type[BaseException], ...] = ()) -> T:
     """Poll ``predicate`` until it returns something true and return that value.
 
     The timeout is a bound for a broken run, not a wait: a passing run returns as soon as the
     condition holds, so it is generous (the machine may be loaded by other test runs).
+    An exception of a type in ``ignoring`` counts as "not yet" (a reader that meets a file
+    another process is still writing, say) and is polled again.
 
     :raises AssertionError: the condition did not hold within ``timeout`` seconds; the message
         names ``what`` (else the predicate) and the last value seen.
     """
     deadline = time.monotonic() + timeout
+    value: T | None = None
     while True:
-        value = predicate()
+        try:
+            value = predicate()
+        except ignoring:
+            value = None
         if value:
             return value
         if time.monotonic() > deadline:
