@@ -12,7 +12,7 @@ import os
 import shutil
 import sys
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
 
@@ -22,6 +22,9 @@ from sp.ledger.errors import UsageError
 from sp.ledger.store import EventStore, Transaction
 from sp.security import policy as pol
 from sp.security.policy import Denial, Policy
+
+if TYPE_CHECKING:  # the sandbox module is imported where a sandbox is built, not at start-up
+    from sp.security.sandbox import SandboxSpec
 
 
 class _Query(Protocol):
@@ -276,7 +279,8 @@ def home_of(tx: Transaction) -> str:
 
 
 def attempt_sandbox(tx: Transaction, action_id: str, attempt: int, spec: ev.ActionSubmitted,
-             ) -> tuple[Any, dict[str, Any], Any, list[dict[str, Any]], tuple[str, str] | None]:
+                    ) -> tuple[SandboxSpec | None, dict[str, Any], Policy | None,
+                               list[dict[str, Any]], tuple[str, str] | None]:
     """The agent's policy for this attempt: (sandbox spec, what the started event records,
     policy, denials, (why, kind) when it must not run)."""
     if not spec.agent:

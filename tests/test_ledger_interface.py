@@ -75,19 +75,18 @@ def test_the_interface_names_no_driver_type() -> None:
 
 def _sqlite_uses(tree: ast.AST) -> list[int]:
     """Lines that import sqlite3 or name it in code (comments and docstrings do not count)."""
-    lines: list[int] = []
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import) and any(
-                a.name.split(".")[0] == "sqlite3" for a in node.names):
-            lines.append(node.lineno)
-        elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "sqlite3":
-            lines.append(node.lineno)
-        elif isinstance(node, ast.Name) and node.id == "sqlite3":
-            lines.append(node.lineno)
-        elif (isinstance(node, ast.Constant) and isinstance(node.value, str)
-              and node.value == "sqlite3"):  # importlib.import_module("sqlite3")
-            lines.append(node.lineno)
-    return lines
+    return [node.lineno for node in ast.walk(tree) if _names_sqlite3(node)]
+
+
+def _names_sqlite3(node: ast.AST) -> bool:
+    if isinstance(node, ast.Import):
+        return any(a.name.split(".")[0] == "sqlite3" for a in node.names)
+    if isinstance(node, ast.ImportFrom):
+        return (node.module or "").split(".")[0] == "sqlite3"
+    if isinstance(node, ast.Name):
+        return node.id == "sqlite3"
+    # importlib.import_module("sqlite3") and the like
+    return isinstance(node, ast.Constant) and node.value == "sqlite3"
 
 
 def _modules_above_ledger() -> Iterator[tuple[str, Path]]:
@@ -125,7 +124,8 @@ def test_a_migration_failure_is_translated_and_rolled_back(tmp_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """Migrations run in the same transaction manager as appends: a driver error inside one
     leaves as a domain error, and nothing of the half-applied migration stays."""
-    from sp.ledger import schema, store as store_mod
+    from sp.ledger import schema
+    from sp.ledger import store as store_mod
 
     db = tmp_path / "ledger.db"
     EventStore(db).close()
