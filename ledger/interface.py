@@ -85,6 +85,7 @@ class Ledger(Protocol):
 
     clock: Clock
     path: str  # where it lives (the home is its directory); a DSN for a server backend
+    host: str  # the machine this process runs on (recorded in action.started, leases)
 
     def transaction(self) -> AbstractContextManager[LedgerTransaction]:
         """The one write path: ``with ledger.transaction() as tx``; commits at the end of the
