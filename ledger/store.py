@@ -31,15 +31,14 @@ from sp.ledger.errors import (
 )
 from sp.ledger.events import AnyEvent, Event
 from sp.ledger.interface import Row as Row  # defined with the interface; re-exported
+from sp.ledger.schema import MIGRATIONS, SCHEMA_VERSION
 
 if TYPE_CHECKING:
     from sp.ledger.interface import Ledger, LedgerTransaction
-from sp.ledger.schema import MIGRATIONS, SCHEMA_VERSION
 
 # Writers wait this long for the lock rather than failing: a cron tick, a worker and a CLI
 # command routinely overlap, and one fsync'd commit takes only milliseconds.
 BUSY_TIMEOUT_S = 60.0
-
 
 # Python 3.11's sqlite3 binds None through its adapter lookup, which finds nothing only after
 # two attribute probes: about 0.2 µs per NULL parameter, a third of the cost of writing a
