@@ -24,40 +24,29 @@ from sp.ledger.store import EventStore, Transaction
 from sp.machines.states import FINAL, ActionState
 
 
-class SubmitSpec(msgspec.Struct, kw_only=True, omit_defaults=True):
-    """What a person (or a trigger) asks to run."""
+class SubmitSpec(ev.ActionFields, frozen=True, kw_only=True, omit_defaults=True):
+    """What a person (or a trigger, a plan, a fallback) asks to run: the action's fields
+    (:class:`~sp.ledger.events.ActionFields`, declared once), of which :func:`submit_in`
+    records most as given in ``action.submitted`` and reads four differently:
 
+    - ``name``: may be left out; sp names the action after its task, else its command line.
+    - ``depends_on``: ids or unique prefixes of earlier actions; sp records the full ids.
+    - ``retries`` (attempts after the first) is recorded as ``max_attempts``.
+    - ``delay_ms`` (from the submit) is recorded as ``not_before_ms`` (an instant).
+
+    The event's own ``by``, ``max_attempts`` and ``not_before_ms`` are sp's to fill in: a
+    request that sets them is refused (they would be silently ignored otherwise).
+    """
+
+    name: str | None = None  # type: ignore[assignment]  # None: sp derives it (see above)
     command: list[str]
-    name: str | None = None
-    shell: bool = False
-    agent: str | None = None
-    task: str | None = None
-    priority: int = 0
-    timeout_ms: int | None = None
     retries: int = 0
-    backoff: str = "exponential"
-    depends_on: list[str] = []
     delay_ms: int | None = None
-    group: str | None = None
-    compensation: list[str] | None = None
-    key: str | None = None
-    cwd: str | None = None
-    env: dict[str, str] = {}
-    action_type: str = "shell"
-    payload: dict[str, Any] = {}
-    steps: list[dict[str, Any]] = []
-    failure_patterns: list[str] = []
-    resources: dict[str, Any] = {}
-    limits_required: bool = False
-    notify: dict[str, Any] | None = None
-    on_interrupt: str = "resume"
-    checkpoint_enabled: bool = False
-    retry_max_delay_ms: int = 300_000
-    retry_jitter: bool = False
-    non_retryable_exit_codes: list[int] = []
-    recovery: str = "retry"
-    fallback: dict[str, Any] | None = None
-    allow_unsandboxed: bool = False
+
+    def __post_init__(self) -> None:
+        if self.by or self.max_attempts != 1 or self.not_before_ms is not None:
+            raise ValueError("a submit spec gives retries and delay_ms; by, max_attempts and "
+                             "not_before_ms are recorded by sp")
 
 
 def who(kind: str = "cli") -> str:
@@ -197,28 +186,24 @@ def submit_in(tx: Transaction, specs: list[SubmitSpec], by: str, wheres: list[st
         if spec.key is not None:
             keys[spec.key] = action_id
         ids.append(action_id)
-        submitted = ev.ActionSubmitted(
-            by=by, name=spec.name or _default_name(spec), action_type=spec.action_type,
-            agent=spec.agent, task=spec.task, command=spec.command, shell=spec.shell,
-            cwd=spec.cwd, env=spec.env, payload=spec.payload, priority=spec.priority,
-            timeout_ms=spec.timeout_ms, max_attempts=spec.retries + 1,
-            backoff=spec.backoff, depends_on=deps,
-            not_before_ms=None if spec.delay_ms is None else now + spec.delay_ms,
-            group=spec.group, compensation=spec.compensation, key=spec.key,
-            steps=spec.steps, failure_patterns=spec.failure_patterns,
-            resources=spec.resources, limits_required=spec.limits_required,
-            notify=spec.notify, on_interrupt=spec.on_interrupt,
-            checkpoint_enabled=spec.checkpoint_enabled,
-            retry_max_delay_ms=spec.retry_max_delay_ms, retry_jitter=spec.retry_jitter,
-            non_retryable_exit_codes=spec.non_retryable_exit_codes, recovery=spec.recovery,
-            fallback=spec.fallback, allow_unsandboxed=spec.allow_unsandboxed,
-        )
+        submitted = _submitted(spec, by, deps, now)
         queued = ev.ActionQueued(by=by, checks=_checks(spec))
         machine.check_event(action_id, ActionState.PENDING, queued)
         batches.append((action_id, [submitted, queued], 0))
     if batches:
         tx.append_many(batches)
     return ids
+
+
+def _submitted(spec: SubmitSpec, by: str, deps: list[str], now: int) -> ev.ActionSubmitted:
+    """The ``action.submitted`` event of a request: its fields as given, but for the four that
+    :class:`SubmitSpec` reads differently (derived from the one declaration, not copied)."""
+    fields = msgspec.structs.asdict(spec)
+    retries, delay_ms = fields.pop("retries"), fields.pop("delay_ms")
+    fields.update(by=by, name=spec.name or _default_name(spec), depends_on=deps,
+                  max_attempts=retries + 1,
+                  not_before_ms=None if delay_ms is None else now + delay_ms)
+    return ev.ActionSubmitted(**fields)
 
 
 def _wake(store: EventStore) -> None:

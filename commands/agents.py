@@ -166,34 +166,34 @@ def task_spec(agent: AgentConfig, task_name: str, *, timeout_ms: int | None = No
         raise UsageError(f"agent {agent.id} has no task {task_name!r} (tasks: {known})")
     steps = [_step(task, s) for s in task.steps]
     resources = task.resources or agent.resources
-    retry = task.retry
-    recovery = task.recovery
-    fallback = None
-    if recovery and recovery.strategy == "fallback" and recovery.fallback and with_fallback:
-        fb = task_spec(agent, recovery.fallback, with_fallback=False)
-        fallback = {"agent": agent.id, "task": recovery.fallback,
-                    "spec": msgspec.to_builtins(fb)}
+    # Only what the task (or agent) sets is passed: everything else keeps the default of its
+    # field, declared once in ledger.events.ActionFields (no second copy of the defaults here).
+    settings: dict[str, Any] = {}
+    if (retry := task.retry) is not None:
+        settings.update(retries=retry.max_attempts - 1, backoff=retry.backoff,
+                        retry_max_delay_ms=int(retry.max_delay), retry_jitter=retry.jitter,
+                        non_retryable_exit_codes=list(retry.non_retryable_exit_codes))
+    if (recovery := task.recovery) is not None:
+        settings["recovery"] = recovery.strategy
+        if recovery.strategy == "fallback" and recovery.fallback and with_fallback:
+            fb = task_spec(agent, recovery.fallback, with_fallback=False)
+            settings["fallback"] = {"agent": agent.id, "task": recovery.fallback,
+                                    "spec": msgspec.to_builtins(fb)}
+    if timeout_ms is None and task.timeout is not None:
+        timeout_ms = int(task.timeout)
+    if resources:
+        settings["resources"] = msgspec.to_builtins(resources, enc_hook=enc_hook)
+    if task.notify:
+        settings["notify"] = msgspec.to_builtins(task.notify)
     return SubmitSpec(
         command=_argv(task.command, task.shell) if task.command is not None
         else ["(steps)"],
         shell=task.shell and not steps,
         name=task_name, agent=agent.id, task=task_name, priority=task.priority,
-        timeout_ms=timeout_ms if timeout_ms is not None else
-        (int(task.timeout) if task.timeout is not None else None),
-        retries=(retry.max_attempts - 1) if retry else 0,
-        backoff=retry.backoff if retry else "exponential",
-        retry_max_delay_ms=int(retry.max_delay) if retry else 300_000,
-        retry_jitter=retry.jitter if retry else False,
-        non_retryable_exit_codes=list(retry.non_retryable_exit_codes) if retry else [],
-        recovery=recovery.strategy if recovery else "retry",
-        fallback=fallback,
-        cwd=task.cwd, env=dict(task.env), steps=steps,
+        timeout_ms=timeout_ms, cwd=task.cwd, env=dict(task.env), steps=steps,
         failure_patterns=list(task.failure_patterns),
-        resources=msgspec.to_builtins(resources, enc_hook=enc_hook) if resources else {},
-        limits_required=agent.limits == "required",
-        notify=msgspec.to_builtins(task.notify) if task.notify else None,
-        on_interrupt=task.on_interrupt,
-        checkpoint_enabled=checkpoint_enabled or task.checkpoint_enabled,
+        limits_required=agent.limits == "required", on_interrupt=task.on_interrupt,
+        checkpoint_enabled=checkpoint_enabled or task.checkpoint_enabled, **settings,
     )
 
 

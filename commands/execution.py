@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import random
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -32,6 +32,11 @@ from sp.machines import action as machine
 from sp.machines.action import ActionState
 from sp.projections.queue import READY_SQL
 
+if TYPE_CHECKING:  # types only: the values are made by the runner and security layers
+    from sp.host.limits import Prepared
+    from sp.security.policy import Policy
+    from sp.security.sandbox import SandboxSpec
+
 LEASE_TTL_MS = 30_000
 MAX_DENIALS = 50  # denials recorded per attempt; the rest are counted
 BACKOFF_CAP_S = 300  # the seed's "Max 5 minutes"
@@ -48,11 +53,11 @@ class Claim(msgspec.Struct, frozen=True):
     checkpoint_step: int | None
     resume_step: int | None
     limits: dict[str, Any] = {}  # what was enforced (also in the started event)
-    prepared: Any = None  # host.limits.Prepared when the action asks for limits
+    prepared: Prepared | None = None  # the attempt's cgroups and rlimits, when it asks for limits
     refused: str | None = None  # why it must not run (limits, sandbox or policy): do not run
     refused_kind: str = "limits_unavailable"
-    sandbox: Any = None  # security.sandbox.SandboxSpec the process enters, when confined
-    policy: Any = None  # security.policy.Policy of the action's agent (quotas)
+    sandbox: SandboxSpec | None = None  # what the process is confined to, when it is
+    policy: Policy | None = None  # the policy of the action's agent (quotas)
     denials: list[dict[str, Any]] = []  # what the policy refused before spawning
 
 
@@ -267,7 +272,7 @@ def _prepare_start(tx: Transaction, action_id: str, owner: str, now: int,
     state, version = ActionState(row[0]), int(row[1])
     attempt = int(row[2]) + 1
     spec, resume = _spec_and_resume(tx, action_id)
-    prepared: Any = None
+    prepared: Prepared | None = None
     enforced: dict[str, Any] = {}
     refused: str | None = None
     if spec.resources:

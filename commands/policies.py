@@ -11,8 +11,9 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
 
@@ -22,6 +23,9 @@ from sp.ledger.errors import UsageError
 from sp.ledger.store import EventStore, Transaction
 from sp.security import policy as pol
 from sp.security.policy import Denial, Policy
+
+if TYPE_CHECKING:  # the sandbox module is imported where a sandbox is built, not at start-up
+    from sp.security.sandbox import SandboxSpec
 
 
 class _Query(Protocol):
@@ -115,17 +119,17 @@ def set_in(tx: Transaction, agent_id: str, policy: Policy | None, source: str,
 # -- checks before anything is written ------------------------------------------------------------
 
 
-def _path_env(spec: Any) -> str | None:
-    env = getattr(spec, "env", None) or {}
-    return env.get("PATH")
+def _path_env(spec: ev.ActionFields) -> str | None:
+    return spec.env.get("PATH")
 
 
-def check_spec(policy: Policy, spec: Any, where: str) -> list[Denial]:
-    """Every refusal ``policy`` makes of a submitted spec (SubmitSpec or ActionSubmitted):
+def check_spec(policy: Policy, spec: ev.ActionFields, where: str) -> list[Denial]:
+    """Every refusal ``policy`` makes of an action's fields (a SubmitSpec or the submitted
+    event):
     its programs (command, steps, the shell when ``shell: true``) and, for built-in types,
     the paths and hosts their payload names."""
     out: list[Denial] = []
-    env_path, cwd = _path_env(spec), getattr(spec, "cwd", None)
+    env_path, cwd = _path_env(spec), spec.cwd
     programs: list[tuple[str, str]] = []
     if spec.steps:
         for i, step in enumerate(spec.steps):
@@ -161,7 +165,7 @@ def _sp_code(argv: list[str]) -> bool:
         argv[0]) == pol.real(sys.executable)
 
 
-def _payload(policy: Policy, spec: Any, where: str) -> list[Denial]:
+def _payload(policy: Policy, spec: ev.ActionFields, where: str) -> list[Denial]:
     if spec.action_type == "shell" or not spec.payload:
         return []
     from sp.plans import action_types as registry
@@ -189,7 +193,8 @@ def _payload(policy: Policy, spec: Any, where: str) -> list[Denial]:
     return out
 
 
-def refuse(store: EventStore | Transaction, specs: list[Any], wheres: list[str]) -> None:
+def refuse(store: EventStore | Transaction, specs: Sequence[ev.ActionFields],
+           wheres: list[str]) -> None:
     """Check each spec against its agent's policy before anything is written.
 
     :raises UsageError: the first refusal, naming the spec and the rule.
@@ -276,7 +281,8 @@ def home_of(tx: Transaction) -> str:
 
 
 def attempt_sandbox(tx: Transaction, action_id: str, attempt: int, spec: ev.ActionSubmitted,
-             ) -> tuple[Any, dict[str, Any], Any, list[dict[str, Any]], tuple[str, str] | None]:
+                    ) -> tuple[SandboxSpec | None, dict[str, Any], Policy | None,
+                               list[dict[str, Any]], tuple[str, str] | None]:
     """The agent's policy for this attempt: (sandbox spec, what the started event records,
     policy, denials, (why, kind) when it must not run)."""
     if not spec.agent:

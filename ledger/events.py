@@ -14,18 +14,36 @@ from typing import Any
 import msgspec
 
 
-class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", omit_defaults=True):
+class Attributed(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """The audit field every event has: ``by`` names who or what caused it.
+
+    A base of its own (not declared in :class:`Event`) so that :class:`ActionFields` can have
+    it too: msgspec lets a Struct have two Struct bases only when one's fields extend the
+    other's (:class:`ActionSubmitted` is both an ``Event`` and ``ActionFields``).
+    """
+
+    by: str = ""
+
+
+class Event(Attributed, frozen=True, kw_only=True, tag_field="type", omit_defaults=True):
     """Base of all events. ``by`` names who or what caused the event (audit).
 
     Fields equal to their default are not stored (decoding fills them in), so a new field with a
     default costs old rows nothing and keeps new rows small.
     """
 
-    by: str = ""
 
+class ActionFields(Attributed, frozen=True, omit_defaults=True):
+    """Every field of an action, declared once: the submitted event is exactly these fields
+    (:class:`ActionSubmitted`); a request to run one is these fields with a few read
+    differently (``commands.actions.SubmitSpec``); the ``actions`` projection row and an
+    agent's task defaults are taken from them.
 
-class ActionSubmitted(Event, frozen=True, tag="action.submitted"):
-    """An action was submitted: everything needed to run it, fixed at submission."""
+    These are the names, types and order of the stored ``action.submitted`` event: a new field
+    needs a default, none is renamed or retyped. Not ``kw_only`` (unlike :class:`Event`), as the
+    event never was: msgspec places a base's keyword-only ``by`` after these fields, which is
+    where every stored ``action.submitted`` has it.
+    """
 
     name: str
     action_type: str = "shell"
@@ -60,6 +78,11 @@ class ActionSubmitted(Event, frozen=True, tag="action.submitted"):
     fallback: dict[str, Any] | None = None  # {"agent", "task"} to submit on failure
     # Run with what the machine can enforce when the agent's policy needs more (else refused).
     allow_unsandboxed: bool = False
+
+
+class ActionSubmitted(ActionFields, Event, frozen=True, tag="action.submitted"):
+    """An action was submitted: everything needed to run it, fixed at submission (the fields
+    of :class:`ActionFields`)."""
 
 
 class ActionValidationStarted(Event, frozen=True, tag="action.validation_started"):

@@ -12,9 +12,9 @@ import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager, suppress
+from contextlib import AbstractContextManager, suppress
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -30,13 +30,15 @@ from sp.ledger.errors import (
     translate,
 )
 from sp.ledger.events import AnyEvent, Event
+from sp.ledger.interface import Row as Row  # defined with the interface; re-exported
 from sp.ledger.schema import MIGRATIONS, SCHEMA_VERSION
+
+if TYPE_CHECKING:
+    from sp.ledger.interface import Ledger, LedgerTransaction
 
 # Writers wait this long for the lock rather than failing: a cron tick, a worker and a CLI
 # command routinely overlap, and one fsync'd commit takes only milliseconds.
 BUSY_TIMEOUT_S = 60.0
-
-Row = tuple[Any, ...]
 
 # Python 3.11's sqlite3 binds None through its adapter lookup, which finds nothing only after
 # two attribute probes: about 0.2 µs per NULL parameter, a third of the cost of writing a
@@ -339,32 +341,14 @@ class EventStore:
             raise SchemaTooNewError(self.path, version, SCHEMA_VERSION)
         if version == SCHEMA_VERSION:
             return
-        with self._begin():
+        # The same transaction manager as every append: one place takes the write lock and
+        # translates what the driver says (busy, damaged, disk full).
+        with self.transaction() as tx:
             # Re-read under the write lock: another process may have migrated meanwhile.
-            version = self._conn.execute("PRAGMA user_version").fetchone()[0]
-            for i in range(version, SCHEMA_VERSION):
-                for stmt in _split_sql(MIGRATIONS[i]):
-                    self._conn.execute(stmt)
-                self._conn.execute(f"PRAGMA user_version = {i + 1}")
-
-    @contextmanager
-    def _begin(self) -> Iterator[sqlite3.Connection]:
-        conn = self._conn
-        start = time.monotonic()
-        try:
-            _execute_locked(conn, "BEGIN IMMEDIATE", self.path)
-        except sqlite3.Error as e:
-            raise _begin_error(e, self.path) from e
-        try:
-            yield conn
-        except BaseException:
-            _rollback(conn)
-            raise
-        try:
-            _execute_locked(conn, "COMMIT", self.path)
-        except LedgerBusyError:
-            conn.execute("ROLLBACK")
-            raise LedgerBusyError(self.path, time.monotonic() - start) from None
+            row = tx.query_one("PRAGMA user_version")
+            for i in range(int(row[0]) if row else 0, SCHEMA_VERSION):
+                tx.executescript_safe(MIGRATIONS[i])
+                tx.execute(f"PRAGMA user_version = {i + 1}")
 
     def transaction(self) -> AbstractContextManager[Transaction]:
         """``BEGIN IMMEDIATE`` … ``COMMIT``; rolls back on any exception.
@@ -485,8 +469,12 @@ class EventStore:
 
 
 class _TransactionScope:
-    """The context manager of :meth:`EventStore.transaction` (a plain class: it runs for every
-    append, and a generator-based one costs several microseconds more)."""
+    """The transaction manager, the only place that opens ``BEGIN IMMEDIATE`` on the ledger
+    (appends, side-table writes and migrations alike) and the only place that turns what the
+    driver raised inside it into a domain error (:func:`ledger_error`: busy, damaged, disk
+    full; a stale expected version is refused by ``append`` as ``ConcurrencyError`` before any
+    row is written). A plain class, not ``@contextmanager``: it runs for every append, and a
+    generator-based one costs several microseconds more."""
 
     __slots__ = ("start", "store")
 
@@ -550,3 +538,12 @@ def _split_sql(script: str) -> list[str]:
     if buf.strip():
         out.append(buf.strip())
     return out
+
+
+if TYPE_CHECKING:
+    # mypy --strict proves, structurally (no base class, no registration, no isinstance), that
+    # the SQLite store implements the interface code above ledger/ is written against.
+    def _implements(store: EventStore, tx: Transaction) -> None:
+        ledger: Ledger = store
+        transaction: LedgerTransaction = tx
+        del ledger, transaction

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from operator import attrgetter
 from typing import Any
 
 import msgspec
@@ -82,11 +83,20 @@ def to_json(value: Any) -> str:
     return _json.encode(value).decode()
 
 
+# The fields on_submitted stores under another name or as JSON: column -> field.
+MAPPED_FIELDS = {"group_id": "group", "idem_key": "key", "compensation": "compensation",
+                 "depends_on": "depends_on"}
+# The columns that hold a field of the submitted action unchanged (same name, same value),
+# found from the one declaration of those fields (ledger.events.ActionFields), not listed again.
+COPIED_FIELDS = tuple(c for c in TABLE.columns
+                      if c in ev.ActionFields.__struct_fields__ and c not in MAPPED_FIELDS)
+_copied = attrgetter(*COPIED_FIELDS)
+
+
 def on_submitted(rows: Rows, rec: Recorded, e: ev.ActionSubmitted, unmet: int) -> RowDict:
-    row: RowDict = {
-        "action_id": rec.stream, "name": e.name, "action_type": e.action_type,
-        "agent": e.agent, "task": e.task, "state": "pending", "priority": e.priority,
-        "attempts": 0, "max_attempts": e.max_attempts, "group_id": e.group,
+    row: RowDict = dict(zip(COPIED_FIELDS, _copied(e), strict=True))
+    row.update({
+        "action_id": rec.stream, "state": "pending", "attempts": 0, "group_id": e.group,
         "compensation": None if e.compensation is None else to_json(e.compensation),
         "idem_key": e.key,
         "depends_on": to_json(e.depends_on) if e.depends_on else "[]", "unmet_deps": unmet,
@@ -95,9 +105,8 @@ def on_submitted(rows: Rows, rec: Recorded, e: ev.ActionSubmitted, unmet: int) -
         "updated_ms": rec.ts, "duration_ms": None, "exit_code": None, "error_kind": None,
         "error": None, "progress": None, "progress_msg": None, "checkpoint_step": None,
         "checkpoint": None, "result": None, "owner": None, "cancel_requested": 0, "held": 0,
-        "retry_at_ms": None, "not_before_ms": e.not_before_ms, "timeout_ms": e.timeout_ms,
-        "version": rec.version, "last_seq": rec.seq,
-    }
+        "retry_at_ms": None, "version": rec.version, "last_seq": rec.seq,
+    })
     rows.put("actions", row)
     return row
 

@@ -14,25 +14,16 @@ table and prefix.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from itertools import compress
 from operator import is_not, itemgetter
-from typing import Any, Protocol
+from typing import Any
 
 from sp.ledger.store import Transaction
 
 Key = Any  # a scalar for one-column keys, a tuple otherwise
 RowDict = dict[str, Any]
 
-
-
-class _Connection(Protocol):
-    """What the flush needs of the transaction's connection (named structurally: only the
-    ledger imports sqlite3)."""
-
-    def execute(self, sql: str, parameters: Sequence[Any] = ..., /) -> Any: ...
-
-    def executemany(self, sql: str, parameters: Iterable[Sequence[Any]], /) -> Any: ...
 
 
 _MISSING: Any = object()
@@ -156,7 +147,7 @@ class Rows:
         if self.full:
             return None
         spec = self.tables[table]
-        found = self.tx._conn.execute(spec.sql().select, spec.key_params(key)).fetchone()
+        found = self.tx.query_one(spec.sql().select, spec.key_params(key))
         self.origin[table][key] = found
         row = cache[key] = dict(zip(spec.columns, found, strict=True)) if found else None
         return row  # type: ignore[no-any-return]
@@ -292,12 +283,12 @@ class Rows:
             self.dirty[name].clear()
 
     def _flush_live(self) -> None:
-        conn = self.tx._conn
+        tx = self.tx
         for name, deltas in self.deltas.items():
             if deltas:
                 spec = self.tables[name]
                 sql = spec.sql(self.prefix)
-                _insert(conn, sql, sql.upsert,
+                _insert(tx, sql, sql.upsert,
                         [(*spec.key_params(k), d) for k, d in sorted(deltas.items())])
                 deltas.clear()
         for name, dirty in list(self.dirty.items()):
@@ -337,24 +328,24 @@ class Rows:
                             (*[values[i] for i in changed], *spec.key_params(key))
                         )
             if deletes:
-                _run(conn, sql.delete, deletes)
+                _run(tx, sql.delete, deletes)
             if inserts:
-                _insert(conn, sql, sql.insert, inserts)
+                _insert(tx, sql, sql.insert, inserts)
             if replaces:
-                _insert(conn, sql, sql.replace, replaces)
+                _insert(tx, sql, sql.replace, replaces)
             for changed, params in updates.items():
-                _run(conn, sql.update(changed), params)
+                _run(tx, sql.update(changed), params)
             dirty.clear()
 
 
-def _run(conn: _Connection, sql: str, params: list[tuple[Any, ...]]) -> None:
+def _run(tx: Transaction, sql: str, params: list[tuple[Any, ...]]) -> None:
     if len(params) == 1:
-        conn.execute(sql, params[0])
+        tx.execute(sql, params[0])
     else:
-        conn.executemany(sql, params)
+        tx.executemany(sql, params)
 
 
-def _insert(conn: _Connection, sql: _Statements, one: str,
+def _insert(tx: Transaction, sql: _Statements, one: str,
             rows: list[tuple[Any, ...]]) -> None:
     """Insert ``rows`` with multi-row ``VALUES`` statements: for the handful of rows of one
     append, one statement of n rows costs a half to a third of ``executemany`` (whose per-row
@@ -363,7 +354,7 @@ def _insert(conn: _Connection, sql: _Statements, one: str,
     few statement texts."""
     n = len(rows)
     if n == 1:
-        conn.execute(one, rows[0])
+        tx.execute(one, rows[0])
         return
     at = 0
     size = sql.chunk
@@ -371,10 +362,9 @@ def _insert(conn: _Connection, sql: _Statements, one: str,
         while size > n - at:
             size //= 2
         if size == 1:
-            conn.execute(one, rows[at])
+            tx.execute(one, rows[at])
         else:
-            conn.execute(sql.multi(one, size),
-                         [v for row in rows[at:at + size] for v in row])
+            tx.execute(sql.multi(one, size), [v for row in rows[at:at + size] for v in row])
         at += size
 
 
