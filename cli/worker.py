@@ -9,7 +9,7 @@ import click
 from sp.cli.main import App, pass_app
 
 if TYPE_CHECKING:
-    from sp.ledger.store import EventStore
+    from sp.ledger.interface import Ledger
 
 
 def _summary(summary: object) -> str:
@@ -81,7 +81,7 @@ def tick(app: App, max_seconds: float, concurrency: int, no_schedules: bool) -> 
     click.echo(_summary(summary), err=True)
 
 
-def _fire_schedules(store: EventStore) -> None:
+def _fire_schedules(store: Ledger) -> None:
     from sp.projections.schedules import any_enabled
 
     if not any_enabled(store):  # spares a cron tick loading the schedule code

@@ -17,7 +17,7 @@ import msgspec
 
 from sp.ledger import events as ev
 from sp.ledger.errors import ActionNotFoundError, AmbiguousActionError, UsageError
-from sp.ledger.store import EventStore, Transaction
+from sp.ledger.interface import Ledger, LedgerTransaction
 
 # machines.action (and with it ``transitions``) is imported by the commands that decide, not
 # at module level: sp status and sp audit only need resolve() and should start quickly.
@@ -62,7 +62,7 @@ def new_action_id() -> str:
     return uuid.uuid4().hex[:16]
 
 
-def state_of(tx: Transaction, action_id: str) -> tuple[ActionState, int]:
+def state_of(tx: LedgerTransaction, action_id: str) -> tuple[ActionState, int]:
     """The action's state and stream version, read inside the transaction.
 
     :raises ActionNotFoundError: no such action.
@@ -73,7 +73,7 @@ def state_of(tx: Transaction, action_id: str) -> tuple[ActionState, int]:
     return ActionState(row[0]), int(row[1])
 
 
-def resolve(store: EventStore, ref: str) -> str:
+def resolve(store: Ledger, ref: str) -> str:
     """A full action id from an id or a unique prefix of one.
 
     :raises ActionNotFoundError: nothing matches.
@@ -129,7 +129,7 @@ def _check_names(spec: SubmitSpec, where: str) -> None:
             raise UsageError(f"{where}: {field} {names.shown(value or '')} {why}")
 
 
-def submit(store: EventStore, specs: list[SubmitSpec], by: str = "",
+def submit(store: Ledger, specs: list[SubmitSpec], by: str = "",
            wheres: list[str] | None = None, *, agent_create: bool = False) -> list[str]:
     """Submit actions in one transaction; return their ids in order.
 
@@ -162,7 +162,7 @@ def submit(store: EventStore, specs: list[SubmitSpec], by: str = "",
     return ids
 
 
-def submit_in(tx: Transaction, specs: list[SubmitSpec], by: str, wheres: list[str],
+def submit_in(tx: LedgerTransaction, specs: list[SubmitSpec], by: str, wheres: list[str],
               now: int, new_ids: list[str] | None = None) -> list[str]:
     """:func:`submit` inside a transaction the caller holds (e.g. a fallback at finish).
 
@@ -206,7 +206,7 @@ def _submitted(spec: SubmitSpec, by: str, deps: list[str], now: int) -> ev.Actio
     return ev.ActionSubmitted(**fields)
 
 
-def _wake(store: EventStore) -> None:
+def _wake(store: Ledger) -> None:
     """Tell an idle worker, at once, that work arrived (the seed's dispatcher pipe)."""
     from sp.host.wake import signal_workers
 
@@ -227,12 +227,12 @@ def _checks(spec: SubmitSpec) -> list[str]:
     return checks
 
 
-def _by_key(tx: Transaction, key: str) -> str | None:
+def _by_key(tx: LedgerTransaction, key: str) -> str | None:
     row = tx.query_one("SELECT action_id FROM actions WHERE idem_key = ? LIMIT 1", (key,))
     return None if row is None else str(row[0])
 
 
-def _dependency(tx: Transaction, ref: str, earlier: list[str], where: str) -> str:
+def _dependency(tx: LedgerTransaction, ref: str, earlier: list[str], where: str) -> str:
     if ref in earlier:
         return ref
     rows = tx.query(
@@ -244,7 +244,7 @@ def _dependency(tx: Transaction, ref: str, earlier: list[str], where: str) -> st
     return str(rows[0][0])
 
 
-def cancel(store: EventStore, action_id: str, reason: str = "", by: str = "") -> ActionState:
+def cancel(store: Ledger, action_id: str, reason: str = "", by: str = "") -> ActionState:
     """Cancel an action. A running one is asked to stop (its runner records the cancel).
 
     Dependents that can no longer run are cancelled in the same transaction.
@@ -275,7 +275,7 @@ def cancel(store: EventStore, action_id: str, reason: str = "", by: str = "") ->
         return new
 
 
-def cascade(tx: Transaction, action_id: str, reason: str, by: str) -> list[str]:
+def cascade(tx: LedgerTransaction, action_id: str, reason: str, by: str) -> list[str]:
     """Cancel every not-yet-finished action waiting on ``action_id``, transitively.
 
     ``reason`` is given to the direct dependents; theirs name the dependency they waited on.
@@ -301,7 +301,7 @@ def cascade(tx: Transaction, action_id: str, reason: str, by: str) -> list[str]:
     return cancelled
 
 
-def checkpoint(store: EventStore, action_id: str, data: Any, step: int | None = None,
+def checkpoint(store: Ledger, action_id: str, data: Any, step: int | None = None,
                by: str = "") -> int:
     """Record a checkpoint of a running action; returns its seq.
 
@@ -316,7 +316,7 @@ def checkpoint(store: EventStore, action_id: str, data: Any, step: int | None = 
         return tx.append(action_id, [event], version)[0].seq
 
 
-def progress(store: EventStore, action_id: str, percent: float | None, message: str = "",
+def progress(store: Ledger, action_id: str, percent: float | None, message: str = "",
              by: str = "") -> None:
     """Record reported progress of a running action."""
     from sp.machines import action as machine
@@ -330,13 +330,13 @@ def progress(store: EventStore, action_id: str, percent: float | None, message: 
         tx.append(action_id, [event], version)
 
 
-def restart(store: EventStore, action_id: str, from_step: int | None = None,
+def restart(store: Ledger, action_id: str, from_step: int | None = None,
             by: str = "") -> ActionState:
     """Queue a finished (failed, cancelled or completed) action for one more attempt."""
     return restart_with(store, action_id, from_step, by)[0]
 
 
-def restart_with(store: EventStore, action_id: str, from_step: int | None = None,
+def restart_with(store: Ledger, action_id: str, from_step: int | None = None,
                  by: str = "") -> tuple[ActionState, list[str]]:
     """:func:`restart`, and the actions queued again with it: for an action of a plan, its
     cancelled dependents (the plan is reopened if it had finished; commands/reactor.py).
@@ -355,7 +355,7 @@ def restart_with(store: EventStore, action_id: str, from_step: int | None = None
         return new, reactor.on_action_restarted(tx, action_id, by)
 
 
-def check_from_step(reader: EventStore | Transaction, action_id: str,
+def check_from_step(reader: Ledger | LedgerTransaction, action_id: str,
                     from_step: int | None) -> None:
     """``restart --from-step N`` must name one of the action's steps (0 to steps - 1). An
     action without declared steps counts its own (``$SP_RESUME_STEP``): any N >= 0.
@@ -377,7 +377,7 @@ def check_from_step(reader: EventStore | Transaction, action_id: str,
         raise UsageError(f"--from-step {from_step}: action {action_id} has {has}")
 
 
-def failed_ids(store: EventStore) -> list[str]:
+def failed_ids(store: Ledger) -> list[str]:
     """Every action that failed for good, oldest first."""
     return [str(r[0]) for r in store.query(
         "SELECT action_id FROM actions WHERE state = 'failed' ORDER BY submitted_seq")]

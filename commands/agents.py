@@ -14,14 +14,14 @@ from sp.agents.units import enc_hook
 from sp.commands.actions import SubmitSpec
 from sp.ledger import events as ev
 from sp.ledger.errors import UsageError
-from sp.ledger.store import EventStore
+from sp.ledger.interface import Ledger
 
 
 def stream_of(agent_id: str) -> str:
     return f"agent:{agent_id}"
 
 
-def apply(store: EventStore, path: str | Path, by: str = "") -> tuple[str, bool]:
+def apply(store: Ledger, path: str | Path, by: str = "") -> tuple[str, bool]:
     """Validate an agent file and record it; returns (agent id, changed).
 
     Applying the same document again records nothing.
@@ -84,7 +84,7 @@ def _plain(obj: Any) -> Any:
     return str(obj)
 
 
-def get(store: EventStore, agent_id: str) -> AgentConfig:
+def get(store: Ledger, agent_id: str) -> AgentConfig:
     """The applied configuration of an agent.
 
     :raises UsageError: no such agent.
@@ -131,7 +131,7 @@ def require_known(q: _Query, agent_id: str, where: str) -> None:
                      "starts a new agent without a policy")
 
 
-def listing(store: EventStore) -> list[dict[str, Any]]:
+def listing(store: Ledger) -> list[dict[str, Any]]:
     rows = store.query(
         "SELECT agent_id, version, source, sha256, updated_ms, config FROM agents"
         " ORDER BY agent_id"

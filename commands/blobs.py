@@ -4,10 +4,10 @@
 from __future__ import annotations
 
 from sp.ledger import events as ev
-from sp.ledger.store import EventStore
+from sp.ledger.interface import Ledger
 
 
-def record_stored(store: EventStore, action_id: str, sha256: str, size: int,
+def record_stored(store: Ledger, action_id: str, sha256: str, size: int,
                   by: str = "") -> None:
     """Record that ``action_id`` stored ``blobs/<sha256>`` (once per action and blob).
 
@@ -26,7 +26,7 @@ def record_stored(store: EventStore, action_id: str, sha256: str, size: int,
         tx.append(action_id, [event], version)
 
 
-def may_fetch(store: EventStore, action_id: str, compensates: str | None, sha256: str) -> bool:
+def may_fetch(store: Ledger, action_id: str, compensates: str | None, sha256: str) -> bool:
     """Whether ``action_id`` may have ``blobs/<sha256>``: stored by itself, by the action it
     compensates (a rollback step restoring before-images), or by an action of its plan."""
     row = store.query_one(

@@ -7,12 +7,12 @@ from pathlib import Path
 
 from sp.agents import names
 from sp.ledger import events as ev
-from sp.ledger.store import EventStore
+from sp.ledger.interface import Ledger
 
 STREAM = "control"
 
 
-def pause(store: EventStore, agent: str | None = None, by: str = "") -> bool:
+def pause(store: Ledger, agent: str | None = None, by: str = "") -> bool:
     """Stop claiming (running actions go on). False if it was already paused.
 
     :raises UsageError: ``agent`` is not a name.
@@ -26,7 +26,7 @@ def pause(store: EventStore, agent: str | None = None, by: str = "") -> bool:
         return True
 
 
-def resume(store: EventStore, agent: str | None = None, by: str = "") -> bool:
+def resume(store: Ledger, agent: str | None = None, by: str = "") -> bool:
     """Claim again. False if it was not paused.
 
     :raises UsageError: ``agent`` is not a name.

@@ -27,7 +27,7 @@ from sp.host import proc
 from sp.ledger import codec, side
 from sp.ledger import events as ev
 from sp.ledger.errors import ActionNotFoundError
-from sp.ledger.store import EventStore, Transaction
+from sp.ledger.interface import Ledger, LedgerTransaction
 from sp.machines import action as machine
 from sp.machines.action import ActionState
 from sp.projections.queue import READY_SQL
@@ -71,13 +71,13 @@ def backoff_ms(policy: str, attempt: int, cap_ms: int = BACKOFF_CAP_S * 1000,
     return int(base * (1 + 0.25 * jitter))
 
 
-def claim_next(store: EventStore, owner: str) -> Claim | None:
+def claim_next(store: Ledger, owner: str) -> Claim | None:
     """Atomically take the most urgent ready action, or return None when nothing is ready."""
     claims = claim_many(store, owner, 1)
     return claims[0] if claims else None
 
 
-def claim_many(store: EventStore, owner: str, n: int,
+def claim_many(store: Ledger, owner: str, n: int,
                paused: frozenset[str] = frozenset()) -> list[Claim]:
     """Atomically take up to ``n`` ready actions (most urgent first) in one transaction.
 
@@ -94,7 +94,7 @@ def claim_many(store: EventStore, owner: str, n: int,
         discard(ready)
 
 
-def _ready_ids(reader: EventStore | Transaction, n: int, paused: frozenset[str],
+def _ready_ids(reader: Ledger | LedgerTransaction, n: int, paused: frozenset[str],
                now: int) -> list[str]:
     """The ``n`` most urgent ready actions, leaving a paused agent's alone."""
     if n <= 0 or "" in paused:
@@ -113,7 +113,7 @@ def _ready_ids(reader: EventStore | Transaction, n: int, paused: frozenset[str],
     return [str(r[0]) for r in rows]
 
 
-def _claim_in(tx: Transaction, owner: str, n: int, paused: frozenset[str],
+def _claim_in(tx: LedgerTransaction, owner: str, n: int, paused: frozenset[str],
               now: int, ready: Limits) -> list[Claim]:
     """:func:`claim_many` inside a transaction the caller holds. An action whose cgroups were
     not prepared before the transaction (it became ready meanwhile) is left for the next
@@ -135,7 +135,7 @@ def _claim_in(tx: Transaction, owner: str, n: int, paused: frozenset[str],
     return claims
 
 
-def finish_and_claim(store: EventStore, owner: str, ended: list[tuple[Claim, Outcome]],
+def finish_and_claim(store: Ledger, owner: str, ended: list[tuple[Claim, Outcome]],
                      n: int, paused: frozenset[str] = frozenset(),
                      children: Sequence[tuple[str, int, int]] = (),
                      rng: random.Random | None = None,
@@ -178,7 +178,7 @@ def _release(claims: list[Claim]) -> None:
             limits.cleanup(c.prepared)
 
 
-def next_retry_ms(store: EventStore) -> int | None:
+def next_retry_ms(store: Ledger) -> int | None:
     """When the earliest runnable retry (an action waiting out its backoff) becomes due."""
     row = store.query_one(
         "SELECT min(q.not_before_ms) FROM queue q JOIN actions a USING (action_id)"
@@ -187,7 +187,7 @@ def next_retry_ms(store: EventStore) -> int | None:
     return None if row is None or row[0] is None else int(row[0])
 
 
-def submit_and_claim(store: EventStore, spec: Any, owner: str, by: str) -> Claim:
+def submit_and_claim(store: Ledger, spec: Any, owner: str, by: str) -> Claim:
     """Submit an action and claim it in the same transaction, so no worker can take it first
     (``sp action execute`` runs it in the foreground)."""
     from sp.commands.actions import _validate, submit_in
@@ -213,7 +213,7 @@ def submit_and_claim(store: EventStore, spec: Any, owner: str, by: str) -> Claim
         discard(ready)
 
 
-def claim(store: EventStore, action_id: str, owner: str) -> Claim:
+def claim(store: Ledger, action_id: str, owner: str) -> Claim:
     """Claim one given action (it must be waiting).
 
     :raises InvalidTransitionError: the action is not waiting to run.
@@ -238,13 +238,13 @@ class _Start(msgspec.Struct):
     version: int
 
 
-def _start(tx: Transaction, action_id: str, owner: str, now: int, ready: Limits) -> Claim:
+def _start(tx: LedgerTransaction, action_id: str, owner: str, now: int, ready: Limits) -> Claim:
     start = _prepare_start(tx, action_id, owner, now, ready)
     _append_starts(tx, [start], now)
     return start.claim
 
 
-def _append_starts(tx: Transaction, starts: list[_Start], now: int) -> None:
+def _append_starts(tx: LedgerTransaction, starts: list[_Start], now: int) -> None:
     """Commit-to-be: the ``started`` events of several claims in one append (one projection
     pass), and their leases. On failure the caller releases the claims' preparations."""
     if not starts:
@@ -256,7 +256,7 @@ def _append_starts(tx: Transaction, starts: list[_Start], now: int) -> None:
                           now + LEASE_TTL_MS) for s in starts])
 
 
-def _prepare_start(tx: Transaction, action_id: str, owner: str, now: int,
+def _prepare_start(tx: LedgerTransaction, action_id: str, owner: str, now: int,
                    ready: Limits) -> _Start:
     """Decide one claim (its limits, sandbox, ``started`` event) without appending it.
 
@@ -319,7 +319,8 @@ _RESUME_TYPES = tuple(ev.tag_of(t) for t in (
     ev.ActionCheckpointed, ev.ActionRestarted, ev.ActionInterrupted))
 
 
-def _spec_and_resume(tx: Transaction, action_id: str) -> tuple[ev.ActionSubmitted, int | None]:
+def _spec_and_resume(tx: LedgerTransaction,
+                     action_id: str) -> tuple[ev.ActionSubmitted, int | None]:
     """The action's submitted spec and its resume step, decoding only the events that matter
     (the first, and those :func:`_resume_step` looks at), not the whole stream."""
     marks = ", ".join("?" for _ in _RESUME_TYPES)
@@ -358,31 +359,31 @@ def _resume_step(events: list[Any]) -> int | None:
     return step
 
 
-def record_child(store: EventStore, action_id: str, owner: str, pid: int) -> None:
+def record_child(store: Ledger, action_id: str, owner: str, pid: int) -> None:
     """Note the spawned process in the lease (ephemeral), for recovery to find orphans."""
     record_children(store, owner, [(action_id, pid, proc.start_time(pid))])
 
 
-def record_children(store: EventStore, owner: str,
+def record_children(store: Ledger, owner: str,
                     children: Sequence[tuple[str, int, int]]) -> None:
     """:func:`record_child` for several ``(action_id, pid, pid_start)`` in one transaction."""
     with store.transaction() as tx:
         _record_children_in(tx, owner, children)
 
 
-def _record_children_in(tx: Transaction, owner: str,
+def _record_children_in(tx: LedgerTransaction, owner: str,
                         children: Sequence[tuple[str, int, int]]) -> None:
     side.note_lease_children(tx, owner, children)
 
 
-def heartbeat(store: EventStore, action_ids: list[str], owner: str) -> None:
+def heartbeat(store: Ledger, action_ids: list[str], owner: str) -> None:
     """Renew the leases of running attempts (a side table: never an event per heartbeat)."""
     now = store.clock.now_ms()
     with store.transaction() as tx:
         side.renew_leases(tx, action_ids, owner, now, LEASE_TTL_MS)
 
 
-def cancel_requests(store: EventStore, action_ids: list[str]) -> list[str]:
+def cancel_requests(store: Ledger, action_ids: list[str]) -> list[str]:
     """Which of these running actions a person asked to cancel (one query for all)."""
     if not action_ids:
         return []
@@ -394,12 +395,12 @@ def cancel_requests(store: EventStore, action_ids: list[str]) -> list[str]:
     return [str(r[0]) for r in rows]
 
 
-def paused_agents(store: EventStore) -> frozenset[str]:
+def paused_agents(store: Ledger) -> frozenset[str]:
     """Agents whose actions are not claimed now; ``""`` means every action."""
     return frozenset(str(r[0]) for r in store.query("SELECT agent FROM pauses"))
 
 
-def ready_count(store: EventStore, paused: frozenset[str] = frozenset()) -> int:
+def ready_count(store: Ledger, paused: frozenset[str] = frozenset()) -> int:
     """How many actions could be claimed right now."""
     now = store.clock.now_ms()
     marks = ", ".join("?" for _ in paused)
@@ -435,7 +436,7 @@ def security_denied(by: str, attempt: int, stage: str,
                                    dropped=max(0, len(denials) - MAX_DENIALS))
 
 
-def finish(store: EventStore, claim_: Claim, outcome: Outcome,
+def finish(store: Ledger, claim_: Claim, outcome: Outcome,
            rng: random.Random | None = None) -> ActionState | None:
     """Record how an attempt ended, applying the action's retry and recovery policy.
 
@@ -446,7 +447,7 @@ def finish(store: EventStore, claim_: Claim, outcome: Outcome,
     return results[0]
 
 
-def finish_many(store: EventStore, ended: list[tuple[Claim, Outcome]],
+def finish_many(store: Ledger, ended: list[tuple[Claim, Outcome]],
                 rng: random.Random | None = None) -> list[ActionState | None]:
     """:func:`finish` for several attempts in one transaction (one fsync for all)."""
     rng = rng or random.Random()
@@ -456,7 +457,7 @@ def finish_many(store: EventStore, ended: list[tuple[Claim, Outcome]],
     return out
 
 
-def _finish_in(tx: Transaction, ended: list[tuple[Claim, Outcome]], now: int,
+def _finish_in(tx: LedgerTransaction, ended: list[tuple[Claim, Outcome]], now: int,
                rng: random.Random) -> list[ActionState | None]:
     """:func:`_finish` for each, in order; the plain ones (an outcome that cascades to nothing
     and belongs to no plan) are appended together, in one append and one projection pass, just
@@ -498,7 +499,7 @@ def _cascades(claim_: Claim, new: ActionState) -> bool:
         new is ActionState.FAILED and claim_.spec.recovery != "fallback")
 
 
-def _finish(tx: Transaction, claim_: Claim, outcome: Outcome, now: int, rng: random.Random,
+def _finish(tx: LedgerTransaction, claim_: Claim, outcome: Outcome, now: int, rng: random.Random,
             decided: tuple[list[ev.Event], int, ActionState] | None = None,
             ) -> ActionState | None:
     if decided is None:
@@ -518,7 +519,7 @@ def _finish(tx: Transaction, claim_: Claim, outcome: Outcome, now: int, rng: ran
     return new
 
 
-def _decide(tx: Transaction, claim_: Claim, outcome: Outcome, now: int, rng: random.Random,
+def _decide(tx: LedgerTransaction, claim_: Claim, outcome: Outcome, now: int, rng: random.Random,
             ) -> tuple[list[ev.Event], int, ActionState] | None:
     """The events that record how the attempt ended (nothing appended yet; a fallback task is
     submitted here), or None when this owner no longer holds the attempt."""
@@ -571,7 +572,7 @@ def _decide(tx: Transaction, claim_: Claim, outcome: Outcome, now: int, rng: ran
     return events, version, new
 
 
-def _submit_fallback(tx: Transaction, failed: str, spec: ev.ActionSubmitted,
+def _submit_fallback(tx: LedgerTransaction, failed: str, spec: ev.ActionSubmitted,
                      by: str) -> str | None:
     """Submit the fallback task in the failed action's place (same transaction)."""
     from sp.commands.actions import submit_in
@@ -588,7 +589,7 @@ def _submit_fallback(tx: Transaction, failed: str, spec: ev.ActionSubmitted,
     return ids[0]
 
 
-def interrupt(store: EventStore, claim_: Claim, reason: str, duration_ms: int,
+def interrupt(store: Ledger, claim_: Claim, reason: str, duration_ms: int,
               then: str = "resume", usage: dict[str, int] | None = None) -> None:
     """Give a running attempt back (graceful shutdown): it resumes, reruns or is held."""
     with store.transaction() as tx:

@@ -9,7 +9,7 @@ from typing import Any
 
 from sp.commands import agents
 from sp.commands.triggers import fire_in, stream_of
-from sp.ledger.store import EventStore
+from sp.ledger.interface import Ledger
 
 __all__ = ["PAYLOAD_ENV_MAX", "fire", "stream_of", "trigger_env"]
 
@@ -35,7 +35,7 @@ def trigger_env(trigger: str, kind: str, payload: dict[str, Any]) -> dict[str, s
     return env
 
 
-def fire(store: EventStore, trigger: str, kind: str, agent: str, task: str,
+def fire(store: Ledger, trigger: str, kind: str, agent: str, task: str,
          payload: dict[str, Any], *, detail: str = "", key: str | None = None,
          by: str = "") -> str | None:
     """Record the fire and submit the task; returns the action id (None if ``key`` was seen).

@@ -8,6 +8,9 @@ from pathlib import Path
 from sp.commands import ledger_marker
 from sp.ledger.clock import Clock
 from sp.ledger.errors import LedgerWipedError, UsageError
+
+# Home.open constructs the store, so it names (and returns) the concrete EventStore; code
+# handed a store types it as sp.ledger.interface.Ledger.
 from sp.ledger.store import EventStore
 from sp.projections.version import PROJECTION_VERSION
 

@@ -28,6 +28,7 @@ import msgspec
 
 from sp.ledger import side
 from sp.ledger.errors import LedgerWipedError
+from sp.ledger.interface import Ledger
 from sp.ledger.store import EventStore
 
 if TYPE_CHECKING:
@@ -127,7 +128,7 @@ def new_ledger_refused(root: Path, ledger: Path) -> str | None:
     return f"is empty but {root / 'logs'} holds {logs} action logs" if logs else None
 
 
-def settle(store: EventStore, root: Path, known: Marker | None, found: str | None) -> None:
+def settle(store: Ledger, root: Path, known: Marker | None, found: str | None) -> None:
     """After opening: the ledger's id (``found``) must be the home's (``known``). A new ledger
     gets its id and the home its marker; a home from an older sp adopts its ledger.
 
@@ -145,7 +146,7 @@ def settle(store: EventStore, root: Path, known: Marker | None, found: str | Non
     write_marker(root, Marker(found, store.clock.now_ms()))
 
 
-def _give_id(store: EventStore) -> str:
+def _give_id(store: Ledger) -> str:
     """Write the ledger's id once: concurrent first uses of a home agree on the first one."""
     import uuid  # only when a ledger is created: a cron run need not load it
 
@@ -153,7 +154,7 @@ def _give_id(store: EventStore) -> str:
         return side.meta_once(tx, "ledger_id", uuid.uuid4().hex)
 
 
-def stale_head(store: EventStore, marker: Marker | None) -> tuple[int, str] | None:
+def stale_head(store: Ledger, marker: Marker | None) -> tuple[int, str] | None:
     """Whether the head a clean ``sp verify`` saw before is still in the ledger, unchanged:
     ``(seq, why)`` when not. A row gone from the tail, or rewritten, means an older copy."""
     if marker is None or marker.verified is None:
@@ -173,6 +174,8 @@ def stale_head(store: EventStore, marker: Marker | None) -> tuple[int, str] | No
                       "backup on purpose? sp init --force accepts it)")
 
 
+# EventStore, not Ledger: sp.ledger.verify checks the SQLite file itself (raw hash-chain rows,
+# PRAGMA checks), which is not part of the Protocol.
 def verify_home(home: Home, store: EventStore, archives: Sequence[str | Path] = (),
                 full: bool = False) -> VerifyResult:
     """``sp verify``: the chain and SQLite's check (:func:`sp.ledger.verify.verify`), and the

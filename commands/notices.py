@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from sp.commands.actions import state_of
 from sp.ledger import events as ev
 from sp.ledger.errors import InvalidTransitionError, UsageError
-from sp.ledger.store import EventStore, Transaction
+from sp.ledger.interface import Ledger, LedgerTransaction
 
 ALERT_LEVELS = ("info", "warning", "error", "critical")
 ALERT_STREAM = "alerts"
@@ -28,7 +28,7 @@ def alert_event(message: str, level: str, source: str, agent: str) -> ev.AlertSe
                         agent=agent)
 
 
-def record_alert(store: EventStore, message: str, level: str, source: str,
+def record_alert(store: Ledger, message: str, level: str, source: str,
                  agent: str) -> None:
     """Append ``alert.sent`` to the stream ``alerts`` (any version: alerts do not conflict).
 
@@ -45,7 +45,7 @@ def notified_events(channels: Sequence[tuple[str, bool, str]], by: str) -> list[
             for c, ok, detail in channels]
 
 
-def record_notified_in(tx: Transaction, action_id: str,
+def record_notified_in(tx: LedgerTransaction, action_id: str,
                        channels: Sequence[tuple[str, bool, str]], by: str) -> bool:
     """Append the ``action.notified`` events if the lifecycle allows them in the action's
     current state (an outcome that is final). False, and nothing written, when it does not:
@@ -65,7 +65,7 @@ def record_notified_in(tx: Transaction, action_id: str,
     return True
 
 
-def record_notified(store: EventStore, action_id: str,
+def record_notified(store: Ledger, action_id: str,
                     channels: Sequence[tuple[str, bool, str]], by: str) -> bool:
     """:func:`record_notified_in` in a transaction of its own."""
     with store.transaction() as tx:

@@ -19,7 +19,7 @@ from sp.commands.policies import refuse
 from sp.commands.rollback import RollbackPlan, plan_of
 from sp.ledger import events as ev
 from sp.ledger.errors import UsageError
-from sp.ledger.store import EventStore
+from sp.ledger.interface import Ledger
 from sp.machines import plan as plan_machine
 from sp.machines.plan import PlanState
 from sp.machines.states import FINAL
@@ -64,7 +64,7 @@ def _spec(plan: Plan, plan_id: str, step: Step, ids: dict[str, str]) -> SubmitSp
     )
 
 
-def apply(store: EventStore, path: str | Path, by: str = "") -> str:
+def apply(store: Ledger, path: str | Path, by: str = "") -> str:
     """Validate a plan file, record it and submit its actions (one transaction); its id.
 
     :raises PlanInvalidError: the file has problems (nothing written).
@@ -100,13 +100,13 @@ def apply(store: EventStore, path: str | Path, by: str = "") -> str:
     return plan_id
 
 
-def _wake(store: EventStore) -> None:
+def _wake(store: Ledger) -> None:
     from sp.host.wake import signal_workers
 
     signal_workers(Path(store.path).parent)
 
 
-def resolve(store: EventStore, ref: str) -> str:
+def resolve(store: Ledger, ref: str) -> str:
     """A full plan id from an id or a unique prefix of one.
 
     :raises PlanNotFoundError: nothing matches.
@@ -131,14 +131,14 @@ _PLAN_COLS = ("plan_id", "name", "source", "sha256", "state", "on_failure", "rol
               "applied_ms", "updated_ms", "finished_ms", "version")
 
 
-def listing(store: EventStore, limit: int = 20) -> list[dict[str, Any]]:
+def listing(store: Ledger, limit: int = 20) -> list[dict[str, Any]]:
     """The most recently applied plans, newest first."""
     rows = store.query(f"SELECT {', '.join(_PLAN_COLS)} FROM plans ORDER BY applied_seq DESC"
                        " LIMIT ?", (limit,))
     return [dict(zip(_PLAN_COLS, r, strict=True)) for r in rows]
 
 
-def status(store: EventStore, plan_id: str) -> dict[str, Any]:
+def status(store: Ledger, plan_id: str) -> dict[str, Any]:
     """The plan, each step with its action's state, its rollback runs and its own events.
 
     :raises PlanNotFoundError: no such plan.
@@ -216,7 +216,7 @@ class Show(msgspec.Struct, frozen=True, kw_only=True):
     unknown: list[str]
 
 
-def recorded_plan(store: EventStore, plan_id: str) -> Plan:
+def recorded_plan(store: Ledger, plan_id: str) -> Plan:
     """The plan as ``plan.applied`` recorded it.
 
     :raises PlanNotFoundError: no such plan.
@@ -231,7 +231,7 @@ def recorded_plan(store: EventStore, plan_id: str) -> Plan:
                 rollback_strategy=first.rollback_strategy, steps=steps_from(first.steps))
 
 
-def show(store: EventStore, target: str) -> Show:
+def show(store: Ledger, target: str) -> Show:
     """Execution order, parallelism and estimated duration of a plan file or a recorded plan.
 
     :raises PlanInvalidError: ``target`` is a file with problems.
@@ -261,7 +261,7 @@ def show(store: EventStore, target: str) -> Show:
     )
 
 
-def _p50(store: EventStore, task: str) -> tuple[int | None, int]:
+def _p50(store: Ledger, task: str) -> tuple[int | None, int]:
     """Nearest-rank median of the completed attempts of ``task`` (as ``v_metrics`` computes
     it) and how many there were."""
     durations = [int(r[0]) for r in store.query(
@@ -272,7 +272,7 @@ def _p50(store: EventStore, task: str) -> tuple[int | None, int]:
     return durations[(len(durations) + 1) // 2 - 1], len(durations)
 
 
-def rollback_preview(store: EventStore, plan_id: str) -> RollbackPlan:
+def rollback_preview(store: Ledger, plan_id: str) -> RollbackPlan:
     """The rollback plan as it stands (``sp rollback --dry-run``): reads only.
 
     :raises PlanNotFoundError: no such plan.
@@ -280,7 +280,7 @@ def rollback_preview(store: EventStore, plan_id: str) -> RollbackPlan:
     return plan_of(store, plan_id)
 
 
-def rollback(store: EventStore, plan_id: str, by: str = "") -> tuple[int, RollbackPlan,
+def rollback(store: Ledger, plan_id: str, by: str = "") -> tuple[int, RollbackPlan,
                                                                       list[str]]:
     """Start a rollback run of the plan: its compensating actions are queued, chained.
 
@@ -307,7 +307,7 @@ def rollback(store: EventStore, plan_id: str, by: str = "") -> tuple[int, Rollba
     return run, preview, ids
 
 
-def cancel(store: EventStore, plan_id: str, reason: str = "", then_rollback: bool = False,
+def cancel(store: Ledger, plan_id: str, reason: str = "", then_rollback: bool = False,
            by: str = "") -> tuple[str, list[str]]:
     """Cancel a running plan: its unfinished actions are cancelled (running ones are asked to
     stop); once none runs the plan is ``cancelled``, or rolled back with ``then_rollback``.

@@ -20,7 +20,7 @@ import msgspec
 from sp.agents.config import load_document
 from sp.ledger import events as ev
 from sp.ledger.errors import UsageError
-from sp.ledger.store import EventStore, Transaction
+from sp.ledger.interface import Ledger, LedgerTransaction
 from sp.security import policy as pol
 from sp.security.policy import Denial, Policy
 
@@ -82,14 +82,14 @@ def decode_file(path: str | Path, agent_id: str) -> Policy:
 _POLICY_KEYS = ("allowed", "denied", "default", *pol.IDENTITY_KEYS)
 
 
-def set_policy(store: EventStore, agent_id: str, policy: Policy | None, source: str = "",
+def set_policy(store: Ledger, agent_id: str, policy: Policy | None, source: str = "",
                by: str = "") -> bool:
     """Record ``agent_id``'s policy (None clears it); False when it is already that."""
     with store.transaction() as tx:
         return set_in(tx, agent_id, policy, source, by)
 
 
-def set_in(tx: Transaction, agent_id: str, policy: Policy | None, source: str,
+def set_in(tx: LedgerTransaction, agent_id: str, policy: Policy | None, source: str,
            by: str) -> bool:
     """:func:`set_policy` inside a transaction the caller holds."""
     if not agent_id.strip():
@@ -193,7 +193,7 @@ def _payload(policy: Policy, spec: ev.ActionFields, where: str) -> list[Denial]:
     return out
 
 
-def refuse(store: EventStore | Transaction, specs: Sequence[ev.ActionFields],
+def refuse(store: Ledger | LedgerTransaction, specs: Sequence[ev.ActionFields],
            wheres: list[str]) -> None:
     """Check each spec against its agent's policy before anything is written.
 
@@ -228,7 +228,7 @@ def identity_problem(policy: Policy) -> str | None:
     return None
 
 
-def describe(store: EventStore, agent_id: str) -> dict[str, Any]:
+def describe(store: Ledger, agent_id: str) -> dict[str, Any]:
     """The effective policy of ``agent_id`` for display: allow/deny per category, quotas, where
     it came from, and what this machine can enforce of it."""
     row = store.query_one(
@@ -275,12 +275,12 @@ def describe(store: EventStore, agent_id: str) -> dict[str, Any]:
 # -- when an attempt is claimed ------------------------------------------------------------------
 
 
-def home_of(tx: Transaction) -> str:
+def home_of(tx: LedgerTransaction) -> str:
     """sp's home: the folder of the ledger."""
     return os.path.dirname(os.path.abspath(tx.store.path))
 
 
-def attempt_sandbox(tx: Transaction, action_id: str, attempt: int, spec: ev.ActionSubmitted,
+def attempt_sandbox(tx: LedgerTransaction, action_id: str, attempt: int, spec: ev.ActionSubmitted,
                     ) -> tuple[SandboxSpec | None, dict[str, Any], Policy | None,
                                list[dict[str, Any]], tuple[str, str] | None]:
     """The agent's policy for this attempt: (sandbox spec, what the started event records,

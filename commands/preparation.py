@@ -16,7 +16,7 @@ from typing import Any
 
 import msgspec
 
-from sp.ledger.store import EventStore
+from sp.ledger.interface import Ledger
 
 __all__ = ["Limits", "UnpreparedError", "before_begin", "discard", "prepare_limits", "warm_up"]
 
@@ -30,7 +30,7 @@ class UnpreparedError(Exception):
     """An action to claim needs cgroups that were not made before the transaction."""
 
 
-def prepare_limits(store: EventStore, action_ids: Sequence[str],
+def prepare_limits(store: Ledger, action_ids: Sequence[str],
                    new: Sequence[tuple[str, dict[str, Any], bool]] = ()) -> Limits:
     """Create the cgroups of the next attempt of each of ``action_ids`` that asks for
     resources (and of each ``new`` ``(action_id, resources, limits_required)``, attempt 1),
@@ -77,7 +77,7 @@ def discard(ready: Limits) -> None:
     ready.clear()
 
 
-def before_begin(store: EventStore) -> None:
+def before_begin(store: Ledger) -> None:
     """The host work a claim may need, done before its ``BEGIN IMMEDIATE``: the sandbox's
     namespace probe forks a child, and a fork must neither hold the ledger's write lock (every
     other writer would wait on it) nor happen in a threaded process (the daemon probes at its

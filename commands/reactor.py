@@ -29,7 +29,7 @@ from sp.commands import rollback
 from sp.commands.actions import cascade, state_of
 from sp.ledger import events as ev
 from sp.ledger.errors import UsageError
-from sp.ledger.store import Transaction
+from sp.ledger.interface import LedgerTransaction
 from sp.machines import action as action_machine
 from sp.machines import plan as plan_machine
 from sp.machines.plan import PlanState
@@ -39,7 +39,7 @@ from sp.projections.plans import stream_of
 _A = ActionState
 
 
-def on_action_finished(tx: Transaction, action_id: str, new_state: ActionState) -> None:
+def on_action_finished(tx: LedgerTransaction, action_id: str, new_state: ActionState) -> None:
     """React to an action's outcome, if it belongs to a plan or to a plan's rollback."""
     if new_state not in FINAL:
         return
@@ -71,7 +71,7 @@ def on_action_finished(tx: Transaction, action_id: str, new_state: ActionState) 
     settle(tx, group, by)
 
 
-def settle(tx: Transaction, plan_id: str, by: str) -> None:
+def settle(tx: LedgerTransaction, plan_id: str, by: str) -> None:
     """Record the plan's outcome if its actions (or its rollback run) have all ended."""
     plan = tx.query_one("SELECT state, version, on_failure FROM plans WHERE plan_id = ?",
                         (plan_id,))
@@ -115,7 +115,7 @@ def settle(tx: Transaction, plan_id: str, by: str) -> None:
     tx.append(stream_of(plan_id), [event], version)
 
 
-def _replaced(tx: Transaction, action_id: str) -> bool:
+def _replaced(tx: LedgerTransaction, action_id: str) -> bool:
     """Whether a fallback took the failed action's place (its dependents wait for that)."""
     row = tx.query_one(
         "SELECT json_extract(data, '$.fallback') FROM events WHERE stream = ?"
@@ -124,7 +124,7 @@ def _replaced(tx: Transaction, action_id: str) -> bool:
     return row is not None and row[0] is not None
 
 
-def _cancel_rest(tx: Transaction, plan_id: str, reason: str, by: str) -> list[str]:
+def _cancel_rest(tx: LedgerTransaction, plan_id: str, reason: str, by: str) -> list[str]:
     """Cancel every unfinished action of the plan; running ones are asked to stop."""
     touched: list[str] = []
     ids = [str(r[0]) for r in tx.query(
@@ -148,14 +148,14 @@ def _cancel_rest(tx: Transaction, plan_id: str, reason: str, by: str) -> list[st
     return touched
 
 
-def _last(tx: Transaction, plan_id: str, event_type: str) -> dict[str, Any]:
+def _last(tx: LedgerTransaction, plan_id: str, event_type: str) -> dict[str, Any]:
     """The data of the plan's latest event of ``event_type`` ({} when there is none)."""
     row = tx.query_one("SELECT data FROM events WHERE stream = ? AND type = ?"
                        " ORDER BY version DESC LIMIT 1", (stream_of(plan_id), event_type))
     return {} if row is None else dict(msgspec.json.decode(row[0]))
 
 
-def cancel(tx: Transaction, plan_id: str, reason: str, then_rollback: bool,
+def cancel(tx: LedgerTransaction, plan_id: str, reason: str, then_rollback: bool,
            by: str) -> list[str]:
     """``sp plan cancel``: cancel every unfinished action of a running plan (running ones are
     asked to stop) and record ``plan.cancel_requested``; settle at once when nothing runs.
@@ -178,7 +178,7 @@ def cancel(tx: Transaction, plan_id: str, reason: str, then_rollback: bool,
     return touched
 
 
-def on_action_restarted(tx: Transaction, action_id: str, by: str) -> list[str]:
+def on_action_restarted(tx: LedgerTransaction, action_id: str, by: str) -> list[str]:
     """An action was restarted (its ``action.restarted`` is in this transaction): if it
     belongs to a plan, queue again its cancelled dependents that can run (and, if its failure
     stopped the plan, what the stop cancelled), and reopen the plan if it had finished.

@@ -38,7 +38,7 @@ from sp.commands.home import Home
 from sp.host import proc
 from sp.ledger import events as ev
 from sp.ledger import side
-from sp.ledger.store import EventStore, Transaction
+from sp.ledger.interface import Ledger, LedgerTransaction
 from sp.machines import action as machine
 from sp.machines.action import ActionState
 
@@ -76,12 +76,12 @@ class _Suspect(NamedTuple):
     log_output: bool  # the attempt wrote output of its own to its log
 
 
-def _lease(store: EventStore | Transaction, action_id: str) -> _Lease | None:
+def _lease(store: Ledger | LedgerTransaction, action_id: str) -> _Lease | None:
     row = side.lease(store, action_id)
     return None if row is None else _Lease(*row)
 
 
-def owner_gone(store: EventStore, action_id: str, now_ms: int) -> str | None:
+def owner_gone(store: Ledger, action_id: str, now_ms: int) -> str | None:
     """Why the owner of a running action is gone, or None if it is alive."""
     return _gone_because(_lease(store, action_id), store.host, now_ms)
 
@@ -97,7 +97,7 @@ def _gone_because(lease: _Lease | None, host: str, now_ms: int) -> str | None:
     return None
 
 
-def _denials_left(store: EventStore, action_id: str, attempt: int,
+def _denials_left(store: Ledger, action_id: str, attempt: int,
                   by: str) -> tuple[list[ev.Event], str | None]:
     """The kernel's denials a sandboxed attempt collected before its worker died (the shim
     writes them to ``<home>/run/<action>-<attempt>.denials``): recorded with the interruption,
@@ -158,7 +158,7 @@ def log_shows_output(path: str, action_id: str, attempt: int) -> bool:
     return any(line.strip() and not line.startswith(_SP_NOTE) for line in rest.split(b"\n"))
 
 
-def _suspects(store: EventStore, now: int, skip_own: bool) -> list[_Suspect]:
+def _suspects(store: Ledger, now: int, skip_own: bool) -> list[_Suspect]:
     """Executing actions whose owner looks gone, with the evidence of each attempt (a /proc
     scan and a look at its log: side work kept out of the write transaction)."""
     me = (os.getpid(), proc.start_time(os.getpid())) if skip_own else None
@@ -180,7 +180,7 @@ def _suspects(store: EventStore, now: int, skip_own: bool) -> list[_Suspect]:
     return found
 
 
-def _progressed(tx: Transaction, action_id: str) -> bool:
+def _progressed(tx: LedgerTransaction, action_id: str) -> bool:
     """Whether the current attempt recorded a checkpoint or progress (it ran)."""
     marks = ", ".join("?" for _ in _RAN_TYPES)
     row = tx.query_one(
@@ -214,7 +214,7 @@ class Swept(NamedTuple):
     cleanup: Cleanup
 
 
-def sweep(store: EventStore, by: str = "replay", *, wait: bool = True,
+def sweep(store: Ledger, by: str = "replay", *, wait: bool = True,
           skip_own: bool = False) -> Swept:
     """Record an event for every executing action whose owner is gone, and say what to clean
     up after (the decider of recovery; :func:`sp.runner.reaper.recover` acts on it).
@@ -243,7 +243,7 @@ def sweep(store: EventStore, by: str = "replay", *, wait: bool = True,
         return Swept(done, cleanup)
 
 
-def _recover_one(store: EventStore, s: _Suspect, by: str, now: int,
+def _recover_one(store: Ledger, s: _Suspect, by: str, now: int,
                  effects: Cleanup) -> Recovered | None:
     """Decide and record one suspect in a transaction of its own; None when it turns out
     alive or changed meanwhile (it finished, a live owner renewed its lease)."""
@@ -297,7 +297,7 @@ def _recover_one(store: EventStore, s: _Suspect, by: str, now: int,
     return Recovered(action_id, outcome, reason)
 
 
-def _note_effects(tx: Transaction, action_id: str, lease: _Lease | None, s: _Suspect,
+def _note_effects(tx: LedgerTransaction, action_id: str, lease: _Lease | None, s: _Suspect,
                   denials_file: str | None, effects: Cleanup) -> None:
     """Remember what to stop and remove once this decision has committed."""
     if denials_file is not None:

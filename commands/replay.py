@@ -12,6 +12,9 @@ from __future__ import annotations
 from sp.commands.recovery import Swept, sweep
 from sp.ledger.errors import LedgerDamagedError
 from sp.ledger.integrity import sqlite_damage
+
+# EventStore, not the Ledger Protocol: replay runs SQLite's quick_check (sp.ledger.integrity) and
+# the projection engine's rebuild, both specific to the SQLite store (see projections/engine.py).
 from sp.ledger.store import EventStore
 from sp.projections import engine
 

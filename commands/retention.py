@@ -15,6 +15,7 @@ from sp.commands.home import Home
 from sp.ledger import archive as ledger_archive
 from sp.ledger import events as ev
 from sp.ledger.errors import ActionNotFoundError, UsageError
+from sp.ledger.interface import Ledger
 from sp.ledger.store import EventStore, Transaction
 from sp.security import archivable as selection
 from sp.security import retention
@@ -30,7 +31,7 @@ class GcReport(msgspec.Struct, kw_only=True):
     retention: retention.Rules
 
 
-def gc(store: EventStore, home: Home, *, temp: str | None = None,
+def gc(store: Ledger, home: Home, *, temp: str | None = None,
        completed: str | None = None, failed: str | None = None, dry_run: bool = False,
        by: str = "") -> GcReport:
     """Remove what is past its retention (see :mod:`sp.security.retention`).
@@ -75,7 +76,7 @@ def gc_event(removals: list[retention.Removal], rules: retention.Rules,
     )
 
 
-def _record_and_remove(store: EventStore, home: Path, removals: list[retention.Removal],
+def _record_and_remove(store: Ledger, home: Path, removals: list[retention.Removal],
                        rules: retention.Rules, by: str) -> int | None:
     """Record ``maintenance.gc_completed`` naming every removal, then remove the files (the
     record first: see :func:`sp.security.retention.remove_files`). Re-running gc is
@@ -92,7 +93,7 @@ def _flag(value: str | None, where: str) -> int | None:
     return None if value is None else parse_duration_ms(value, where)
 
 
-def _agent_rules(store: EventStore, agent: str | None) -> retention.Rules:
+def _agent_rules(store: Ledger, agent: str | None) -> retention.Rules:
     from sp.commands.agents import get
 
     if agent is None:
@@ -146,6 +147,10 @@ def parse_before(text: str, now_ms: int) -> int:
                      f"(2026-01-31T12:00Z) or a duration back from now (30d), got {text!r}")
 
 
+# archive and audit_archived keep the concrete SQLite classes (as do the two helpers below):
+# sp.ledger.archive moves rows into, and reads them back from, an archive SQLite file, and the
+# projections are rebuilt in that transaction by sp.projections.engine (concrete too) --
+# operations on the SQLite ledger file itself, not part of the Protocol.
 def archive(store: EventStore, before: str, file: str | Path, by: str = "") -> ArchiveReport:
     """Move every whole finished stream whose last event is before ``before`` into ``file``.
 
@@ -206,7 +211,7 @@ class ActionArchivedError(ActionNotFoundError):
         self.file, self.seq = file, seq
 
 
-def archived(store: EventStore, ref: str) -> ActionArchivedError | None:
+def archived(store: Ledger, ref: str) -> ActionArchivedError | None:
     """The archive that holds the action ``ref`` (an id or a unique prefix), if any."""
     found = ledger_archive.where_archived(store, ref)
     exact = [f for f in found if f[0] == ref]

@@ -22,7 +22,8 @@ import msgspec
 
 from sp.commands.actions import SubmitSpec, state_of, submit_in
 from sp.ledger import events as ev
-from sp.ledger.store import Row, Transaction
+from sp.ledger.interface import LedgerTransaction
+from sp.ledger.store import Row
 from sp.machines import action as action_machine
 from sp.machines import plan as plan_machine
 from sp.machines.plan import PlanState
@@ -101,7 +102,7 @@ def plan_of(reader: Reader, plan_id: str) -> RollbackPlan:
                         strategy=strategy, steps=steps)
 
 
-def start(tx: Transaction, plan_id: str, reason: str, by: str) -> tuple[int, list[str]]:
+def start(tx: LedgerTransaction, plan_id: str, reason: str, by: str) -> tuple[int, list[str]]:
     """Begin a rollback run of the plan (inside the caller's transaction).
 
     Returns the run number and the compensating actions' ids, in the order they run.
@@ -137,7 +138,7 @@ def start(tx: Transaction, plan_id: str, reason: str, by: str) -> tuple[int, lis
     return run, ids
 
 
-def _spec(tx: Transaction, rp: RollbackPlan, step: RollbackStep, argv: list[str], run: int,
+def _spec(tx: LedgerTransaction, rp: RollbackPlan, step: RollbackStep, argv: list[str], run: int,
           after: str | None) -> SubmitSpec:
     """The compensating action: the recorded compensation, run as the plan file said."""
     how = Compensation(argv=argv)
@@ -159,7 +160,7 @@ def _spec(tx: Transaction, rp: RollbackPlan, step: RollbackStep, argv: list[str]
     )
 
 
-def _begin(tx: Transaction, action_id: str, compensation: list[str] | None, by: str) -> None:
+def _begin(tx: LedgerTransaction, action_id: str, compensation: list[str] | None, by: str) -> None:
     """The original action's compensation is next to run: ``completed -> rolling_back``."""
     state, version = state_of(tx, action_id)
     if state is not ActionState.COMPLETED:
@@ -169,7 +170,7 @@ def _begin(tx: Transaction, action_id: str, compensation: list[str] | None, by: 
     tx.append(action_id, [event], version)
 
 
-def on_compensation_finished(tx: Transaction, compensation_id: str, outcome: ActionState,
+def on_compensation_finished(tx: LedgerTransaction, compensation_id: str, outcome: ActionState,
                              by: str) -> None:
     """A compensating action ended: record the original's outcome, mark the next original
     as rolling back when its compensation goes ahead, and settle the run when it is over."""
@@ -210,7 +211,7 @@ def on_compensation_finished(tx: Transaction, compensation_id: str, outcome: Act
     settle_run(tx, plan_id, by)
 
 
-def settle_run(tx: Transaction, plan_id: str, by: str) -> None:
+def settle_run(tx: LedgerTransaction, plan_id: str, by: str) -> None:
     """When every compensation of the current run has ended, record how the run ended."""
     row = tx.query_one("SELECT state, version, rollback_runs FROM plans WHERE plan_id = ?",
                        (plan_id,))

@@ -18,7 +18,7 @@ from typing import Any
 
 from sp.commands import schedules
 from sp.ledger.errors import SpError, UsageError
-from sp.ledger.store import EventStore
+from sp.ledger.interface import Ledger
 from sp.schedules import cron as cronlib
 from sp.schedules import crontab, systemd
 
@@ -77,7 +77,7 @@ def _notes(row: dict[str, Any], for_systemd: bool) -> list[str]:
     return notes
 
 
-def crontab_text(store: EventStore, home_root: Path, tick: bool = False) -> str:
+def crontab_text(store: Ledger, home_root: Path, tick: bool = False) -> str:
     """The crontab lines of every schedule, or with ``tick`` the one ``sp tick`` line."""
     local = cronlib.local_zone_name()
     if tick:
@@ -91,7 +91,7 @@ def crontab_text(store: EventStore, home_root: Path, tick: bool = False) -> str:
     return crontab.render(entries, local)
 
 
-def write_systemd(store: EventStore, home_root: Path, directory: Path) -> list[Path]:
+def write_systemd(store: Ledger, home_root: Path, directory: Path) -> list[Path]:
     """Write ``<unit>.service`` and ``<unit>.timer`` per schedule into ``directory``.
 
     Every schedule is translated before anything is written.
@@ -140,7 +140,7 @@ def write_systemd(store: EventStore, home_root: Path, directory: Path) -> list[P
     return written
 
 
-def install_crontab(store: EventStore, home_root: Path, tick: bool = False) -> bool:
+def install_crontab(store: Ledger, home_root: Path, tick: bool = False) -> bool:
     """Put the lines into the user's crontab (``crontab -l`` / ``crontab -``), replacing this
     home's marked block in place; everything else in the crontab is kept. Returns False when
     the crontab already held exactly these lines (nothing is written then).

@@ -21,7 +21,7 @@ from sp.commands import actions
 from sp.commands.actions import SubmitSpec
 from sp.ledger import events as ev
 from sp.ledger.errors import SpError, UsageError
-from sp.ledger.store import EventStore, Transaction
+from sp.ledger.interface import Ledger, LedgerTransaction
 from sp.machines.states import FINAL, ActionState
 from sp.projections.schedules import STREAM_PREFIX, any_enabled
 from sp.schedules import clockwatch
@@ -84,7 +84,7 @@ def policy_of(row: dict[str, Any]) -> MissedPolicy:
     return MissedPolicy(row["missed"], row["backfill_max"], row["catchup_window_ms"])
 
 
-def define(store: EventStore, name: str, cron: str | None, agent: str, task: str, *,
+def define(store: Ledger, name: str, cron: str | None, agent: str, task: str, *,
            timezone: str | None = None, jitter_ms: int = 0, persistent: bool = False,
            missed: str | None = None, overlap: str = "skip", enabled: bool = True,
            replace: bool = False, by: str = "", window: str | None = None,
@@ -147,7 +147,7 @@ def _adaptive_cron(cron: str | None, window: str | None, adaptive: bool) -> tupl
     return parsed.daily_cron(), parsed.text()
 
 
-def _change(store: EventStore, name: str, make: Callable[[], ev.Event],
+def _change(store: Ledger, name: str, make: Callable[[], ev.Event],
             skip_if: str | None = None) -> bool:
     with store.transaction() as tx:
         found = tx.query_one("SELECT enabled, version FROM schedules WHERE name = ?", (name,))
@@ -160,7 +160,7 @@ def _change(store: EventStore, name: str, make: Callable[[], ev.Event],
     return True
 
 
-def remove(store: EventStore, name: str, reason: str = "", by: str = "") -> None:
+def remove(store: Ledger, name: str, reason: str = "", by: str = "") -> None:
     """Remove a schedule (its history stays in the log). Its queued runs are left alone.
 
     :raises ScheduleNotFoundError: no such schedule.
@@ -168,18 +168,18 @@ def remove(store: EventStore, name: str, reason: str = "", by: str = "") -> None
     _change(store, name, lambda: ev.ScheduleRemoved(by=by, reason=reason))
 
 
-def enable(store: EventStore, name: str, by: str = "") -> bool:
+def enable(store: Ledger, name: str, by: str = "") -> bool:
     """Enable; slots count from now on. False if it was enabled already."""
     return _change(store, name, lambda: ev.ScheduleEnabled(by=by), skip_if="enabled")
 
 
-def disable(store: EventStore, name: str, reason: str = "", by: str = "") -> bool:
+def disable(store: Ledger, name: str, reason: str = "", by: str = "") -> bool:
     """Disable (ticks pass it by). False if it was disabled already."""
     return _change(store, name, lambda: ev.ScheduleDisabled(by=by, reason=reason),
                    skip_if="disabled")
 
 
-def get(store: EventStore, name: str) -> dict[str, Any]:
+def get(store: Ledger, name: str) -> dict[str, Any]:
     """:raises ScheduleNotFoundError: no such schedule."""
     found = store.query_one(f"{_SELECT} WHERE name = ?", (name,))
     if found is None:
@@ -187,11 +187,11 @@ def get(store: EventStore, name: str) -> dict[str, Any]:
     return _with_next(_row(found), store)
 
 
-def listing(store: EventStore) -> list[dict[str, Any]]:
+def listing(store: Ledger) -> list[dict[str, Any]]:
     return [_with_next(_row(r), store) for r in store.query(f"{_SELECT} ORDER BY name")]
 
 
-def _with_next(row: dict[str, Any], store: EventStore) -> dict[str, Any]:
+def _with_next(row: dict[str, Any], store: Ledger) -> dict[str, Any]:
     """Add ``next_slot_ms`` (the first slot after the cursor: due when already past) and the
     missed policy as written."""
     try:
@@ -203,7 +203,7 @@ def _with_next(row: dict[str, Any], store: EventStore) -> dict[str, Any]:
     return row
 
 
-def history(store: EventStore, name: str) -> list[dict[str, Any]]:
+def history(store: Ledger, name: str) -> list[dict[str, Any]]:
     """Every event of the schedule's stream (also after it was removed).
 
     :raises ScheduleNotFoundError: the schedule never existed.
@@ -229,7 +229,7 @@ class TickReport(msgspec.Struct):
     errors: list[str] = []
 
 
-def fire_due(store: EventStore, *, by: str = "", rng: random.Random | None = None,
+def fire_due(store: Ledger, *, by: str = "", rng: random.Random | None = None,
              boot: str | None = None) -> TickReport:
     """Fire every due slot of every enabled schedule, record every skip; one transaction.
 
@@ -256,7 +256,7 @@ def fire_due(store: EventStore, *, by: str = "", rng: random.Random | None = Non
     return report
 
 
-def _running(tx: Transaction, action_id: str | None) -> str | None:
+def _running(tx: LedgerTransaction, action_id: str | None) -> str | None:
     """The action, if it has not finished yet (queued, executing, retrying, interrupted...)."""
     if action_id is None:
         return None
@@ -266,7 +266,7 @@ def _running(tx: Transaction, action_id: str | None) -> str | None:
     return action_id
 
 
-def _spec(store: EventStore, row: dict[str, Any],
+def _spec(store: Ledger, row: dict[str, Any],
           configs: dict[str, AgentConfig | SpError]) -> SubmitSpec:
     """The task's action, as the agent is configured now. :raises SpError: it is not."""
     from sp.commands import agents
@@ -283,7 +283,7 @@ def _spec(store: EventStore, row: dict[str, Any],
     return agents.task_spec(config, row["task"])
 
 
-def _fire_one(store: EventStore, tx: Transaction, row: dict[str, Any], now: int, gap: Gap,
+def _fire_one(store: Ledger, tx: LedgerTransaction, row: dict[str, Any], now: int, gap: Gap,
               draw: random.Random, by: str, configs: dict[str, AgentConfig | SpError],
               report: TickReport) -> None:
     name = row["name"]
@@ -321,7 +321,7 @@ def _fire_one(store: EventStore, tx: Transaction, row: dict[str, Any], now: int,
     tx.append(stream_of(name), events, row["version"])
 
 
-def _fire(store: EventStore, tx: Transaction, row: dict[str, Any], item: Fire, now: int,
+def _fire(store: Ledger, tx: LedgerTransaction, row: dict[str, Any], item: Fire, now: int,
           running: str | None, draw: random.Random, by: str,
           configs: dict[str, AgentConfig | SpError]) -> ev.ScheduleFired | ev.ScheduleSkipped:
     name, slot = row["name"], item.slot_ms
@@ -351,7 +351,7 @@ def _fire(store: EventStore, tx: Transaction, row: dict[str, Any], item: Fire, n
 # -- agent files: a task's ``schedule:`` -------------------------------------------------------
 
 
-def sync_agent_in(tx: Transaction, agent: AgentConfig, by: str, where: str) -> list[str]:
+def sync_agent_in(tx: LedgerTransaction, agent: AgentConfig, by: str, where: str) -> list[str]:
     """Make the schedules ``<agent>/<task>`` match the tasks' ``schedule:`` fields, inside the
     agent's apply transaction: new ones are defined, changed ones redefined (their zone and
     policies kept), ones gone from the file removed. A schedule of that name that a person

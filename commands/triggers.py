@@ -24,7 +24,7 @@ from sp.commands import agents
 from sp.commands.actions import SubmitSpec, submit_in
 from sp.ledger import events as ev
 from sp.ledger.errors import UsageError
-from sp.ledger.store import EventStore, Transaction
+from sp.ledger.interface import Ledger, LedgerTransaction
 from sp.projections.triggers import CONFIG_STREAM, FIRE_STREAM_PREFIX
 
 
@@ -33,7 +33,7 @@ def stream_of(trigger: str) -> str:
     return f"{FIRE_STREAM_PREFIX}{trigger}"
 
 
-def fire_in(tx: Transaction, spec: SubmitSpec, trigger: str, kind: str,
+def fire_in(tx: LedgerTransaction, spec: SubmitSpec, trigger: str, kind: str,
             agent: str, task: str, payload: dict[str, Any], *, detail: str = "",
             key: str | None = None, by: str = "") -> str | None:
     """Record ``trigger.fired`` and submit ``spec`` in the caller's transaction; returns the
@@ -120,7 +120,7 @@ def _ms(ms: int) -> str:
     return format_ms(ms)
 
 
-def check(store: EventStore, doc: TriggerFile, source: str,
+def check(store: Ledger, doc: TriggerFile, source: str,
           require_env: bool = False) -> list[str]:
     """What the daemon would refuse or trip over, beyond the file's shape.
 
@@ -183,7 +183,7 @@ def check(store: EventStore, doc: TriggerFile, source: str,
     return warnings
 
 
-def apply(store: EventStore, path: str | Path, by: str = "",
+def apply(store: Ledger, path: str | Path, by: str = "",
           require_env: bool = False) -> tuple[TriggerFile, bool, list[str]]:
     """Validate a trigger file and record it; returns (document, changed, warnings).
 
@@ -209,7 +209,7 @@ def apply(store: EventStore, path: str | Path, by: str = "",
     return doc, True, warnings
 
 
-def applied(store: EventStore) -> Applied | None:
+def applied(store: Ledger) -> Applied | None:
     """The current trigger file, or None when none was applied."""
     row = store.query_one(
         "SELECT config, source, sha256, version, ts FROM trigger_config"
@@ -221,13 +221,13 @@ def applied(store: EventStore) -> Applied | None:
     return Applied(doc, source, digest, int(version), int(ts))
 
 
-def current(store: EventStore) -> TriggerFile | None:
+def current(store: Ledger) -> TriggerFile | None:
     """The current trigger document, or None when none was applied."""
     found = applied(store)
     return found.doc if found else None
 
 
-def listing(store: EventStore) -> list[dict[str, Any]]:
+def listing(store: Ledger) -> list[dict[str, Any]]:
     """Every trigger of the current file with its fire count and last fire, then triggers
     that fired but are no longer in the file."""
     found = applied(store)
@@ -253,7 +253,7 @@ def listing(store: EventStore) -> list[dict[str, Any]]:
     return out
 
 
-def show(store: EventStore, name: str, limit: int = 50) -> dict[str, Any]:
+def show(store: Ledger, name: str, limit: int = 50) -> dict[str, Any]:
     """One trigger: its definition (if in the current file) and its latest fires, newest
     first, each with the state of the action it submitted.
 

@@ -43,6 +43,7 @@ import msgspec
 from sp.ledger import codec
 from sp.ledger import events as ev
 from sp.ledger.errors import LedgerError, UsageError
+from sp.ledger.interface import Ledger
 from sp.ledger.schema import MIGRATIONS, SCHEMA_VERSION
 from sp.ledger.store import BUSY_TIMEOUT_S, EventStore, Recorded, Transaction, _split_sql
 
@@ -392,7 +393,7 @@ def reader(store: EventStore, path: str | Path) -> ArchiveReader:
     return r
 
 
-def where_archived(store: EventStore, ref: str) -> list[tuple[str, int, str]]:
+def where_archived(store: Ledger, ref: str) -> list[tuple[str, int, str]]:
     """The archived streams whose name is ``ref`` or starts with it:
     ``(stream, seq of ledger.archived, file)``, at most 6."""
     rows = store.query(

@@ -7,9 +7,10 @@ is true now, not what happened, so ``sp replay`` neither needs nor rebuilds them
 table, and every read or write of them goes through a named function here, so that a second
 backend implements this module rather than hunting SQL strings across the packages.
 
-Writers take the caller's :class:`~sp.ledger.store.Transaction` (the caller decides what
-else commits with them); readers take anything with ``query``/``query_one`` (an
-:class:`~sp.ledger.store.EventStore` or a transaction).
+Writers take the caller's :class:`~sp.ledger.interface.LedgerTransaction` (the caller decides
+what else commits with them; only the Protocol's ``query``/``execute`` members are used, so any
+backend's transaction qualifies); readers take anything with ``query``/``query_one`` (a
+:class:`~sp.ledger.interface.Ledger` or a transaction).
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-from sp.ledger.store import Row, Transaction
+from sp.ledger.interface import LedgerTransaction
+from sp.ledger.store import Row
 
 
 class Reader(Protocol):
@@ -36,7 +38,7 @@ Query = Callable[[str, Sequence[Any]], list[Row]]  # ``store.query`` or ``tx.que
 LeaseRow = tuple[str, str, int, int, str, int, int]  # name, owner, pid, pid_start, host, hb, exp
 
 
-def put_leases(tx: Transaction, rows: Sequence[LeaseRow]) -> None:
+def put_leases(tx: LedgerTransaction, rows: Sequence[LeaseRow]) -> None:
     """Take (or take over) the leases ``(name, owner, pid, pid_start, host, heartbeat_ms,
     expires_ms)``."""
     tx.executemany(
@@ -44,7 +46,7 @@ def put_leases(tx: Transaction, rows: Sequence[LeaseRow]) -> None:
         " expires_ms) VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
 
 
-def note_lease_children(tx: Transaction, owner: str,
+def note_lease_children(tx: LedgerTransaction, owner: str,
                         children: Sequence[tuple[str, int, int]]) -> None:
     """Note ``(name, child_pid, child_start)`` in the leases ``owner`` holds."""
     tx.executemany(
@@ -52,7 +54,7 @@ def note_lease_children(tx: Transaction, owner: str,
         [(pid, start, name, owner) for name, pid, start in children])
 
 
-def renew_leases(tx: Transaction, names: Sequence[str], owner: str, now_ms: int,
+def renew_leases(tx: LedgerTransaction, names: Sequence[str], owner: str, now_ms: int,
                  ttl_ms: int) -> None:
     """Heartbeat: push the expiry of ``owner``'s leases ``ttl_ms`` past ``now_ms``."""
     tx.executemany(
@@ -60,12 +62,12 @@ def renew_leases(tx: Transaction, names: Sequence[str], owner: str, now_ms: int,
         [(now_ms, now_ms + ttl_ms, name, owner) for name in names])
 
 
-def drop_leases(tx: Transaction, held: Sequence[tuple[str, str]]) -> None:
+def drop_leases(tx: LedgerTransaction, held: Sequence[tuple[str, str]]) -> None:
     """Release the leases ``(name, owner)`` (one held by another owner stays)."""
     tx.executemany("DELETE FROM leases WHERE name = ? AND owner = ?", held)
 
 
-def drop_lease(tx: Transaction, name: str) -> None:
+def drop_lease(tx: LedgerTransaction, name: str) -> None:
     """Release the lease ``name`` whoever holds it (recovery, a graceful interrupt)."""
     tx.execute("DELETE FROM leases WHERE name = ?", (name,))
 
@@ -79,7 +81,7 @@ def lease(reader: Reader, name: str) -> Row | None:
 
 # -- meta -----------------------------------------------------------------------------------------
 
-def meta_once(tx: Transaction, key: str, value: str) -> str:
+def meta_once(tx: LedgerTransaction, key: str, value: str) -> str:
     """Set ``key`` unless it is set already; returns the value that holds (the first writer's:
     concurrent first uses agree)."""
     tx.execute("INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)", (key, value))
@@ -97,12 +99,12 @@ def memory_get(reader: Reader, agent: str, key: str) -> str | None:
     return None if row is None else str(row[0])
 
 
-def memory_put(tx: Transaction, agent: str, key: str, value: str, now_ms: int) -> None:
+def memory_put(tx: LedgerTransaction, agent: str, key: str, value: str, now_ms: int) -> None:
     tx.execute("INSERT OR REPLACE INTO agent_memory (agent, key, value, updated_ms)"
                " VALUES (?, ?, ?, ?)", (agent, key, value, now_ms))
 
 
-def memory_delete(tx: Transaction, agent: str, key: str) -> bool:
+def memory_delete(tx: LedgerTransaction, agent: str, key: str) -> bool:
     """Forget ``key``; False if it was not there."""
     return bool(tx.execute("DELETE FROM agent_memory WHERE agent = ? AND key = ?",
                            (agent, key)))
@@ -118,7 +120,7 @@ def memory_count(reader: Reader, agent: str) -> int:
     return int(row[0]) if row else 0
 
 
-def reading_add(tx: Transaction, agent: str, ts_ms: int, value: str, keep: int) -> None:
+def reading_add(tx: LedgerTransaction, agent: str, ts_ms: int, value: str, keep: int) -> None:
     """Append a reading and keep only the newest ``keep`` of the agent's."""
     tx.execute("INSERT INTO agent_readings (agent, ts_ms, value) VALUES (?, ?, ?)",
                (agent, ts_ms, value))
@@ -128,7 +130,7 @@ def reading_add(tx: Transaction, agent: str, ts_ms: int, value: str, keep: int) 
         (agent, agent, keep - 1))
 
 
-def readings_clear(tx: Transaction, agent: str) -> int:
+def readings_clear(tx: LedgerTransaction, agent: str) -> int:
     """Forget every reading of ``agent``; returns how many."""
     return tx.execute("DELETE FROM agent_readings WHERE agent = ?", (agent,))
 
@@ -153,7 +155,7 @@ def readings_all(reader: Reader, agent: str) -> list[str]:
 
 # -- load samples (schedules' adaptive windows) ---------------------------------------------------
 
-def load_record(tx: Transaction, ts_ms: int, load1: float, cpu_pct: float,
+def load_record(tx: LedgerTransaction, ts_ms: int, load1: float, cpu_pct: float,
                 forget_before_ms: int) -> None:
     """Store one sample and forget those older than ``forget_before_ms``."""
     tx.execute("INSERT OR REPLACE INTO load_samples (ts_ms, load1, cpu_pct) VALUES (?, ?, ?)",
@@ -170,7 +172,7 @@ def load_between(query: Query, start_ms: int, end_ms: int) -> list[tuple[int, fl
 
 # -- the schedule clock (schedules' suspend / reboot detection) -----------------------------------
 
-def clock_swap(tx: Transaction, wall_ms: int, mono_ms: int, boot: str,
+def clock_swap(tx: LedgerTransaction, wall_ms: int, mono_ms: int, boot: str,
                pid: int) -> tuple[int, int, str] | None:
     """Store this tick's clock readings; returns the previous tick's ``(wall_ms, mono_ms,
     boot_id)``, None on the first tick."""

@@ -12,6 +12,14 @@ import msgspec
 from sp.ledger import codec
 from sp.ledger import events as ev
 from sp.ledger.errors import CorruptEventError
+
+# The concrete SQLite classes, not the Protocols (sp.ledger.interface), on purpose: the engine is
+# the store's projection machinery -- it installs itself as an append hook (EventStore.hooks),
+# runs the projections' DDL scripts (Transaction.executescript_safe, _split_sql) and folds the
+# log from raw undecoded rows (read_all_raw, read_chain_raw) for speed. Those members are how
+# THIS backend applies projections inside its append transaction; a second backend would wire
+# its own (the Protocol promises "applied to every projection before the commit", not how), so
+# they are not added to the Protocol.
 from sp.ledger.store import EventStore, Recorded, Transaction, _split_sql
 from sp.machines.action import FOLD, ActionState
 from sp.projections import (

@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sp.ledger import events as ev
-from sp.ledger.store import EventStore, Recorded
+from sp.ledger.interface import Ledger
+from sp.ledger.store import Recorded
 from sp.machines.states import ActionState
 from sp.projections.queries import details_of
 
@@ -42,7 +43,7 @@ class Follower:
     Only action streams are reported; ``agent`` (when set) keeps that agent's actions only.
     """
 
-    store: EventStore
+    store: Ledger
     after_seq: int = 0
     agent: str | None = None
     _states: dict[str, ActionState | None] = field(default_factory=dict)
@@ -107,7 +108,7 @@ def _pct(values: list[int], p: float) -> int | None:
     return ordered[int(rank) - 1]
 
 
-def metrics(store: EventStore, *, agent: str | None = None, task: str | None = None,
+def metrics(store: Ledger, *, agent: str | None = None, task: str | None = None,
             since_ms: int | None = None) -> dict[str, Any]:
     """Success metrics over finished attempts (``metrics_attempts``) and actions.
 
@@ -190,7 +191,7 @@ def _tree(pid: int) -> list[Any]:
         return []
 
 
-def resources(store: EventStore, sample_s: float = 0.2) -> dict[str, Any]:
+def resources(store: Ledger, sample_s: float = 0.2) -> dict[str, Any]:
     """CPU, memory and IO of each running action's process tree now (psutil, sampled over
     ``sample_s``) and at peak (``metrics_attempts``), per agent, and the machine's totals.
 
@@ -284,7 +285,7 @@ _RUN_ENDS = ("action.completed", "action.failed", "action.retry_scheduled", "act
 _FINAL = ("action.completed", "action.failed", "action.cancelled", "action.skipped")
 
 
-def timeline(store: EventStore, steps: list[tuple[str, str | None]]) -> dict[str, Any]:
+def timeline(store: Ledger, steps: list[tuple[str, str | None]]) -> dict[str, Any]:
     """Spans of each plan step drawn from its events: ``wait`` (submitted → first start, and
     retry backoffs), ``run`` (each attempt). ``steps`` is ``(step, action_id)`` in plan order.
     """

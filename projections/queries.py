@@ -9,8 +9,9 @@ import msgspec
 
 from sp.ledger import events as ev
 from sp.ledger.errors import ActionNotFoundError
+from sp.ledger.interface import Ledger
 from sp.ledger.side import Reader
-from sp.ledger.store import EventStore, Recorded, Row
+from sp.ledger.store import Recorded, Row
 from sp.machines.states import ActionState
 from sp.projections.actions import TABLE as ACTIONS
 
@@ -29,7 +30,7 @@ def _row(values: tuple[Any, ...]) -> dict[str, Any]:
     return row
 
 
-def get_action(store: EventStore, action_id: str) -> dict[str, Any]:
+def get_action(store: Ledger, action_id: str) -> dict[str, Any]:
     """:raises ActionNotFoundError: no such action."""
     found = store.query_one(f"SELECT {_COLS} FROM actions WHERE action_id = ?", (action_id,))
     if found is None:
@@ -37,7 +38,7 @@ def get_action(store: EventStore, action_id: str) -> dict[str, Any]:
     return _row(found)
 
 
-def list_actions(store: EventStore, *, everything: bool = False, recent: int = 10,
+def list_actions(store: Ledger, *, everything: bool = False, recent: int = 10,
                  agent: str | None = None) -> list[dict[str, Any]]:
     """Unfinished actions, plus the ``recent`` most recently finished (or all with everything).
 
@@ -66,7 +67,7 @@ def list_actions(store: EventStore, *, everything: bool = False, recent: int = 1
     return [_row(r) for r in rows]
 
 
-def counts(store: EventStore) -> dict[str, int]:
+def counts(store: Ledger) -> dict[str, int]:
     rows = store.query("SELECT state, n FROM metrics_counts WHERE dim = 'all' AND n > 0")
     return {state.value: 0 for state in ActionState} | {str(s): int(n) for s, n in rows}
 
@@ -82,7 +83,7 @@ class AuditEntry(msgspec.Struct, frozen=True):
     details: dict[str, Any]
 
 
-def audit(store: EventStore, action_id: str) -> list[AuditEntry]:
+def audit(store: Ledger, action_id: str) -> list[AuditEntry]:
     """Every event of an action in order, with the states it moved between.
 
     :raises ActionNotFoundError: the action has no events.
@@ -114,7 +115,7 @@ def audit_entries(history: list[Recorded]) -> list[AuditEntry]:
     return entries
 
 
-def audit_stream(store: EventStore, stream: str) -> list[AuditEntry]:
+def audit_stream(store: Ledger, stream: str) -> list[AuditEntry]:
     """Every event of a stream that is not an action (``policy:<agent>``, ``agent:<id>``,
     ``plan:<id>``, ``schedule:<name>``...), in order.
 

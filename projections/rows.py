@@ -19,7 +19,7 @@ from itertools import compress
 from operator import is_not, itemgetter
 from typing import Any
 
-from sp.ledger.store import Transaction
+from sp.ledger.interface import LedgerTransaction
 
 Key = Any  # a scalar for one-column keys, a tuple otherwise
 RowDict = dict[str, Any]
@@ -121,7 +121,7 @@ class _Statements:
 class Rows:
     """Cached rows of projection tables within one transaction (live) or one rebuild (full)."""
 
-    def __init__(self, tx: Transaction, tables: dict[str, Table], *, full: bool,
+    def __init__(self, tx: LedgerTransaction, tables: dict[str, Table], *, full: bool,
                  prefix: str = "") -> None:
         self.tx = tx
         self.tables = tables
@@ -338,14 +338,14 @@ class Rows:
             dirty.clear()
 
 
-def _run(tx: Transaction, sql: str, params: list[tuple[Any, ...]]) -> None:
+def _run(tx: LedgerTransaction, sql: str, params: list[tuple[Any, ...]]) -> None:
     if len(params) == 1:
         tx.execute(sql, params[0])
     else:
         tx.executemany(sql, params)
 
 
-def _insert(tx: Transaction, sql: _Statements, one: str,
+def _insert(tx: LedgerTransaction, sql: _Statements, one: str,
             rows: list[tuple[Any, ...]]) -> None:
     """Insert ``rows`` with multi-row ``VALUES`` statements: for the handful of rows of one
     append, one statement of n rows costs a half to a third of ``executemany`` (whose per-row

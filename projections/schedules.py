@@ -11,7 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from sp.ledger import events as ev
-from sp.ledger.store import EventStore, Recorded
+from sp.ledger.interface import Ledger
+from sp.ledger.store import Recorded
 from sp.projections.rows import RowDict, Rows, Table
 
 STREAM_PREFIX = "schedule:"
@@ -68,7 +69,7 @@ TABLES = (
 )
 
 
-def any_enabled(store: EventStore) -> bool:
+def any_enabled(store: Ledger) -> bool:
     """Whether a tick has any schedule to look at (cheap: a cron tick asks every minute)."""
     return store.query_one("SELECT 1 FROM schedules WHERE enabled = 1 LIMIT 1") is not None
 

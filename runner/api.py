@@ -31,7 +31,7 @@ from sp.ledger.errors import UsageError
 from sp.runner import broker
 
 if TYPE_CHECKING:
-    from sp.ledger.store import EventStore
+    from sp.ledger.interface import Ledger
 
 _OUTSIDE = ("not inside an sp action: $SP_ACTION_ID is not set (the worker sets it for the "
             "actions it runs)")
@@ -171,7 +171,7 @@ def _home_root() -> str:
     return root
 
 
-def _open() -> EventStore:
+def _open() -> Ledger:
     # Imported here: an action that only reads its checkpoint need not load the ledger code.
     from sp.commands.home import Home
 

@@ -23,7 +23,7 @@ from sp.commands import actions, execution
 from sp.commands.execution import Claim, Outcome
 from sp.commands.home import Home
 from sp.host import proc as proc_identity
-from sp.ledger.store import EventStore
+from sp.ledger.interface import Ledger
 from sp.runner.spawn import spawn
 
 KILL_GRACE_S = 5.0
@@ -72,7 +72,7 @@ def current_argv(argv: list[str]) -> list[str]:
 class Attempt:
     """A claimed attempt in progress. Create, then :meth:`start`, then :meth:`poll` until done."""
 
-    def __init__(self, store: EventStore, home: Home, claim: Claim, owner: str,
+    def __init__(self, store: Ledger, home: Home, claim: Claim, owner: str,
                  note_children: bool = True) -> None:
         """``note_children``: note each spawned process in the lease at once, in a transaction
         of its own; the worker passes False and notes them in batches (:attr:`child_pending`).

@@ -10,14 +10,14 @@ from types import FrameType
 from sp.commands import execution
 from sp.commands.execution import Claim
 from sp.commands.home import Home
-from sp.ledger.store import EventStore
+from sp.ledger.interface import Ledger
 from sp.machines.states import ActionState
 from sp.runner.attempt import Attempt
 from sp.runner.sweeper import Sweeper
 from sp.runner.worker import CANCEL_CHECK_S, HEARTBEAT_S, POLL_S
 
 
-def run_claimed(store: EventStore, home: Home, claim: Claim,
+def run_claimed(store: Ledger, home: Home, claim: Claim,
                 poll_s: float = POLL_S) -> ActionState:
     """Run ``claim`` and any retries of it until the action reaches a final state (or is
     interrupted by SIGINT/SIGTERM, which is recorded and returns ``INTERRUPTED``). Like every
@@ -48,7 +48,7 @@ def run_claimed(store: EventStore, home: Home, claim: Claim,
             signal.signal(s, handler)
 
 
-def _one_attempt(store: EventStore, home: Home, claim: Claim, stop: list[int],
+def _one_attempt(store: Ledger, home: Home, claim: Claim, stop: list[int],
                  poll_s: float, sweeper: Sweeper) -> ActionState | None:
     sweeper.sweep_if_due()
     attempt = Attempt(store, home, claim, claim.owner)

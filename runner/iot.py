@@ -45,7 +45,7 @@ from typing import Any, TypeVar, overload
 
 from sp.commands import notices
 from sp.ledger.errors import UsageError
-from sp.ledger.store import EventStore
+from sp.ledger.interface import Ledger
 from sp.runner.memory import MAX_READINGS, AgentMemory
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -105,7 +105,7 @@ class ContinuousContext:
     attributes: ``context.threshold``), ``run`` (1 for the first run), ``name``, ``agent``,
     and ``trigger_action`` / ``send_alert`` / ``log``."""
 
-    def __init__(self, name: str, agent: str, store_of: Callable[[], EventStore],
+    def __init__(self, name: str, agent: str, store_of: Callable[[], Ledger],
                  fire: Firer, *, settings: dict[str, Any] | None = None,
                  source: str = "", log: Callable[[str], None] | None = None) -> None:
         self.name = name
@@ -141,7 +141,7 @@ class ContinuousContext:
         self._log(f"{self.source}: {message}")
 
 
-def record_alert(store: EventStore, message: str, level: str, source: str, agent: str) -> None:
+def record_alert(store: Ledger, message: str, level: str, source: str, agent: str) -> None:
     """Append ``alert.sent`` to the stream ``alerts``, then print it on stderr.
 
     :raises UsageError: ``level`` is not info, warning, error or critical.
@@ -233,7 +233,7 @@ def memory(agent: str | None = None, home: str | None = None) -> AgentMemory:
     return AgentMemory(lambda: store, agent, close=store.close)
 
 
-def _open(home: str | None) -> EventStore:
+def _open(home: str | None) -> Ledger:
     from sp.commands.home import Home
 
     root = home or os.environ.get("SP_HOME")
@@ -242,7 +242,7 @@ def _open(home: str | None) -> EventStore:
     return Home(root).open()
 
 
-def _agent_of_action(store: EventStore) -> tuple[str, str]:
+def _agent_of_action(store: Ledger) -> tuple[str, str]:
     action_id = os.environ.get("SP_ACTION_ID")
     if not action_id:
         raise UsageError("not inside a continuous action or an sp action: $SP_ACTION_ID is "
@@ -256,7 +256,7 @@ def _agent_of_action(store: EventStore) -> tuple[str, str]:
 
 
 @contextmanager
-def _outside() -> Iterator[tuple[EventStore, str, str]]:
+def _outside() -> Iterator[tuple[Ledger, str, str]]:
     """The ledger, agent and action of the sp action this process runs in (opened per call,
     like :mod:`sp.runner.api`: actions call rarely)."""
     store = _open(None)

@@ -24,7 +24,7 @@ import msgspec
 
 from sp.ledger import side
 from sp.ledger.errors import UsageError
-from sp.ledger.store import EventStore
+from sp.ledger.interface import Ledger
 
 MAX_READINGS = 10_000
 
@@ -52,7 +52,7 @@ class AgentMemory(MutableMapping[str, Any]):
     """One agent's memory. ``store_of`` gives the ledger connection to use (the calling
     thread's); every write is one transaction of its own."""
 
-    def __init__(self, store_of: Callable[[], EventStore], agent: str,
+    def __init__(self, store_of: Callable[[], Ledger], agent: str,
                  max_readings: int = MAX_READINGS,
                  close: Callable[[], None] | None = None) -> None:
         if max_readings < 1:
@@ -74,7 +74,7 @@ class AgentMemory(MutableMapping[str, Any]):
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _store(self) -> EventStore:
+    def _store(self) -> Ledger:
         # The tables exist: opening the store applied the ledger's migrations.
         return self._store_of()
 

@@ -8,14 +8,14 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from sp.commands import notices
-from sp.ledger.store import EventStore
+from sp.ledger.interface import Ledger
 from sp.machines.states import ActionState
 
 if TYPE_CHECKING:
     from sp.runner.attempt import Attempt
 
 
-def deliver(store: EventStore, attempt: Attempt, state: ActionState,
+def deliver(store: Ledger, attempt: Attempt, state: ActionState,
             notify: dict[str, Any] | None, by: str) -> None:
     """Send per the action's ``notify:`` settings and append one ``action.notified`` per
     channel; delivery failures are recorded, never raised. Nothing is recorded when the

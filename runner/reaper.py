@@ -16,10 +16,10 @@ import signal
 
 from sp.commands.recovery import Cleanup, Recovered, sweep
 from sp.host import proc
-from sp.ledger.store import EventStore
+from sp.ledger.interface import Ledger
 
 
-def recover(store: EventStore, by: str = "replay", *, wait: bool = True,
+def recover(store: Ledger, by: str = "replay", *, wait: bool = True,
             skip_own: bool = False) -> list[Recovered]:
     """Record an event for every executing action whose owner is gone (see
     :func:`sp.commands.recovery.sweep` for ``wait`` and ``skip_own``), then clean up after it.

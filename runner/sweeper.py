@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from sp.commands import recovery
 from sp.commands.execution import LEASE_TTL_MS
-from sp.ledger.store import EventStore
+from sp.ledger.interface import Ledger
 from sp.runner import reaper
 
 # Half a lease: an owner that died is noticed well before a live one's lease could lapse.
@@ -23,7 +23,7 @@ SWEEP_EVERY_MS = LEASE_TTL_MS // 2
 class Sweeper:
     """Runs :func:`sp.runner.reaper.recover` when due by the store's (injectable) clock."""
 
-    def __init__(self, store: EventStore, by: str, every_ms: int = SWEEP_EVERY_MS) -> None:
+    def __init__(self, store: Ledger, by: str, every_ms: int = SWEEP_EVERY_MS) -> None:
         self.store = store
         self.by = by
         self.every_ms = every_ms

@@ -37,7 +37,7 @@ from sp.commands.execution import Claim, Outcome
 from sp.commands.home import Home
 from sp.host.wake import Waker
 from sp.ledger.errors import DiskFullError, SpError, translate
-from sp.ledger.store import EventStore
+from sp.ledger.interface import Ledger
 from sp.machines.states import ActionState
 from sp.runner.attempt import Attempt
 from sp.runner.sweeper import Sweeper
@@ -88,7 +88,7 @@ class WorkerSummary(msgspec.Struct):
 class Worker:
     """Runs actions from one home. ``run()`` returns when stopped or, optionally, idle."""
 
-    def __init__(self, store: EventStore, home: Home, owner: str | None = None,
+    def __init__(self, store: Ledger, home: Home, owner: str | None = None,
                  concurrency: int = 1, grace_s: float = 30.0,
                  notify_all: bool = False) -> None:
         if concurrency < 1:

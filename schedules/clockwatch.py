@@ -19,7 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from sp.ledger import side
-from sp.ledger.store import Transaction
+from sp.ledger.interface import LedgerTransaction
 from sp.schedules.slots import Gap
 
 SUSPEND_MIN_MS = 60_000  # NTP slews by far less; a suspend of under a minute changes nothing
@@ -33,7 +33,7 @@ def boot_id() -> str:
         return ""
 
 
-def observe(tx: Transaction, wall_ms: int, mono_ms: int, boot: str, pid: int) -> Gap:
+def observe(tx: LedgerTransaction, wall_ms: int, mono_ms: int, boot: str, pid: int) -> Gap:
     """Compare these readings with the previous tick's, store them, and say what happened."""
     prev = side.clock_swap(tx, wall_ms, mono_ms, boot, pid)
     if prev is None:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from sp.ledger import side
 
 if TYPE_CHECKING:
-    from sp.ledger.store import Transaction
+    from sp.ledger.interface import LedgerTransaction
 
 SAMPLE_EVERY_MS = 60_000
 RETENTION_MS = 30 * 86_400_000
@@ -28,7 +28,7 @@ RETENTION_MS = 30 * 86_400_000
 Query = Callable[[str, Sequence[Any]], list[tuple[Any, ...]]]
 
 
-def record(tx: Transaction, ts_ms: int, load1: float, cpu_pct: float,
+def record(tx: LedgerTransaction, ts_ms: int, load1: float, cpu_pct: float,
            retention_ms: int = RETENTION_MS) -> None:
     """Store one sample and forget those older than the retention."""
     side.load_record(tx, ts_ms, load1, cpu_pct, ts_ms - retention_ms)

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import msgspec
 
-from sp.ledger.store import EventStore
+from sp.ledger.interface import Ledger
 from sp.machines.states import FINAL
 
 _FINAL_ACTIONS = frozenset(s.value for s in FINAL)
@@ -61,7 +61,7 @@ class _Sets:
             self.parent[ra] = rb
 
 
-def select(store: EventStore, before_ms: int) -> Selection:
+def select(store: Ledger, before_ms: int) -> Selection:
     """The streams to archive for ``--before before_ms``. Reads only."""
     eligible: dict[str, bool] = {}
     sets = _Sets()

@@ -39,7 +39,7 @@ import msgspec
 
 from sp.agents.config import Cleanup
 from sp.ledger import events as ev
-from sp.ledger.store import EventStore
+from sp.ledger.interface import Ledger
 from sp.machines.states import FINAL, ActionState
 
 STREAM = "maintenance"
@@ -102,7 +102,7 @@ def _unit(group: str | None) -> str | None:
 class _Ledger:
     """What gc needs to know about actions, loaded for the ids it meets."""
 
-    def __init__(self, store: EventStore, now: int, rules_for: Callable[[str | None], Rules]):
+    def __init__(self, store: Ledger, now: int, rules_for: Callable[[str | None], Rules]):
         self.store, self.now, self.rules_for = store, now, rules_for
         self.actions: dict[str, _Action | None] = {}
         self._units: dict[str, list[_Action]] = {}
@@ -174,7 +174,7 @@ class _Ledger:
         return {str(r[0]) for r in rows if r[0] is not None}
 
 
-def plan(store: EventStore, home: Path, rules: Rules,
+def plan(store: Ledger, home: Path, rules: Rules,
          rules_for: Callable[[str | None], Rules] | None = None) -> list[Removal]:
     """What ``sp gc`` would remove now, in a stable order. Reads only.
 
@@ -407,7 +407,7 @@ def _remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def log_collected(store: EventStore, action_id: str) -> tuple[int, int] | None:
+def log_collected(store: Ledger, action_id: str) -> tuple[int, int] | None:
     """``(seq, ts)`` of the gc run that removed the action's log, if one did."""
     row = store.query_one(
         "SELECT seq, ts FROM events WHERE type = ? AND EXISTS"

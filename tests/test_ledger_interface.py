@@ -9,6 +9,7 @@ the ledger, so that a PostgreSQL backend can stand behind the same Protocols.
 from __future__ import annotations
 
 import ast
+import contextlib
 import inspect
 from collections.abc import Iterator
 from pathlib import Path
@@ -151,3 +152,64 @@ def test_the_store_works_through_the_interface_alone(db_path: Path) -> None:
     assert [r.seq for r in ledger.read_all(0)] == [recorded[0].seq]
     assert [r.version for r in ledger.read_stream("s1")] == [1]
     ledger.close()
+
+
+# Where code above ledger/ may still name the concrete SQLite classes in an annotation: the
+# constructor, and operations on the SQLite file itself (quick_check, archive files, chain
+# verification, the projection engine's hooks/raw scans/DDL scripts). Everything else types
+# against sp.ledger.interface (Ledger, LedgerTransaction). module -> functions ("*": all).
+CONCRETE_ALLOWED: dict[str, set[str]] = {
+    "commands/home.py": {"open"},
+    "commands/replay.py": {"refuse_damaged", "replay", "check"},
+    "commands/retention.py": {"archive", "_record_archived", "_rebuild_projections",
+                              "audit_archived"},
+    "commands/ledger_marker.py": {"verify_home"},
+    "projections/engine.py": {"*"},
+}
+CONCRETE = {"EventStore", "Transaction"}
+
+
+def _annotations(tree: ast.AST) -> Iterator[tuple[str, ast.expr]]:
+    """(enclosing function or "", annotation) for every annotation in the module."""
+    def walk(node: ast.AST, func: str) -> Iterator[tuple[str, ast.expr]]:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            func = node.name
+            a = node.args
+            for arg in [*a.posonlyargs, *a.args, *a.kwonlyargs, a.vararg, a.kwarg]:
+                if arg is not None and arg.annotation is not None:
+                    yield func, arg.annotation
+            if node.returns is not None:
+                yield func, node.returns
+        elif isinstance(node, ast.AnnAssign):
+            yield func, node.annotation
+        for child in ast.iter_child_nodes(node):
+            yield from walk(child, func)
+    yield from walk(tree, "")
+
+
+def _names_in(annotation: ast.expr) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(annotation):
+        if isinstance(node, ast.Name):
+            names.add(node.id)
+        elif isinstance(node, ast.Attribute):
+            names.add(node.attr)
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str):  # "EventStore"
+            with contextlib.suppress(SyntaxError):
+                names |= _names_in(ast.parse(node.value, mode="eval").body)
+    return names
+
+
+def test_code_above_the_ledger_types_against_the_protocols() -> None:
+    found = []
+    for rel, path in _modules_above_ledger():
+        allowed = CONCRETE_ALLOWED.get(rel, set())
+        if "*" in allowed:
+            continue
+        for func, annotation in _annotations(ast.parse(path.read_text(), str(path))):
+            if func not in allowed and (hit := _names_in(annotation) & CONCRETE):
+                found.append(f"{rel}:{annotation.lineno} {func or '<module>'}: {sorted(hit)}")
+    assert not found, ("annotate with sp.ledger.interface.Ledger / LedgerTransaction, not the "
+                       f"SQLite classes (or extend CONCRETE_ALLOWED, saying why): {found}")
+    for rel in CONCRETE_ALLOWED:  # each exception still exists (else drop it from the list)
+        assert (REPO / rel).is_file()

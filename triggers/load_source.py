@@ -7,7 +7,7 @@ from __future__ import annotations
 import threading
 
 from sp.agents.trigger_file import TriggerFile
-from sp.ledger.store import EventStore
+from sp.ledger.interface import Ledger
 from sp.schedules.load_samples import SAMPLE_EVERY_MS, measure, record
 from sp.triggers.sources import Source, SourceContext
 
@@ -21,7 +21,7 @@ class LoadSource:
         self.every_ms = every_ms
         self.recorded = 0
 
-    def sample(self, ctx: SourceContext, store: EventStore | None = None,
+    def sample(self, ctx: SourceContext, store: Ledger | None = None,
                reading: tuple[float, float] | None = None) -> None:
         """Record one sample now (``reading`` injected by tests)."""
         load1, cpu = reading if reading is not None else measure()

@@ -16,7 +16,7 @@ from sp.agents.trigger_file import TriggerFile, split_action
 from sp.commands.fire import fire
 from sp.commands.home import Home
 from sp.ledger.clock import Clock, SystemClock
-from sp.ledger.store import EventStore
+from sp.ledger.interface import Ledger
 
 
 class SourceContext:
@@ -31,7 +31,7 @@ class SourceContext:
         self._log = log or (lambda _msg: None)
         self._local = threading.local()
 
-    def store(self) -> EventStore:
+    def store(self) -> Ledger:
         """This thread's ledger connection (SQLite connections are not shared across threads)."""
         store = getattr(self._local, "store", None)
         if store is None:
