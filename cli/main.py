@@ -208,18 +208,12 @@ def _damage_behind(app: App | None) -> SpError | None:
     what fails next is an invariant of sp. Before calling that a bug, ask SQLite."""
     if app is None or not app._stores:
         return None
-    from sp.ledger.errors import LedgerDamagedError
-    from sp.ledger.integrity import sqlite_damage
+    from sp.ledger.integrity import damage_error
 
-    store = app._stores[0]
     try:
-        damage = sqlite_damage(store)
+        return damage_error(app._stores[0])
     except Exception:  # the check is a courtesy on the way out: never hide the first error
         return None
-    if not damage:
-        return None
-    more = f" (and {len(damage) - 1} more)" if len(damage) > 1 else ""
-    return LedgerDamagedError(store.path, f"quick_check: {damage[0]}{more}")
 
 
 # `sp status | head -1`: the reader left, the command did its work. Exit as a classic tool

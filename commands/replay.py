@@ -10,8 +10,7 @@ both, for a user who has decided to rebuild from a damaged log anyway.
 from __future__ import annotations
 
 from sp.commands.recovery import Swept, sweep
-from sp.ledger.errors import LedgerDamagedError
-from sp.ledger.integrity import sqlite_damage
+from sp.ledger.integrity import damage_error
 
 # EventStore, not the Ledger Protocol: replay runs SQLite's quick_check (sp.ledger.integrity) and
 # the projection engine's rebuild, both specific to the SQLite store (see projections/engine.py).
@@ -21,10 +20,9 @@ from sp.projections import engine
 
 def refuse_damaged(store: EventStore) -> None:
     """:raises LedgerDamagedError: SQLite's quick_check finds the file damaged."""
-    damage = sqlite_damage(store)
-    if damage:
-        more = f" (and {len(damage) - 1} more)" if len(damage) > 1 else ""
-        raise LedgerDamagedError(store.path, f"quick_check: {damage[0]}{more}")
+    error = damage_error(store)
+    if error is not None:
+        raise error
 
 
 def replay(store: EventStore, force: bool = False) -> tuple[int, Swept]:

@@ -42,6 +42,16 @@ def sqlite_damage(store: EventStore, full: bool = False) -> list[str]:
     return _grouped(store, lines)
 
 
+def damage_error(store: EventStore) -> LedgerDamagedError | None:
+    """SQLite's quick_check findings as one error (the first finding, and how many more), or
+    None when it says ok."""
+    damage = sqlite_damage(store)
+    if not damage:
+        return None
+    more = f" (and {len(damage) - 1} more)" if len(damage) > 1 else ""
+    return LedgerDamagedError(store.path, f"quick_check: {damage[0]}{more}")
+
+
 def _grouped(store: EventStore, lines: list[str]) -> list[str]:
     names = _owners(store, lines)
     first: dict[str, str] = {}
